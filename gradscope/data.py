@@ -1,0 +1,87 @@
+"""Host-side values of one step: what the recorder writes, plugins judge and readers return.
+
+These are plain Python objects (no tensors), the same whether they come from a live run or are
+read back from a record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .trace.autograd import GraphData
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Statistics of one tensor: an activation, an output gradient, a parameter's gradient or
+    weight, or the loss. `kind` is one of `KINDS`; `subject` the module or parameter name (or
+    ``loss``); `call` which call of the module in the step (or which backward, for the loss);
+    `path` where the tensor sits in a nested output ('' for a plain tensor)."""
+
+    kind: str
+    subject: str
+    call: int
+    path: str
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    norm: float
+    zeros: int
+    nonfinite: int
+
+    @property
+    def zero_fraction(self) -> float:
+        return self.zeros / self.count if self.count else 0.0
+
+
+KINDS = ("activation", "grad-output", "grad", "weight", "loss")
+
+
+@dataclass(frozen=True)
+class Update:
+    """How a parameter moved. `delta`/`weight` are the norms of the optimizer's change and of the
+    weight before it (None when no optimizer stepped it); `outside` the norm of changes made
+    since the previous step but before the optimizer ran; `step_delta`/`step_weight` the same
+    over the whole step. Norms are over the sampled elements for large parameters."""
+
+    param: str
+    optimizer: int | None
+    delta: float | None
+    weight: float | None
+    outside: float | None
+    step_delta: float
+    step_weight: float
+
+    @property
+    def ratio(self) -> float | None:
+        if self.delta is None or not self.weight:
+            return None
+        return self.delta / self.weight
+
+
+@dataclass
+class StepData:
+    """Everything recorded for one step."""
+
+    step: int
+    time: float
+    backwards: int = 0
+    optimizer_steps: list[int] = field(default_factory=list)
+    zero_grad: list[dict] = field(default_factory=list)
+    eval_modules: list[str] = field(default_factory=list)
+    lrs: dict[str, list] = field(default_factory=dict)
+    calls: list[dict] = field(default_factory=list)
+    stats: list[Stat] = field(default_factory=list)
+    updates: dict[str, Update] = field(default_factory=dict)
+    graph: GraphData | None = None
+
+    def stat(self, kind: str, subject: str, call: int = 0, path: str = "") -> Stat | None:
+        for s in self.stats:
+            if s.kind == kind and s.subject == subject and s.call == call and s.path == path:
+                return s
+        return None
+
+    def of_kind(self, kind: str) -> list[Stat]:
+        return [s for s in self.stats if s.kind == kind]

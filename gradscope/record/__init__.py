@@ -1,0 +1,1 @@
+"""The record: schema, writer thread, reader."""

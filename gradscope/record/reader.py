@@ -1,0 +1,206 @@
+"""Read a record, whether finished or still being written (WAL lets readers in).
+
+Opening checks that the file is a gradscope record of a schema this version understands, and
+raises `RecordError` with a one-line reason otherwise. Reading never executes anything stored
+in the file: values are SQLite scalars and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from ..data import Stat, StepData, Update
+from ..errors import RecordError
+from ..trace.autograd import GraphData
+from . import schema
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def open_record(path: str | Path) -> "Record":
+    """Open the record at `path` read-only; raises `RecordError` when it is not one."""
+    return Record(path)
+
+
+class Record:
+    """Read access to one record."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise RecordError(f"{path}: no such record")
+        if self.path.is_dir():
+            raise RecordError(f"{path}: is a directory, not a record")
+        try:
+            with open(self.path, "rb") as fh:
+                header = fh.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise RecordError(f"{path}: cannot read ({exc.strerror})") from None
+        if header != _SQLITE_MAGIC:
+            raise RecordError(f"{path}: not a gradscope record (not an SQLite file)")
+        try:
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise RecordError(f"{path}: corrupt record ({exc})") from None
+        if app_id != schema.APPLICATION_ID:
+            raise RecordError(f"{path}: not a gradscope record (an SQLite file of another program)")
+        if version > schema.VERSION:
+            raise RecordError(
+                f"{path}: written by a newer gradscope (record schema {version}, this version "
+                f"reads up to {schema.VERSION}); upgrade gradscope to open it"
+            )
+        try:
+            self._conn.execute("SELECT count(*) FROM steps").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise RecordError(f"{path}: corrupt record ({exc})") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "Record":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _rows(self, sql: str, args=()) -> list[sqlite3.Row]:
+        self._conn.row_factory = sqlite3.Row
+        try:
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise RecordError(f"{self.path}: corrupt record ({exc})") from None
+
+    # -- run and structure ------------------------------------------------------------------
+    def run(self) -> dict:
+        return {r["key"]: json.loads(r["value"]) for r in self._rows("SELECT key, value FROM run")}
+
+    def modules(self) -> list[dict]:
+        return [dict(r) for r in self._rows("SELECT * FROM modules ORDER BY rowid")]
+
+    def optimizers(self) -> list[dict]:
+        return [
+            {"index": r["idx"], "type": r["type"], "params": json.loads(r["params"]),
+             "groups": json.loads(r["groups"]), "first_step": r["first_step"]}
+            for r in self._rows("SELECT * FROM optimizers ORDER BY idx")
+        ]
+
+    def parameters(self) -> list[dict]:
+        holders: dict[str, list[int]] = {}
+        for opt in self.optimizers():
+            for name in opt["params"]:
+                holders.setdefault(name, []).append(opt["index"])
+        out = []
+        for r in self._rows("SELECT * FROM parameters ORDER BY rowid"):
+            row = dict(r, shape=json.loads(r["shape"]), requires_grad=bool(r["requires_grad"]),
+                       sampled=bool(r["sampled"]))
+            row["optimizers"] = holders.get(row["name"], [])
+            row["in_optimizer"] = bool(row["optimizers"])
+            out.append(row)
+        return out
+
+    # -- steps ------------------------------------------------------------------------------
+    def step_numbers(self) -> list[int]:
+        return [r["step"] for r in self._rows("SELECT step FROM steps ORDER BY step")]
+
+    def steps(self) -> list[dict]:
+        """One summary per step (no statistics)."""
+        return [self._step_row(r) for r in self._rows("SELECT * FROM steps ORDER BY step")]
+
+    @staticmethod
+    def _step_row(r) -> dict:
+        return {
+            "step": r["step"], "time": r["time"], "backwards": r["backwards"],
+            "optimizer_steps": json.loads(r["optimizer_steps"]),
+            "zero_grad": json.loads(r["zero_grad"]), "eval_modules": json.loads(r["eval_modules"]),
+            "lrs": json.loads(r["lrs"]), "calls": r["calls"],
+        }
+
+    def step(self, step: int) -> StepData:
+        """Everything recorded for `step`, as the recorder saw it."""
+        rows = self._rows("SELECT * FROM steps WHERE step = ?", (step,))
+        if not rows:
+            raise RecordError(f"{self.path}: no step {step} (steps: {self._step_range()})")
+        head = self._step_row(rows[0])
+        data = StepData(
+            step=step, time=head["time"], backwards=head["backwards"],
+            optimizer_steps=head["optimizer_steps"], zero_grad=head["zero_grad"],
+            eval_modules=head["eval_modules"], lrs=head["lrs"],
+        )
+        data.calls = self.calls(step)
+        data.stats = self.stats(step=step)
+        data.updates = {u.param: u for u in self.updates(step=step)}
+        data.graph = self.graph(step, exact=True)
+        return data
+
+    def _step_range(self) -> str:
+        numbers = self.step_numbers()
+        return f"{numbers[0]}..{numbers[-1]}" if numbers else "none"
+
+    def calls(self, step: int | None = None, module: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM calls WHERE 1=1", []
+        if step is not None:
+            sql, args = sql + " AND step = ?", args + [step]
+        if module is not None:
+            sql, args = sql + " AND module = ?", args + [module]
+        return [
+            {"step": r["step"], "module": r["module"], "call": r["call"],
+             "training": None if r["training"] is None else bool(r["training"]),
+             "inputs": json.loads(r["inputs"]), "outputs": json.loads(r["outputs"])}
+            for r in self._rows(sql + " ORDER BY step, rowid", args)
+        ]
+
+    def stats(self, *, step: int | None = None, kind: str | None = None,
+              subject: str | None = None) -> list[Stat]:
+        sql, args = "SELECT * FROM stats WHERE 1=1", []
+        for column, value in (("step", step), ("kind", kind), ("subject", subject)):
+            if value is not None:
+                sql, args = sql + f" AND {column} = ?", args + [value]
+        return [
+            Stat(r["kind"], r["subject"], r["call"], r["path"], r["count"], r["mean"], r["std"],
+                 r["min"], r["max"], r["norm"], r["zeros"], r["nonfinite"])
+            for r in self._rows(sql + " ORDER BY step, rowid", args)
+        ]
+
+    def stat_series(self, kind: str, subject: str) -> list[tuple[int, Stat]]:
+        """(step, stat) for the first call of `subject` in every step it was recorded."""
+        return [
+            (r["step"], Stat(r["kind"], r["subject"], r["call"], r["path"], r["count"], r["mean"],
+                             r["std"], r["min"], r["max"], r["norm"], r["zeros"], r["nonfinite"]))
+            for r in self._rows(
+                "SELECT * FROM stats WHERE kind = ? AND subject = ? AND call = 0 ORDER BY step",
+                (kind, subject),
+            )
+        ]
+
+    def updates(self, *, step: int | None = None, param: str | None = None) -> list[Update]:
+        sql, args = "SELECT * FROM updates WHERE 1=1", []
+        for column, value in (("step", step), ("param", param)):
+            if value is not None:
+                sql, args = sql + f" AND {column} = ?", args + [value]
+        return [
+            Update(r["param"], r["optimizer"], r["delta"], r["weight"], r["outside"],
+                   r["step_delta"], r["step_weight"])
+            for r in self._rows(sql + " ORDER BY step, rowid", args)
+        ]
+
+    def graph(self, step: int | None = None, *, exact: bool = False) -> GraphData | None:
+        """The autograd graph of `step` (or, unless `exact`, the latest one recorded before it)."""
+        if step is None:
+            rows = self._rows("SELECT data FROM graphs ORDER BY step DESC LIMIT 1")
+        elif exact:
+            rows = self._rows("SELECT data FROM graphs WHERE step = ?", (step,))
+        else:
+            rows = self._rows("SELECT data FROM graphs WHERE step <= ? ORDER BY step DESC LIMIT 1", (step,))
+        return GraphData.from_json(json.loads(rows[0]["data"])) if rows else None
+
+    def findings(self) -> list[dict]:
+        return [
+            {"check": r["check_id"], "severity": r["severity"], "subject": r["subject"],
+             "step": r["step"], "last_step": r["last_step"], "count": r["count"],
+             "message": r["message"], "evidence": json.loads(r["evidence"]), "hint": r["hint"]}
+            for r in self._rows("SELECT * FROM findings ORDER BY id")
+        ]

@@ -1,0 +1,230 @@
+"""The recorder thread: turns step snapshots into host data, runs the analyzers, writes SQLite.
+
+Only this thread touches the database connection. The training thread hands over messages
+through a bounded queue and never waits: when the queue is full a step is dropped and counted
+(``dropped_steps`` in the run table). Each step is committed on its own, and the database runs in
+WAL mode, so readers can follow a record that is still being written and a crash loses at most
+the step in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..data import Stat, StepData, Update
+from ..trace.batch import FrozenBatch
+from . import schema
+
+STAT_KINDS = {"activation", "grad-output", "grad", "weight", "loss"}
+
+
+@dataclass
+class StepSnapshot:
+    """What the training thread hands over at a step boundary (values still on their way)."""
+
+    data: StepData  # host fields filled in; stats and updates come from `rows`
+    rows: FrozenBatch
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=True)
+
+
+def decode(snapshot: StepSnapshot) -> StepData:
+    """Wait for the snapshot's device values and fold them into its `StepData`."""
+    data = snapshot.data
+    opt_updates: dict[str, tuple[int, list[float]]] = {}
+    step_updates: dict[str, list[float]] = {}
+    for kind, key, count, values in snapshot.rows.read():
+        if kind in STAT_KINDS:
+            subject, call, path = key
+            data.stats.append(Stat(kind, subject, call, path, count, *values))
+        elif kind == "update":
+            name, optimizer = key
+            opt_updates[name] = (optimizer, values)
+        elif kind == "step-update":
+            step_updates[key] = values
+    for name, (step_delta, step_weight) in step_updates.items():
+        optimizer, values = opt_updates.get(name, (None, [None, None, None]))
+        data.updates[name] = Update(name, optimizer, *values, step_delta, step_weight)
+    return data
+
+
+class RecordWriter:
+    """Owns the record file and the thread that writes it."""
+
+    def __init__(self, path: Path, run: dict, analyze: Callable[[StepData], list[dict]] | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self.path.unlink()
+        self._queue: queue.Queue = queue.Queue(maxsize=256)
+        self._analyze = analyze
+        self._dropped = 0
+        self._findings: dict[tuple[str, str], int] = {}
+        self._error: str | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="gradscope-recorder", daemon=True)
+        self._run = dict(run, started=time.time(), status="running")
+        self._thread.start()
+        self._ready.wait()
+        if self._error:
+            raise OSError(self._error)
+
+    # -- training thread -------------------------------------------------------------------
+    def send(self, kind: str, payload) -> None:
+        """Queue a metadata message (modules, parameters, optimizers, run fields, findings)."""
+        self._queue.put((kind, payload))
+
+    def send_step(self, snapshot: StepSnapshot) -> None:
+        """Queue a step; drop it (and count it) instead of waiting when the recorder lags."""
+        try:
+            self._queue.put_nowait(("step", snapshot))
+        except queue.Full:
+            self._dropped += 1
+
+    def close(self, **run_fields) -> None:
+        """Finish writing: every queued step is written before this returns."""
+        self._queue.put(("close", run_fields))
+        self._thread.join()
+
+    # -- recorder thread -------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            schema.create(conn)
+            self._set_run(conn, self._run)
+            conn.commit()
+        except (OSError, sqlite3.Error) as exc:
+            self._error = f"cannot write the record {self.path}: {exc}"
+            self._ready.set()
+            return
+        self._ready.set()
+        self._conn = conn
+        while True:
+            kind, payload = self._queue.get()
+            try:
+                if kind == "close":
+                    self._set_run(conn, dict(payload, finished=time.time(), dropped_steps=self._dropped))
+                    conn.commit()
+                    break
+                getattr(self, f"_on_{kind}")(conn, payload)
+                conn.commit()
+            except Exception as exc:  # the record must survive whatever one message does
+                conn.rollback()
+                self._on_finding(conn, _internal_finding(f"recorder ({kind})", exc))
+                conn.commit()
+        conn.close()
+
+    def _set_run(self, conn, fields: dict) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO run (key, value) VALUES (?, ?)",
+            [(k, _dumps(v)) for k, v in fields.items()],
+        )
+
+    def _on_run(self, conn, fields: dict) -> None:
+        self._set_run(conn, fields)
+
+    def _on_modules(self, conn, rows: list[dict]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO modules VALUES (:name, :type, :root, :params)", rows
+        )
+
+    def _on_parameters(self, conn, rows: list[dict]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO parameters VALUES "
+            "(:name, :module, :shape, :dtype, :device, :requires_grad, :numel, :sampled)",
+            [dict(r, shape=_dumps(r["shape"])) for r in rows],
+        )
+
+    def _on_optimizer(self, conn, row: dict) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO optimizers VALUES (?, ?, ?, ?, ?)",
+            (row["index"], row["type"], _dumps(row["params"]), _dumps(row["groups"]), row["first_step"]),
+        )
+
+    def _on_finding(self, conn, finding: dict) -> None:
+        key = (finding["check"], finding["subject"])
+        rowid = self._findings.get(key)
+        if rowid is not None:
+            conn.execute(
+                "UPDATE findings SET count = count + 1, last_step = ? WHERE id = ?",
+                (finding.get("step"), rowid),
+            )
+            return
+        cur = conn.execute(
+            "INSERT INTO findings (check_id, severity, subject, step, last_step, count, message,"
+            " evidence, hint) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)",
+            (
+                finding["check"], finding["severity"], finding["subject"], finding.get("step"),
+                finding.get("step"), finding["message"], _dumps(finding.get("evidence", {})),
+                finding.get("hint", ""),
+            ),
+        )
+        self._findings[key] = cur.lastrowid
+
+    def _on_step(self, conn, snapshot: StepSnapshot) -> None:
+        data = decode(snapshot)
+        conn.execute(
+            "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                data.step, data.time, data.backwards, _dumps(data.optimizer_steps),
+                _dumps(data.zero_grad), _dumps(data.eval_modules), _dumps(data.lrs), len(data.calls),
+            ),
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (data.step, c["module"], c["call"], c["training"], _dumps(c["inputs"]), _dumps(c["outputs"]))
+                for c in data.calls
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (data.step, s.kind, s.subject, s.call, s.path, s.count, s.mean, s.std, s.min,
+                 s.max, s.norm, s.zeros, s.nonfinite)
+                for s in data.stats
+            ],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (data.step, u.param, u.optimizer, u.delta, u.weight, u.outside, u.step_delta, u.step_weight)
+                for u in data.updates.values()
+            ],
+        )
+        if data.graph is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO graphs VALUES (?, ?)", (data.step, _dumps(data.graph.to_json()))
+            )
+        self._set_run(conn, {"steps": data.step + 1})
+        if self._analyze is not None:
+            for finding in self._analyze(data):
+                self._on_finding(conn, finding)
+
+
+def _internal_finding(where: str, exc: BaseException, step: int | None = None) -> dict:
+    """A failure inside gradscope, as a finding (training goes on)."""
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+    return {
+        "check": "internal-error",
+        "severity": "warning",
+        "subject": where,
+        "step": step,
+        "message": f"gradscope failed in {where}: {type(exc).__name__}: {exc}",
+        "evidence": {"exception": type(exc).__name__, "where": f"{where}{at}"},
+        "hint": "Training was not affected; this part of gradscope is off for the failing item. "
+        "Please report it with the evidence.",
+    }

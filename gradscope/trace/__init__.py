@@ -1,0 +1,1 @@
+"""Capture on the training thread: autograd walk, hooks, on-device statistics."""

@@ -1,0 +1,190 @@
+"""Walk the autograd graph behind a tensor.
+
+The walk is iterative (a deque, no recursion), so a 17,000-step unrolled RNN or a 100k-node graph
+is walked like any other. It produces plain data (`GraphData`: lists of dicts), cheap to hand to
+another thread and to store; `to_networkx` turns that into the `networkx.DiGraph` users get.
+
+Edges point the way `grad_fn.next_functions` does: from an op to the ops that produced its inputs.
+Each edge keeps `index` (the position in `next_functions`) and `output_nr`.
+
+Module scope comes from marks the module tracer leaves in `Node.metadata` during forward: the
+node that produced a module's output carries the module's name, the nodes that produced its
+inputs carry "entered here". Walking from the loss, a node takes the scope of the module whose
+output it produced, else its consumer's scope, and crossing a module's inputs leaves that module.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import networkx as nx
+import torch
+
+OUT_MARK = "gradscope.out"
+IN_MARK = "gradscope.in"
+
+_saved_names: dict[type, tuple[str, ...]] = {}
+
+
+@dataclass
+class GraphData:
+    """An autograd graph as plain data: node dicts (with an "id") and edge tuples."""
+
+    nodes: list[dict] = field(default_factory=list)
+    edges: list[tuple[str, str, int, int]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"nodes": self.nodes, "edges": [list(e) for e in self.edges]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GraphData":
+        return cls(data["nodes"], [tuple(e) for e in data["edges"]])
+
+
+def _parent(name: str | None) -> str | None:
+    if not name:
+        return None
+    return name.rpartition(".")[0]
+
+
+def _encloses(outer: str, inner: str | None) -> bool:
+    return inner is not None and (outer == "" or inner == outer or inner.startswith(outer + "."))
+
+
+def _describe_saved(value):
+    if isinstance(value, torch.Tensor):
+        return {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, (tuple, list)):
+        items = [_describe_saved(v) for v in value]
+        return None if any(i is None for i in items) else items
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return None
+
+
+def _saved(node) -> dict:
+    cls = type(node)
+    names = _saved_names.get(cls)
+    if names is None:
+        names = tuple(a for a in dir(cls) if a.startswith("_saved_"))
+        _saved_names[cls] = names
+    out = {}
+    for attr in names:
+        try:
+            value = getattr(node, attr)
+        except RuntimeError:  # freed by backward, or not saved for this call
+            continue
+        described = _describe_saved(value)
+        if described is not None:
+            out[attr.removeprefix("_saved_")] = described
+    return out
+
+
+def _scope(node, consumer_scope: str | None) -> str | None:
+    meta = node.metadata
+    outs = meta.get(OUT_MARK)
+    if outs:
+        return outs[0]  # innermost module whose output this node produced
+    left = [m for m in meta.get(IN_MARK, ()) if _encloses(m, consumer_scope)]
+    if left:
+        return _parent(min(left, key=len))
+    return consumer_scope
+
+
+def walk(
+    root,
+    param_names: Mapping[int, str] | None = None,
+    *,
+    saved: bool = True,
+    scopes: bool = False,
+) -> GraphData:
+    """Walk from the autograd node `root` (a `grad_fn`) and return the graph as plain data.
+
+    `param_names` maps ``id(parameter)`` to its qualified name, used for `AccumulateGrad` nodes.
+    `saved` reads saved-tensor shapes (only possible before backward frees them). `scopes` reads
+    the module marks left in `Node.metadata` by gradscope's module tracer.
+    """
+    data = GraphData()
+    if root is None:
+        return data
+    param_names = param_names or {}
+    ids: dict = {root: "n0"}
+    node_scope = {root: _scope(root, None) if scopes else None}
+    queue = deque([root])
+    while queue:
+        node = queue.popleft()
+        nid = ids[node]
+        info = {"id": nid, "op": type(node).__name__}
+        variable = getattr(node, "variable", None) if info["op"] == "AccumulateGrad" else None
+        if variable is not None:
+            name = param_names.get(id(variable))
+            info["kind"] = "param" if name is not None else "leaf"
+            info["param"] = name
+            info["shape"] = list(variable.shape)
+            info["dtype"] = str(variable.dtype).removeprefix("torch.")
+            if name is not None:
+                node_scope[node] = _parent(name)
+        elif isinstance(node, torch.autograd.function.BackwardCFunction):
+            info["kind"] = "custom"
+            fwd = node._forward_cls
+            info["function"] = f"{fwd.__module__}.{fwd.__qualname__}"
+        else:
+            info["kind"] = "op"
+        if saved and info["kind"] != "param":
+            values = _saved(node)
+            if values:
+                info["saved"] = values
+        if scopes:
+            info["scope"] = node_scope[node]
+        data.nodes.append(info)
+        for index, (child, output_nr) in enumerate(node.next_functions):
+            if child is None:
+                continue
+            cid = ids.get(child)
+            if cid is None:
+                cid = ids[child] = f"n{len(ids)}"
+                if scopes:
+                    node_scope[child] = _scope(child, node_scope[node])
+                queue.append(child)
+            data.edges.append((nid, cid, index, output_nr))
+    return data
+
+
+def to_networkx(data: GraphData) -> nx.DiGraph:
+    """Build a `networkx.DiGraph` from `GraphData`; node attributes are the node dicts."""
+    graph = nx.DiGraph()
+    for info in data.nodes:
+        graph.add_node(info["id"], **{k: v for k, v in info.items() if k != "id"})
+    for src, dst, index, output_nr in data.edges:
+        graph.add_edge(src, dst, index=index, output_nr=output_nr)
+    return graph
+
+
+def param_ids(names: "Mapping[str, torch.Tensor] | torch.nn.Module | None") -> dict[int, str]:
+    """``id(tensor) -> name`` from a module (its named parameters) or a name->tensor mapping."""
+    if names is None:
+        return {}
+    if isinstance(names, torch.nn.Module):
+        names = dict(names.named_parameters())
+    return {id(t): name for name, t in names.items()}
+
+
+def autograd_graph(
+    tensor: torch.Tensor,
+    names: "Mapping[str, torch.Tensor] | torch.nn.Module | None" = None,
+    *,
+    saved: bool = True,
+) -> nx.DiGraph:
+    """The autograd graph behind `tensor` as a `networkx.DiGraph`.
+
+    One node per autograd node, keyed "n0" (``tensor.grad_fn``), "n1", ... in breadth-first
+    order, with attributes ``op`` (the class name torch gives it, e.g. ``AddmmBackward0``),
+    ``kind`` (``op``, ``custom``, ``param`` or ``leaf``), for parameters ``param`` (the
+    qualified name, when `names` — a module or a name->tensor mapping — knows it), ``shape``
+    and ``dtype``, and ``saved`` (shapes of saved tensors, while backward has not freed them).
+    Edges carry ``index`` and ``output_nr`` from ``next_functions``. A tensor without
+    ``grad_fn`` gives an empty graph.
+    """
+    return to_networkx(walk(tensor.grad_fn, param_ids(names), saved=saved))

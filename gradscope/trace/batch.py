@@ -1,0 +1,85 @@
+"""A step's statistics, gathered on their devices and read back to the host once.
+
+The training thread adds device tensors (`RowBatch.add`); at the step boundary `freeze`
+concatenates them into one flat tensor per device and starts a non-blocking copy to host memory
+(pinned, with a CUDA event on GPUs). The recorder thread calls `FrozenBatch.read`, which waits
+for the copy: the training thread never waits for a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class _Block:
+    kind: str
+    keys: list  # one key per row; the recorder knows what a key means for each kind
+    counts: list[int]
+    width: int
+
+
+class FrozenBatch:
+    """Rows on their way to the host; `read` waits for them (recorder thread only)."""
+
+    def __init__(self, blocks, parts):
+        self._blocks = blocks  # list of (_Block, device key, offset)
+        self._parts = parts  # device key -> (host tensor, event or None)
+
+    def read(self) -> list[tuple[str, object, int, list[float]]]:
+        """(kind, key, count, values) for every row, in the order rows were added."""
+        flat = {}
+        for device, (host, event) in self._parts.items():
+            if event is not None:
+                event.synchronize()
+            flat[device] = host.tolist()
+        rows = []
+        for block, device, offset in self._blocks:
+            values = flat[device]
+            for i, (key, count) in enumerate(zip(block.keys, block.counts)):
+                start = offset + i * block.width
+                rows.append((block.kind, key, count, values[start : start + block.width]))
+        return rows
+
+
+class RowBatch:
+    """Device rows of one step (training thread)."""
+
+    def __init__(self):
+        self._blocks: list[tuple[_Block, torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def add(self, kind: str, keys: list, counts: list[int], values: torch.Tensor) -> None:
+        """Add rows: `values` is a device tensor of shape [len(keys), width] (or [width])."""
+        values = values.reshape(len(keys), -1)
+        self._blocks.append((_Block(kind, keys, counts, values.shape[1]), values.reshape(-1)))
+
+    def freeze(self) -> FrozenBatch:
+        """Start copying every row to the host, one copy per device."""
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        placed = []
+        offsets: dict[torch.device, int] = {}
+        for block, flat in self._blocks:
+            device = flat.device
+            by_device.setdefault(device, []).append(flat.double())
+            placed.append((block, device, offsets.get(device, 0)))
+            offsets[device] = offsets.get(device, 0) + flat.numel()
+        parts = {}
+        for device, tensors in by_device.items():
+            joined = torch.cat(tensors)
+            if device.type == "cuda":
+                host = torch.empty(joined.shape, dtype=joined.dtype, pin_memory=True)
+                host.copy_(joined, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                parts[device] = (host, event)
+            elif device.type == "cpu":
+                parts[device] = (joined, None)
+            else:  # other accelerators: a plain copy, still off the hot path's Python work
+                parts[device] = (joined.to("cpu", non_blocking=True), None)
+        self._blocks = []
+        return FrozenBatch(placed, parts)

@@ -1,0 +1,76 @@
+"""The three places torch offers no hook, wrapped while at least one session is attached.
+
+- ``torch.autograd.backward`` (``Tensor.backward`` calls it): which tensor backward ran on (the
+  loss), the graph before backward frees it, and parameter gradients right after.
+- ``torch.optim.Optimizer.zero_grad`` and ``torch.nn.Module.zero_grad``: whether and how
+  gradients were cleared during a step.
+
+The wrappers call the original first or last and never change arguments or results. They are
+installed by the first session and restored by the last one to leave; each listener's failure
+is its own (listeners guard themselves).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import torch
+
+_lock = threading.Lock()
+_listeners: list = []
+_originals: dict = {}
+
+
+def _backward(original):
+    @functools.wraps(original)
+    def backward(tensors, *args, **kwargs):
+        listeners = list(_listeners)
+        for listener in listeners:
+            listener.before_backward(tensors)
+        result = original(tensors, *args, **kwargs)
+        for listener in listeners:
+            listener.after_backward()
+        return result
+
+    return backward
+
+
+def _zero_grad(original):
+    @functools.wraps(original)
+    def zero_grad(self, set_to_none: bool = True, *args, **kwargs):
+        result = original(self, set_to_none, *args, **kwargs)
+        for listener in list(_listeners):
+            listener.on_zero_grad(self, set_to_none)
+        return result
+
+    return zero_grad
+
+
+_TARGETS = (
+    (torch.autograd, "backward", _backward),
+    (torch.optim.Optimizer, "zero_grad", _zero_grad),
+    (torch.nn.Module, "zero_grad", _zero_grad),
+)
+
+
+def add_listener(listener) -> None:
+    """Start delivering events to `listener` (installs the wrappers for the first one)."""
+    with _lock:
+        if not _listeners:
+            for owner, attr, wrap in _TARGETS:
+                original = owner.__dict__[attr]
+                _originals[(owner, attr)] = original
+                setattr(owner, attr, wrap(original))
+        _listeners.append(listener)
+
+
+def remove_listener(listener) -> None:
+    """Stop delivering to `listener`; the last one out restores torch's own functions."""
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+        if not _listeners and _originals:
+            for (owner, attr), original in _originals.items():
+                setattr(owner, attr, original)
+            _originals.clear()

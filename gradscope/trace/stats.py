@@ -1,0 +1,47 @@
+"""On-device tensor statistics.
+
+Every statistic is computed where the tensor lives and stays there: `summarize` only launches
+kernels and returns a small device tensor. Nothing here reads a value back to the host; the
+recorder thread does that once per step for all rows together (see `session.py`).
+
+`std` is the population standard deviation (``correction=0``) so that a one-element tensor has a
+finite spread. Complex tensors are summarized by their magnitude, integer and bool tensors as
+float32. Sparse, meta and empty tensors have no statistics (only a shape).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Order of the values in a statistics row; ``count`` travels separately (it is known on the host).
+FIELDS = ("mean", "std", "min", "max", "norm", "zeros", "nonfinite")
+
+
+def has_values(t: torch.Tensor) -> bool:
+    """Whether `t` holds values gradscope can summarize without touching the host."""
+    return t.layout == torch.strided and t.device.type != "meta" and t.numel() > 0
+
+
+def summarize(t: torch.Tensor) -> torch.Tensor | None:
+    """Return a float64 device tensor of `FIELDS` for `t`, or None when `t` has no values."""
+    if not has_values(t):
+        return None
+    x = t.detach()
+    if x.is_complex():
+        x = x.abs()
+    if not x.is_floating_point():
+        x = x.float()
+    elif x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    std, mean = torch.std_mean(x, correction=0)
+    floats = torch.stack((mean, std, x.amin(), x.amax(), torch.linalg.vector_norm(x)))
+    counts = torch.stack(((x == 0).sum(), (~torch.isfinite(x)).sum()))
+    return torch.cat((floats.double(), counts.double()))
+
+
+def as_dict(count: int, values) -> dict:
+    """Host-side row: `values` in `FIELDS` order, counts as ints."""
+    row = {"count": count}
+    for name, value in zip(FIELDS, values):
+        row[name] = int(value) if name in ("zeros", "nonfinite") else float(value)
+    return row

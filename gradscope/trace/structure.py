@@ -1,0 +1,64 @@
+"""Describe what a module takes and returns: nested tuples, lists, dicts, dataclasses, None.
+
+Only host-side attributes are read (shape, dtype, device, layout), so describing never syncs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import torch
+
+#: Leaves described per call; the rest is counted, not listed.
+MAX_LEAVES = 32
+
+
+def _children(value) -> Iterator[tuple[str, object]] | None:
+    if isinstance(value, dict):
+        return ((str(k), v) for k, v in value.items())
+    if isinstance(value, (tuple, list)):
+        return ((str(i), v) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return ((f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value))
+    return None
+
+
+def leaves(value) -> Iterator[tuple[str, object]]:
+    """(path, leaf) pairs of a nested value, depth first; the path joins keys with '.'."""
+    stack = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        children = None if isinstance(item, torch.Tensor) else _children(item)
+        if children is None:
+            yield path, item
+            continue
+        kids = [(f"{path}.{k}" if path else k, v) for k, v in children]
+        stack.extend(reversed(kids))
+
+
+def describe_tensor(t: torch.Tensor) -> dict:
+    info = {
+        "shape": list(t.shape),
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "device": str(t.device),
+    }
+    if t.layout != torch.strided:
+        info["layout"] = str(t.layout).removeprefix("torch.")
+    return info
+
+
+def describe(value) -> tuple[list[dict], list[tuple[str, torch.Tensor]]]:
+    """Return (descriptions, tensors): one description per leaf, and the tensor leaves."""
+    described: list[dict] = []
+    tensors: list[tuple[str, torch.Tensor]] = []
+    for n, (path, leaf) in enumerate(leaves(value)):
+        if n == MAX_LEAVES:
+            described.append({"path": "...", "more": True})
+            break
+        if isinstance(leaf, torch.Tensor):
+            described.append({"path": path, **describe_tensor(leaf)})
+            tensors.append((path, leaf))
+        else:
+            described.append({"path": path, "type": type(leaf).__name__})
+    return described, tensors

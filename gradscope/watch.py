@@ -1,0 +1,66 @@
+"""`gradscope.watch`: attach to models and optimizers from inside a training script."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from .session import Session
+
+
+def _as_list(value, kind) -> list:
+    if value is None:
+        return []
+    if isinstance(value, kind):
+        return [value]
+    if isinstance(value, dict):
+        return list(value.items())
+    return list(value)
+
+
+def watch(
+    model,
+    optimizer=None,
+    *,
+    record: str | Path | None = None,
+    sample: int = 1024,
+    max_calls: int = 8,
+    graph_every: int = 100,
+    analyze=None,
+) -> Session:
+    """Watch `model` (a module, a list of modules, or a dict name -> module) and `optimizer`
+    (one or a list) and record every step.
+
+    Use it as a context manager (``with gradscope.watch(model, opt): ...``) or keep the
+    returned `Session` and call ``.close()``. On close every hook is removed and the record is
+    finished. `record` is the record file (default: a new file in ``.gradscope/runs/``); see
+    `Session` for the other settings. Watching never changes what training computes.
+    """
+    models = _as_list(model, torch.nn.Module)
+    optimizers = _as_list(optimizer, torch.optim.Optimizer)
+    if not models:
+        raise TypeError("gradscope.watch needs at least one torch.nn.Module")
+    session = Session(
+        record,
+        sample=sample,
+        max_calls=max_calls,
+        graph_every=graph_every,
+        analyze=analyze,
+        run={"mode": "watch", "argv": list(sys.argv)},
+    )
+    try:
+        for item in models:
+            name, module = item if isinstance(item, tuple) else (None, item)
+            if not isinstance(module, torch.nn.Module):
+                raise TypeError(f"gradscope.watch: expected a torch.nn.Module, got {type(module).__name__}")
+            session.add_model(module, name)
+        for opt in optimizers:
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(f"gradscope.watch: expected a torch.optim.Optimizer, got {type(opt).__name__}")
+            session.add_optimizer(opt)
+    except BaseException:
+        session.close("failed")
+        raise
+    return session
