@@ -96,6 +96,16 @@ class Session:
         patches.add_listener(self)
 
     # -- attaching ------------------------------------------------------------------------
+    def knows(self, module: torch.nn.Module) -> bool:
+        """Whether `module` is watched (as a root or inside one)."""
+        return id(module) in self._modules
+
+    @_guarded
+    def attach_running(self, module: torch.nn.Module, args) -> None:
+        """Watch a root module whose forward has already begun (its own pre-hook missed it)."""
+        prefix = self.add_model(module)
+        self._on_pre(prefix, module, args, {})
+
     def _root_prefix(self, module: torch.nn.Module) -> str:
         has_params = any(True for _ in module.parameters())
         if has_params and "" not in self._root_prefixes:

@@ -176,6 +176,49 @@ class Record:
             )
         ]
 
+    def latest_stats(self, kind: str) -> dict[str, tuple[int, Stat]]:
+        """subject -> (step, stat) of the most recent first-call row of `kind` per subject."""
+        rows = self._rows(
+            "SELECT s.* FROM stats s JOIN (SELECT subject, max(step) AS step FROM stats"
+            " WHERE kind = ? AND call = 0 GROUP BY subject) m"
+            " ON s.subject = m.subject AND s.step = m.step"
+            " WHERE s.kind = ? AND s.call = 0 AND s.path = '' ORDER BY s.rowid",
+            (kind, kind),
+        )
+        return {
+            r["subject"]: (r["step"], Stat(r["kind"], r["subject"], r["call"], r["path"], r["count"],
+                                           r["mean"], r["std"], r["min"], r["max"], r["norm"],
+                                           r["zeros"], r["nonfinite"]))
+            for r in rows
+        }
+
+    def latest_calls(self) -> dict[str, list[dict]]:
+        """module -> its calls in the most recent step that called it."""
+        rows = self._rows(
+            "SELECT c.* FROM calls c JOIN (SELECT module, max(step) AS step FROM calls"
+            " GROUP BY module) m ON c.module = m.module AND c.step = m.step ORDER BY c.rowid"
+        )
+        out: dict[str, list[dict]] = {}
+        for r in rows:
+            out.setdefault(r["module"], []).append({
+                "step": r["step"], "call": r["call"],
+                "training": None if r["training"] is None else bool(r["training"]),
+                "inputs": json.loads(r["inputs"]), "outputs": json.loads(r["outputs"]),
+            })
+        return out
+
+    def latest_updates(self) -> dict[str, tuple[int, Update]]:
+        """param -> (step, update) of its most recent step."""
+        rows = self._rows(
+            "SELECT u.* FROM updates u JOIN (SELECT param, max(step) AS step FROM updates"
+            " GROUP BY param) m ON u.param = m.param AND u.step = m.step ORDER BY u.rowid"
+        )
+        return {
+            r["param"]: (r["step"], Update(r["param"], r["optimizer"], r["delta"], r["weight"],
+                                           r["outside"], r["step_delta"], r["step_weight"]))
+            for r in rows
+        }
+
     def updates(self, *, step: int | None = None, param: str | None = None) -> list[Update]:
         sql, args = "SELECT * FROM updates WHERE 1=1", []
         for column, value in (("step", step), ("param", param)):

@@ -1,0 +1,197 @@
+"""Command line: argument parsing only; each command calls into the modules that own the work.
+
+Errors in the user's input print one line (``gradscope: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from . import __version__
+
+EPILOG = """\
+examples:
+  gradscope demo                          train a small CNN under gradscope and summarize it
+  gradscope demo --bug nan                the same with a planted bug, to see findings
+  gradscope run train.py --epochs 3       run your script unchanged; arguments after the
+                                          script go to the script
+  gradscope run --report r.json -m pkg.train
+  gradscope runs                          list the records in .gradscope/runs
+  gradscope report RECORD -o report.json  the JSON report of a record
+
+Records are SQLite files, one per run, under .gradscope/runs/ unless --record says otherwise.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradscope",
+        description="A debugger for PyTorch training: records the autograd graph, module shapes, "
+        "activation and gradient statistics and parameter updates of every step, and reports "
+        "what looks wrong.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gradscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a training script unchanged and record it",
+        description="Run SCRIPT (or -m MODULE) exactly as python would, attached to every model "
+        "that runs a forward and every optimizer that steps. The script's output, exit status "
+        "and traceback are its own; gradscope's summary goes to stderr at the end.",
+    )
+    run.add_argument("--headless", action="store_true", help="no terminal UI (the only mode for now)")
+    run.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/<time>-<script>.sqlite)")
+    run.add_argument("--report", metavar="PATH", help="also write the JSON report to PATH when the script ends")
+    run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
+    _add_settings(run)
+    run.add_argument("script", nargs="?", metavar="SCRIPT", help="the training script")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
+
+    demo = sub.add_parser(
+        "demo",
+        help="train the tutorial CNN on generated images, under gradscope",
+        description="Train a LeNet-style CNN on a generated ten-class image task (no download) "
+        "while gradscope records it, then summarize. --bug plants a known mistake.",
+    )
+    from .demo import BUGS
+
+    demo.add_argument("--steps", type=_positive, default=200, help="training steps (default 200)")
+    demo.add_argument("--bug", choices=sorted(BUGS), help="; ".join(f"{k}: {v}" for k, v in BUGS.items()))
+    demo.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/...)")
+    demo.add_argument("--report", metavar="PATH", help="also write the JSON report to PATH")
+
+    report = sub.add_parser("report", help="write the JSON report of a record",
+                            description="Write the JSON report of RECORD (keys: run, modules, "
+                            "parameters, optimizers, graph, steps, findings).")
+    report.add_argument("record", metavar="RECORD", help="a record file")
+    report.add_argument("-o", "--output", metavar="PATH", default="-", help="output file (default: stdout)")
+
+    sub.add_parser("runs", help="list the records under .gradscope/runs",
+                   description="List the records under .gradscope/runs in the working directory, oldest first.")
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sample", type=_positive, default=1024, metavar="N",
+                        help="elements per parameter tracked for update statistics (default 1024)")
+    parser.add_argument("--graph-every", type=int, default=100, metavar="N",
+                        help="walk the autograd graph every N steps and when shapes change (0: never)")
+
+
+def _cmd_run(args) -> int:
+    from . import launch
+
+    if args.module:
+        target = launch.Target(args.module, ([args.script] if args.script else []) + args.args, True)
+    elif args.script:
+        target = launch.Target(args.script, args.args)
+    else:
+        raise _usage("run: give a SCRIPT or -m MODULE")
+    launch.check_target(target)
+    session = launch.new_session(target, args.record, sample=args.sample, graph_every=args.graph_every)
+    code = launch.run(target, session)
+    _finish(session.path, args.report)
+    return code
+
+
+def _cmd_demo(args) -> int:
+    from . import demo
+    from .record.paths import new_record_path
+    from .watch import watch
+
+    path = args.record or new_record_path(f"demo-{args.bug}" if args.bug else "demo")
+    sessions = []
+
+    def attach(net, optimizer):
+        session = watch(net, optimizer, record=path)
+        session.annotate(mode="demo", target="gradscope demo", bug=args.bug)
+        sessions.append(session)
+        return session
+
+    demo.train(args.steps, args.bug, progress=demo.print_progress, watch=attach)
+    _finish(sessions[0].path, args.report)
+    return 0
+
+
+def _finish(path, report_path) -> None:
+    from . import report, summary
+    from .record.reader import open_record
+
+    with open_record(path) as record:
+        if report_path:
+            report.write(record, report_path)
+        print(summary.summarize_record(record), file=sys.stderr)
+
+
+def _cmd_report(args) -> int:
+    from . import report
+    from .record.reader import open_record
+
+    with open_record(args.record) as record:
+        report.write(record, args.output)
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    from .errors import RecordError
+    from .record.paths import RUNS_DIR, list_records
+    from .record.reader import open_record
+
+    paths = list_records()
+    if not paths:
+        print(f"no records in {RUNS_DIR}/ (gradscope run SCRIPT makes one)", file=sys.stderr)
+        return 0
+    for path in paths:
+        try:
+            with open_record(path) as record:
+                run = record.run()
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.get("started", 0)))
+            print(f"{path}  {started}  {run.get('status', '?'):11} {run.get('steps', 0):6} steps  {run.get('target', '')}")
+        except RecordError as exc:
+            print(f"{path}  unreadable: {exc}")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import GradscopeError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "runs": _cmd_runs}[args.command](args)
+    except _UsageError as exc:
+        parser.error(str(exc))
+    except GradscopeError as exc:
+        print(f"gradscope: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1
+    except KeyboardInterrupt:
+        print("gradscope: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Built-in gradscope checks, registered through the gradscope.plugins entry-point group."""
