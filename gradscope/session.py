@@ -22,7 +22,7 @@ import torch
 from .data import StepData
 from .record.paths import new_record_path
 from .record.writer import RecordWriter, StepSnapshot, _internal_finding
-from .trace import patches
+from .trace import keepalive, patches
 from .trace.autograd import IN_MARK, OUT_MARK, walk
 from .trace.batch import RowBatch
 from .trace.params import ParamTracker
@@ -349,6 +349,7 @@ class Session:
         )
         self._last_signature = signature
         self._reset_step()
+        keepalive.release_dead()
 
     def _eval_modules(self) -> list[str]:
         out = []
@@ -399,6 +400,7 @@ class Session:
         except Exception as exc:
             self._failed("close", exc)
         self._writer.close(status=status, **fields)
+        keepalive.release_dead()
         return self.path
 
     def __enter__(self) -> "Session":

@@ -22,6 +22,8 @@ from typing import Mapping
 import networkx as nx
 import torch
 
+from . import keepalive
+
 OUT_MARK = "gradscope.out"
 IN_MARK = "gradscope.in"
 
@@ -149,6 +151,8 @@ def walk(
                     node_scope[child] = _scope(child, node_scope[node])
                 queue.append(child)
             data.edges.append((nid, cid, index, output_nr))
+    node = child = None
+    keepalive.hold(list(ids))
     return data
 
 
