@@ -1,8 +1,9 @@
 """One attached run: the hooks, the step lifecycle and the record writer.
 
 A *step* ends when the first optimizer that ever stepped (the primary one) finishes
-``step()``; other optimizers' updates belong to the step that is open when they run. Without
-any optimizer, a step ends when a watched root module starts a forward after a backward ran.
+``step()``; other optimizers' updates belong to the step that is open when they run. While no
+optimizer is watched yet, a step ends when a watched root module starts a forward after a
+backward ran (``gradscope run`` attaches optimizers at their first step).
 At the end of a step, `Session` hands everything it gathered to the recorder thread in one
 snapshot; device values travel as one non-blocking copy per device.
 
@@ -204,7 +205,7 @@ class Session:
     # -- module hooks (training thread) -------------------------------------------------------
     @_guarded
     def _on_pre(self, name, module, args, kwargs):
-        if self._depth == 0 and self._primary is None and self._backwards:
+        if self._depth == 0 and not self._optimizers and self._backwards:
             self._close_step()
         self._depth += 1
         if self._want_graph:
