@@ -24,7 +24,7 @@ from torch.optim import optimizer as optim_module
 from .errors import GradscopeError
 from .session import Session
 
-_OWN_FILES = (str(Path(__file__).resolve().parent), runpy.__file__)
+_OWN_FILES = (str(Path(__file__).resolve().parent), runpy.__file__, "<frozen runpy>")
 
 
 @dataclass

@@ -8,6 +8,7 @@ in the file: values are SQLite scalars and JSON.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -17,6 +18,23 @@ from ..trace.autograd import GraphData
 from . import schema
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _real(value):
+    return math.nan if value is None else value
+
+
+def _stat(r) -> Stat:
+    return Stat(r["kind"], r["subject"], r["call"], r["path"], r["count"], _real(r["mean"]),
+                _real(r["std"]), _real(r["min"]), _real(r["max"]), _real(r["norm"]), r["zeros"],
+                r["nonfinite"])
+
+
+def _update(r) -> Update:
+    stepped = r["optimizer"] is not None
+    opt = _real if stepped else (lambda v: v)
+    return Update(r["param"], r["optimizer"], opt(r["delta"]), opt(r["weight"]), opt(r["outside"]),
+                  _real(r["step_delta"]), _real(r["step_weight"]))
 
 
 def open_record(path: str | Path) -> "Record":
@@ -160,16 +178,14 @@ class Record:
             if value is not None:
                 sql, args = sql + f" AND {column} = ?", args + [value]
         return [
-            Stat(r["kind"], r["subject"], r["call"], r["path"], r["count"], r["mean"], r["std"],
-                 r["min"], r["max"], r["norm"], r["zeros"], r["nonfinite"])
+            _stat(r)
             for r in self._rows(sql + " ORDER BY step, rowid", args)
         ]
 
     def stat_series(self, kind: str, subject: str) -> list[tuple[int, Stat]]:
         """(step, stat) for the first call of `subject` in every step it was recorded."""
         return [
-            (r["step"], Stat(r["kind"], r["subject"], r["call"], r["path"], r["count"], r["mean"],
-                             r["std"], r["min"], r["max"], r["norm"], r["zeros"], r["nonfinite"]))
+            (r["step"], _stat(r))
             for r in self._rows(
                 "SELECT * FROM stats WHERE kind = ? AND subject = ? AND call = 0 ORDER BY step",
                 (kind, subject),
@@ -186,9 +202,7 @@ class Record:
             (kind, kind),
         )
         return {
-            r["subject"]: (r["step"], Stat(r["kind"], r["subject"], r["call"], r["path"], r["count"],
-                                           r["mean"], r["std"], r["min"], r["max"], r["norm"],
-                                           r["zeros"], r["nonfinite"]))
+            r["subject"]: (r["step"], _stat(r))
             for r in rows
         }
 
@@ -214,8 +228,7 @@ class Record:
             " GROUP BY param) m ON u.param = m.param AND u.step = m.step ORDER BY u.rowid"
         )
         return {
-            r["param"]: (r["step"], Update(r["param"], r["optimizer"], r["delta"], r["weight"],
-                                           r["outside"], r["step_delta"], r["step_weight"]))
+            r["param"]: (r["step"], _update(r))
             for r in rows
         }
 
@@ -225,8 +238,7 @@ class Record:
             if value is not None:
                 sql, args = sql + f" AND {column} = ?", args + [value]
         return [
-            Update(r["param"], r["optimizer"], r["delta"], r["weight"], r["outside"],
-                   r["step_delta"], r["step_weight"])
+            _update(r)
             for r in self._rows(sql + " ORDER BY step, rowid", args)
         ]
 

@@ -2,7 +2,8 @@
 
 The file is marked with a SQLite ``application_id`` so that any other SQLite file is told apart,
 and ``user_version`` carries the schema version. JSON columns hold small nested values (shapes,
-call descriptions, graph node-link data).
+call descriptions, graph node-link data). SQLite stores NaN as NULL: readers turn NULL back
+into NaN in statistics columns (and in update columns of a parameter an optimizer stepped).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CREATE INDEX stats_by_subject ON stats (subject, kind, step);
 CREATE INDEX stats_by_step ON stats (step);
 CREATE TABLE updates (
     step INTEGER NOT NULL, param TEXT NOT NULL, optimizer INTEGER, delta REAL, weight REAL,
-    outside REAL, step_delta REAL NOT NULL, step_weight REAL NOT NULL,
+    outside REAL, step_delta REAL, step_weight REAL,
     PRIMARY KEY (step, param)
 );
 CREATE TABLE graphs (step INTEGER PRIMARY KEY, data TEXT NOT NULL);
