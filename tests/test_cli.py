@@ -200,3 +200,11 @@ def test_help_teaches_and_console_script_works(run_cli):
     import subprocess
 
     assert subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.startswith("gradscope ")
+
+
+def test_hard_crash_keeps_committed_steps(run_cli, script, tmp_path):
+    path = script(TRAIN.format(tail="import os, signal, time\ntime.sleep(2)\nos.kill(os.getpid(), signal.SIGKILL)"))
+    proc = run_cli("run", "--record", "r.sqlite", path)
+    assert proc.returncode != 0
+    report = json.loads(run_cli("report", "r.sqlite", check=0).stdout)
+    assert len(report["steps"]) == 3 and report["run"]["status"] == "running"

@@ -15,6 +15,7 @@ output it produced, else its consumer's scope, and crossing a module's inputs le
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -28,6 +29,8 @@ OUT_MARK = "gradscope.out"
 IN_MARK = "gradscope.in"
 
 _saved_names: dict[type, tuple[str, ...]] = {}
+# The C base type: isinstance against it skips torch.Tensor's Python-level __instancecheck__.
+_TENSOR = getattr(torch._C, "TensorBase", torch.Tensor)
 
 
 @dataclass
@@ -56,11 +59,14 @@ def _encloses(outer: str, inner: str | None) -> bool:
 
 
 def _describe_saved(value):
-    if isinstance(value, torch.Tensor):
+    """Shape and dtype of a saved tensor (or a list of them), plain scalars as they are;
+    None for anything else (sizes and strides are left out: they repeat the shapes)."""
+    if isinstance(value, _TENSOR):
         return {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, (tuple, list)):
-        items = [_describe_saved(v) for v in value]
-        return None if any(i is None for i in items) else items
+        if value and isinstance(value[0], _TENSOR):
+            return [_describe_saved(v) for v in value]
+        return None
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return None
@@ -159,10 +165,12 @@ def walk(
 def to_networkx(data: GraphData) -> nx.DiGraph:
     """Build a `networkx.DiGraph` from `GraphData`; node attributes are the node dicts."""
     graph = nx.DiGraph()
-    for info in data.nodes:
-        graph.add_node(info["id"], **{k: v for k, v in info.items() if k != "id"})
-    for src, dst, index, output_nr in data.edges:
-        graph.add_edge(src, dst, index=index, output_nr=output_nr)
+    graph.add_nodes_from((info["id"], info) for info in data.nodes)
+    for _, attrs in graph.nodes(data=True):
+        del attrs["id"]
+    graph.add_edges_from(
+        (src, dst, {"index": index, "output_nr": output_nr}) for src, dst, index, output_nr in data.edges
+    )
     return graph
 
 
@@ -191,4 +199,10 @@ def autograd_graph(
     Edges carry ``index`` and ``output_nr`` from ``next_functions``. A tensor without
     ``grad_fn`` gives an empty graph.
     """
-    return to_networkx(walk(tensor.grad_fn, param_ids(names), saved=saved))
+    enabled = gc.isenabled()
+    gc.disable()  # tens of thousands of small dicts: collecting halfway through only costs time
+    try:
+        return to_networkx(walk(tensor.grad_fn, param_ids(names), saved=saved))
+    finally:
+        if enabled:
+            gc.enable()

@@ -34,8 +34,10 @@ def summarize(t: torch.Tensor) -> torch.Tensor | None:
     elif x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     std, mean = torch.std_mean(x, correction=0)
-    floats = torch.stack((mean, std, x.amin(), x.amax(), torch.linalg.vector_norm(x)))
-    counts = torch.stack(((x == 0).sum(), (~torch.isfinite(x)).sum()))
+    low, high = torch.aminmax(x)
+    floats = torch.stack((mean, std, low, high, torch.linalg.vector_norm(x)))
+    n = x.numel()
+    counts = torch.stack((n - torch.count_nonzero(x), n - torch.count_nonzero(torch.isfinite(x))))
     return torch.cat((floats.double(), counts.double()))
 
 
