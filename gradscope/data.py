@@ -31,10 +31,6 @@ class Stat:
     zeros: int
     nonfinite: int
 
-    @property
-    def zero_fraction(self) -> float:
-        return self.zeros / self.count if self.count else 0.0
-
 
 KINDS = ("activation", "grad-output", "grad", "weight", "loss")
 
@@ -82,6 +78,3 @@ class StepData:
             if s.kind == kind and s.subject == subject and s.call == call and s.path == path:
                 return s
         return None
-
-    def of_kind(self, kind: str) -> list[Stat]:
-        return [s for s in self.stats if s.kind == kind]

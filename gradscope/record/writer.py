@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..data import Stat, StepData, Update
+from ..data import KINDS, Stat, StepData, Update
 from ..trace.batch import FrozenBatch
 from . import schema
-
-STAT_KINDS = {"activation", "grad-output", "grad", "weight", "loss"}
 
 
 @dataclass
@@ -44,7 +42,7 @@ def decode(snapshot: StepSnapshot) -> StepData:
     opt_updates: dict[str, tuple[int, list[float]]] = {}
     step_updates: dict[str, list[float]] = {}
     for kind, key, count, values in snapshot.rows.read():
-        if kind in STAT_KINDS:
+        if kind in KINDS:
             subject, call, path = key
             data.stats.append(Stat(kind, subject, call, path, count, *values))
         elif kind == "update":

@@ -40,10 +40,3 @@ def summarize(t: torch.Tensor) -> torch.Tensor | None:
     counts = torch.stack((n - torch.count_nonzero(x), n - torch.count_nonzero(torch.isfinite(x))))
     return torch.cat((floats.double(), counts.double()))
 
-
-def as_dict(count: int, values) -> dict:
-    """Host-side row: `values` in `FIELDS` order, counts as ints."""
-    row = {"count": count}
-    for name, value in zip(FIELDS, values):
-        row[name] = int(value) if name in ("zeros", "nonfinite") else float(value)
-    return row
