@@ -20,6 +20,9 @@ examples:
   gradscope run --report r.json -m pkg.train
   gradscope runs                          list the records in .gradscope/runs
   gradscope report RECORD -o report.json  the JSON report of a record
+  gradscope run --fail-on error train.py  exit 3 when a check finds an error (for CI)
+  gradscope run -p no:dead-relu --set update-ratio.high=0.2 train.py
+  gradscope plugins                       list the checks and other plugins loaded
 
 Records are SQLite files, one per run, under .gradscope/runs/ unless --record says otherwise.
 """
@@ -64,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--bug", choices=sorted(BUGS), help="; ".join(f"{k}: {v}" for k, v in BUGS.items()))
     demo.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/...)")
     demo.add_argument("--report", metavar="PATH", help="also write the JSON report to PATH")
+    _add_check_options(demo)
+
+    sub.add_parser("plugins", help="list the loaded plugins",
+                   description="List the plugins gradscope loads: name, version, where from "
+                   "(built-in or the distribution), and the hooks each implements. "
+                   "-p no:NAME switches one off; GRADSCOPE_PLUGINS=a,b loads only those "
+                   "third-party plugins.")
 
     report = sub.add_parser("report", help="write the JSON report of a record",
                             description="Write the JSON report of RECORD (keys: run, modules, "
@@ -91,6 +101,26 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                         help="elements per parameter tracked for update statistics (default 1024)")
     parser.add_argument("--graph-every", type=int, default=100, metavar="N",
                         help="walk the autograd graph every N steps and when shapes change (0: never)")
+    _add_check_options(parser)
+
+
+def _add_check_options(parser: argparse.ArgumentParser) -> None:
+    checks = parser.add_argument_group("checks")
+    checks.add_argument("-p", dest="plugins", action="append", metavar="no:NAME", default=[],
+                        help="switch a plugin off, e.g. -p no:dead-relu (repeatable; see: gradscope plugins)")
+    checks.add_argument("--set", dest="sets", action="append", metavar="CHECK.KEY=VALUE", default=[],
+                        help="tune a check, e.g. --set dead-relu.fraction=0.9 (also [tool.gradscope.CHECK] in pyproject.toml)")
+    checks.add_argument("--no-checks", action="store_true", help="record only, run no plugin")
+    checks.add_argument("--fail-on", choices=("error", "warning", "info"), metavar="SEVERITY",
+                        help="exit with status 3 when a finding of SEVERITY or worse exists (error, warning, info)")
+
+
+def _analyzer(args):
+    from .plugins import parse_switches
+    from .watch import make_analyzer
+
+    disabled = parse_switches(args.plugins)
+    return None if args.no_checks else make_analyzer(disabled, sets=args.sets)
 
 
 def _cmd_run(args) -> int:
@@ -103,39 +133,58 @@ def _cmd_run(args) -> int:
     else:
         raise _usage("run: give a SCRIPT or -m MODULE")
     launch.check_target(target)
-    session = launch.new_session(target, args.record, sample=args.sample, graph_every=args.graph_every)
+    analyzer = _analyzer(args)
+    session = launch.new_session(
+        target, args.record, sample=args.sample, graph_every=args.graph_every, analyzer=analyzer
+    )
     code = launch.run(target, session)
-    _finish(session.path, args.report)
-    return code
+    failed = _finish(session.path, args.report, args.fail_on)
+    return code or (3 if failed else 0)
 
 
 def _cmd_demo(args) -> int:
     from . import demo
     from .record.paths import new_record_path
-    from .watch import watch
+    from .session import Session
 
     path = args.record or new_record_path(f"demo-{args.bug}" if args.bug else "demo")
+    analyzer = _analyzer(args)
     sessions = []
 
     def attach(net, optimizer):
-        session = watch(net, optimizer, record=path)
-        session.annotate(mode="demo", target="gradscope demo", bug=args.bug)
+        run = {"mode": "demo", "target": "gradscope demo", "bug": args.bug, "argv": sys.argv}
+        session = Session(path, analyzer=analyzer, run=run)
+        session.add_model(net)
+        session.add_optimizer(optimizer)
         sessions.append(session)
         return session
 
     demo.train(args.steps, args.bug, progress=demo.print_progress, watch=attach)
-    _finish(sessions[0].path, args.report)
-    return 0
+    return 3 if _finish(sessions[0].path, args.report, args.fail_on) else 0
 
 
-def _finish(path, report_path) -> None:
+def _finish(path, report_path, fail_on=None) -> bool:
+    """Write the report, print the summary; whether a finding reaches `fail_on`."""
     from . import report, summary
+    from .findings import SEVERITIES
     from .record.reader import open_record
 
     with open_record(path) as record:
         if report_path:
             report.write(record, report_path)
         print(summary.summarize_record(record), file=sys.stderr)
+        if fail_on is None:
+            return False
+        worst = SEVERITIES[: SEVERITIES.index(fail_on) + 1]
+        return any(f["severity"] in worst for f in record.findings())
+
+
+def _cmd_plugins(args) -> int:
+    from . import plugins
+
+    _, infos = plugins.load()
+    plugins.print_table(infos)
+    return 0
 
 
 def _cmd_report(args) -> int:
@@ -184,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "runs": _cmd_runs}[args.command](args)
+        commands = {"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "runs": _cmd_runs,
+                    "plugins": _cmd_plugins}
+        return commands[args.command](args)
     except _UsageError as exc:
         parser.error(str(exc))
     except GradscopeError as exc:

@@ -13,8 +13,8 @@ from .trace.autograd import GraphData
 
 @dataclass(frozen=True)
 class Stat:
-    """Statistics of one tensor: an activation, an output gradient, a parameter's gradient or
-    weight, or the loss. `kind` is one of `KINDS`; `subject` the module or parameter name (or
+    """Statistics of one tensor: a root module's input, an activation, an output gradient, a
+    parameter's gradient or weight, or the loss. `kind` is one of `KINDS`; `subject` the module or parameter name (or
     ``loss``); `call` which call of the module in the step (or which backward, for the loss);
     `path` where the tensor sits in a nested output ('' for a plain tensor)."""
 
@@ -32,7 +32,7 @@ class Stat:
     nonfinite: int
 
 
-KINDS = ("activation", "grad-output", "grad", "weight", "loss")
+KINDS = ("input", "activation", "grad-output", "grad", "weight", "loss")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class Update:
 
 @dataclass
 class StepData:
-    """Everything recorded for one step."""
+    """Everything recorded for one step. `tails` maps (module, call, request name) to
+    (elements outside the requested interval, elements counted), for plugins' `TailCount`s."""
 
     step: int
     time: float
@@ -71,6 +72,7 @@ class StepData:
     calls: list[dict] = field(default_factory=list)
     stats: list[Stat] = field(default_factory=list)
     updates: dict[str, Update] = field(default_factory=dict)
+    tails: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
     graph: GraphData | None = None
 
     def stat(self, kind: str, subject: str, call: int = 0, path: str = "") -> Stat | None:

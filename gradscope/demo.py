@@ -71,7 +71,7 @@ def train(steps: int = 200, bug: str | None = None, batch: int = 32, progress=No
     if bug == "dead-relu":
         with torch.no_grad():
             net.fc1.bias.fill_(-20.0)
-    lr = 50.0 if bug == "lr" else 0.05
+    lr = 50.0 if bug == "lr" else 0.02
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     losses = []
     with watch(net, optimizer) if watch is not None else contextlib.nullcontext():

@@ -29,6 +29,7 @@ from .trace.batch import RowBatch
 from .trace.params import ParamTracker
 from .trace.stats import summarize
 from .trace.structure import describe, leaves
+from .trace.tails import compute
 
 
 def _guarded(method):
@@ -60,7 +61,8 @@ class Session:
     `sample` — elements per parameter tracked for update statistics; `max_calls` — calls per
     module per step described in full; `graph_every` — walk the autograd graph every N steps
     (and whenever the step's module calls change shape; 0 turns graph capture off);
-    `analyze` — called by the recorder thread with each step's `StepData`, returns findings.
+    `analyzer` — a `gradscope.analysis.Analyzer` whose plugins judge each step in the recorder
+    thread (None: record only).
     """
 
     def __init__(
@@ -71,12 +73,16 @@ class Session:
         max_calls: int = 8,
         graph_every: int = 100,
         run: dict | None = None,
-        analyze=None,
+        analyzer=None,
     ):
         self.path = Path(record) if record is not None else new_record_path("watch")
         run = dict(run or {})
         run.setdefault("torch", torch.__version__)
-        self._writer = RecordWriter(self.path, run, analyze)
+        self._writer = RecordWriter(self.path, run, analyzer)
+        self._tails: dict[str, list] = {}
+        for request in analyzer.tail_requests if analyzer is not None else ():
+            for type_name in request.module_types:
+                self._tails.setdefault(type_name, []).append(request)
         self.step = 0
         self._max_calls = max_calls
         self._graph_every = graph_every
@@ -205,13 +211,26 @@ class Session:
     # -- module hooks (training thread) -------------------------------------------------------
     @_guarded
     def _on_pre(self, name, module, args, kwargs):
-        if self._depth == 0 and not self._optimizers and self._backwards:
-            self._close_step()
+        if self._depth == 0:
+            if not self._optimizers and self._backwards:
+                self._close_step()
+            self._summarize_inputs(name, args, kwargs)
         self._depth += 1
         if self._want_graph:
             for _, leaf in leaves((args, kwargs)):
                 if isinstance(leaf, torch.Tensor):
                     _mark(leaf, IN_MARK, name)
+
+    def _summarize_inputs(self, name, args, kwargs) -> None:
+        call = self._input_calls.get(name, 0)
+        self._input_calls[name] = call + 1
+        if call >= self._max_calls:
+            return
+        for path, leaf in [*leaves(args), *leaves(kwargs)]:
+            if isinstance(leaf, torch.Tensor):
+                values = summarize(leaf)
+                if values is not None:
+                    self._batch.add("input", [(name, call, path)], [leaf.numel()], values)
 
     @_guarded
     def _on_post(self, name, module, args, kwargs, output):
@@ -229,10 +248,15 @@ class Session:
             "inputs": inputs, "outputs": outputs,
         })
         grad_enabled = torch.is_grad_enabled()
+        tails = self._tails.get(type(module).__name__, ())
         for path, t in tensors:
             values = summarize(t)
             if values is not None:
                 self._batch.add("activation", [(name, call, path)], [t.numel()], values)
+            for request in tails:
+                counted, total = compute(t, request)
+                if counted is not None:
+                    self._batch.add("tail", [(name, call, request.name)], [total], counted)
             if grad_enabled and t.grad_fn is not None:
                 t.register_hook(functools.partial(self._on_output_grad, name, call, path))
                 if self._want_graph:
@@ -271,7 +295,7 @@ class Session:
     def on_zero_grad(self, owner, set_to_none):
         if isinstance(owner, torch.optim.Optimizer):
             entry = self._optimizers.get(id(owner))
-            who = None if entry is None else f"optimizer{entry['index']}"
+            who = type(owner).__name__ if entry is None else f"optimizer{entry['index']}"
         else:
             known = self._modules.get(id(owner))
             who = None if known is None else known[1]
@@ -307,6 +331,7 @@ class Session:
         self._batch = RowBatch()
         self._calls: list[dict] = []
         self._call_counts: dict[str, int] = {}
+        self._input_calls: dict[str, int] = {}
         self._grads: dict[str, tuple[int, torch.Tensor]] = {}
         self._zero_grads: list[dict] = []
         self._optimizer_steps: list[int] = []

@@ -7,7 +7,19 @@ from pathlib import Path
 
 import torch
 
+from .analysis import Analyzer
+from .plugins import Config, check_disabled, load
 from .session import Session
+
+
+def make_analyzer(disabled: set[str], settings: dict | None = None, sets: list[str] | None = None) -> Analyzer:
+    """The plugins of a run: loaded, configured, ready for the recorder thread."""
+    check_disabled(disabled)
+    config = Config.load(sets)
+    for check, values in (settings or {}).items():
+        config.values.setdefault(check, {}).update(values)
+    pm, _ = load(disabled)
+    return Analyzer(pm, config)
 
 
 def _as_list(value, kind) -> list:
@@ -28,7 +40,9 @@ def watch(
     sample: int = 1024,
     max_calls: int = 8,
     graph_every: int = 100,
-    analyze=None,
+    checks: bool = True,
+    disable: tuple[str, ...] = (),
+    settings: dict[str, dict] | None = None,
 ) -> Session:
     """Watch `model` (a module, a list of modules, or a dict name -> module) and `optimizer`
     (one or a list) and record every step.
@@ -36,18 +50,22 @@ def watch(
     Use it as a context manager (``with gradscope.watch(model, opt): ...``) or keep the
     returned `Session` and call ``.close()``. On close every hook is removed and the record is
     finished. `record` is the record file (default: a new file in ``.gradscope/runs/``); see
-    `Session` for the other settings. Watching never changes what training computes.
+    `Session` for `sample`, `max_calls` and `graph_every`. `checks=False` records without
+    running any plugin; `disable` names plugins to switch off (like ``-p no:NAME``);
+    `settings` overrides check settings, e.g. ``{"dead-relu": {"fraction": 0.9}}`` (on top of
+    ``[tool.gradscope]`` in pyproject.toml). Watching never changes what training computes.
     """
     models = _as_list(model, torch.nn.Module)
     optimizers = _as_list(optimizer, torch.optim.Optimizer)
     if not models:
         raise TypeError("gradscope.watch needs at least one torch.nn.Module")
+    analyzer = make_analyzer(set(disable), settings) if checks else None
     session = Session(
         record,
         sample=sample,
         max_calls=max_calls,
         graph_every=graph_every,
-        analyze=analyze,
+        analyzer=analyzer,
         run={"mode": "watch", "argv": list(sys.argv)},
     )
     try:

@@ -151,6 +151,10 @@ class Record:
         data.calls = self.calls(step)
         data.stats = self.stats(step=step)
         data.updates = {u.param: u for u in self.updates(step=step)}
+        data.tails = {
+            (r["module"], r["call"], r["name"]): (r["count"], r["total"])
+            for r in self._rows("SELECT * FROM tails WHERE step = ?", (step,))
+        }
         data.graph = self.graph(step, exact=True)
         return data
 

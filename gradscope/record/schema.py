@@ -48,6 +48,10 @@ CREATE TABLE updates (
     outside REAL, step_delta REAL, step_weight REAL,
     PRIMARY KEY (step, param)
 );
+CREATE TABLE tails (
+    step INTEGER NOT NULL, module TEXT NOT NULL, call INTEGER NOT NULL, name TEXT NOT NULL,
+    count INTEGER NOT NULL, total INTEGER NOT NULL
+);
 CREATE TABLE graphs (step INTEGER PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE findings (
     id INTEGER PRIMARY KEY, check_id TEXT NOT NULL, severity TEXT NOT NULL,

@@ -17,7 +17,6 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..data import KINDS, Stat, StepData, Update
 from ..trace.batch import FrozenBatch
@@ -44,12 +43,15 @@ def decode(snapshot: StepSnapshot) -> StepData:
     for kind, key, count, values in snapshot.rows.read():
         if kind in KINDS:
             subject, call, path = key
-            data.stats.append(Stat(kind, subject, call, path, count, *values))
+            *floats, zeros, nonfinite = values
+            data.stats.append(Stat(kind, subject, call, path, count, *floats, int(zeros), int(nonfinite)))
         elif kind == "update":
             name, optimizer = key
             opt_updates[name] = (optimizer, values)
         elif kind == "step-update":
             step_updates[key] = values
+        elif kind == "tail":
+            data.tails[key] = (int(values[0]), count)
     for name, (step_delta, step_weight) in step_updates.items():
         optimizer, values = opt_updates.get(name, (None, [None, None, None]))
         data.updates[name] = Update(name, optimizer, *values, step_delta, step_weight)
@@ -59,13 +61,13 @@ def decode(snapshot: StepSnapshot) -> StepData:
 class RecordWriter:
     """Owns the record file and the thread that writes it."""
 
-    def __init__(self, path: Path, run: dict, analyze: Callable[[StepData], list[dict]] | None = None):
+    def __init__(self, path: Path, run: dict, analyzer=None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self.path.unlink()
         self._queue: queue.Queue = queue.Queue(maxsize=256)
-        self._analyze = analyze
+        self._analyzer = analyzer  # gradscope.analysis.Analyzer, or None for no checks
         self._dropped = 0
         self._findings: dict[tuple[str, str], int] = {}
         self._error: str | None = None
@@ -113,10 +115,15 @@ class RecordWriter:
             kind, payload = self._queue.get()
             try:
                 if kind == "close":
+                    if self._analyzer is not None:
+                        for finding in self._analyzer.finish():
+                            self._on_finding(conn, finding)
                     self._set_run(conn, dict(payload, finished=time.time(), dropped_steps=self._dropped))
                     conn.commit()
                     break
                 getattr(self, f"_on_{kind}")(conn, payload)
+                if self._analyzer is not None and kind in ("modules", "parameters", "optimizer"):
+                    self._analyzer.observe(kind, payload)
                 conn.commit()
             except Exception as exc:  # the record must survive whatever one message does
                 conn.rollback()
@@ -207,8 +214,12 @@ class RecordWriter:
                 "INSERT OR REPLACE INTO graphs VALUES (?, ?)", (data.step, _dumps(data.graph.to_json()))
             )
         self._set_run(conn, {"steps": data.step + 1})
-        if self._analyze is not None:
-            for finding in self._analyze(data):
+        conn.executemany(
+            "INSERT INTO tails VALUES (?, ?, ?, ?, ?, ?)",
+            [(data.step, m, c, n, count, total) for (m, c, n), (count, total) in data.tails.items()],
+        )
+        if self._analyzer is not None:
+            for finding in self._analyzer.step(data):
                 self._on_finding(conn, finding)
 
 

@@ -39,6 +39,8 @@ class GraphData:
 
     nodes: list[dict] = field(default_factory=list)
     edges: list[tuple[str, str, int, int]] = field(default_factory=list)
+    #: custom autograd.Function classes met, by qualified name (kept in memory, not stored)
+    functions: dict[str, type] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"nodes": self.nodes, "edges": [list(e) for e in self.edges]}
@@ -60,12 +62,14 @@ def _encloses(outer: str, inner: str | None) -> bool:
 
 def _describe_saved(value):
     """Shape and dtype of a saved tensor (or a list of them), plain scalars as they are;
-    None for anything else (sizes and strides are left out: they repeat the shapes)."""
+    None for anything else (other sequences are left out)."""
     if isinstance(value, _TENSOR):
         return {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, (tuple, list)):
         if value and isinstance(value[0], _TENSOR):
             return [_describe_saved(v) for v in value]
+        if value and type(value[0]) is int:  # sizes, e.g. ExpandBackward0's original shape
+            return list(value)
         return None
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -138,9 +142,15 @@ def walk(
             info["kind"] = "custom"
             fwd = node._forward_cls
             info["function"] = f"{fwd.__module__}.{fwd.__qualname__}"
+            data.functions[info["function"]] = fwd
+            if saved:
+                try:
+                    info["saved"] = {"tensors": [_describe_saved(t) for t in node.saved_tensors]}
+                except RuntimeError:  # freed by backward
+                    pass
         else:
             info["kind"] = "op"
-        if saved and info["kind"] != "param":
+        if saved and info["kind"] == "op":
             values = _saved(node)
             if values:
                 info["saved"] = values

@@ -1,0 +1,34 @@
+"""A finding: what a check concluded, where, when, on which evidence, and how to fix it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One conclusion of a check.
+
+    `check` is the check id (``dead-relu``); `severity` one of ``error``, ``warning``, ``info``;
+    `subject` the qualified name of the module, parameter or op it is about; `step` the step it
+    was seen at; `message` one sentence for a person; `evidence` the numbers behind it; `hint`
+    how to fix it. The record keeps one row per (check, subject) with a count and the first and
+    last step, so a check may report the same thing every step without flooding anyone.
+    """
+
+    check: str
+    severity: str
+    subject: str
+    step: int | None
+    message: str
+    evidence: dict = field(default_factory=dict)
+    hint: str = ""
+
+    def __post_init__(self):
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,79 @@
+"""Every hook a gradscope plugin can implement, in the order a run calls them.
+
+Plugins run in the recorder thread, on host-side data (plain Python values and networkx
+graphs), never on the training thread. A hook that raises is isolated: its error becomes a
+``plugin-error`` finding naming the plugin, and that plugin is switched off for the rest of the
+run. Hooks that return findings return a list of `gradscope.Finding` (or None for none).
+
+Implement hooks with ``@gradscope.hookimpl`` on a module or an object, and register it through
+the ``gradscope.plugins`` entry-point group (see the README).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("gradscope")
+
+
+# -- set-up: once per run, on the thread that starts the run ---------------------------------
+@hookspec
+def gradscope_configure(config):
+    """Read settings before the run starts.
+
+    `config` is a `gradscope.Config`: ``config.get(check, key, default)`` returns the value set
+    on the command line (``--set check.key=value``) or in ``[tool.gradscope.<check>]`` of the
+    project's pyproject.toml, else `default`. Called on the thread that starts the run, before
+    any training step. Returns nothing. A bad setting value raises `gradscope.errors.
+    GradscopeError` from ``config.get``, which stops the run before it starts with a one-line
+    error; any other exception switches the plugin off.
+    """
+
+
+@hookspec
+def gradscope_statistics():
+    """Ask the tracer for extra statistics. Return a list of `gradscope.TailCount` and
+    `gradscope.DeadUnits`.
+
+    A `TailCount(name, module_types, low, high)` makes the tracer count, for every output of a
+    module whose class name is in `module_types`, the elements outside the open interval
+    (low, high); a `DeadUnits(name, module_types, unit_dim)` counts the units (slices along
+    `unit_dim`) that never rise above zero. Counts arrive as ``step.tails[(module, call,
+    name)] = (count, total)``. Called once, before training starts. This is the only way a
+    plugin shapes what the training thread computes.
+    """
+
+
+# -- every step: recorder thread --------------------------------------------------------------
+@hookspec
+def gradscope_graph(step, graph, run):
+    """Judge an autograd graph. Return findings (or None).
+
+    `graph` is the `networkx.DiGraph` of `gradscope.autograd_graph` (with ``scope`` on each
+    node; custom ``autograd.Function`` classes met are in ``graph.graph["functions"]`` by
+    qualified name), recorded at step `step` (an int). Called in the recorder thread just
+    before `gradscope_step` of the same step, for the steps where the graph was walked: the
+    first step, every ``graph_every`` steps, and whenever the shape of the module calls changes.
+    `run` is the `gradscope.RunView`, as for `gradscope_step`.
+    """
+
+
+@hookspec
+def gradscope_step(step, run):
+    """Judge one step. Return findings (or None).
+
+    `step` is a `gradscope.StepData` (statistics, updates, module calls, zero_grad calls,
+    modules in eval mode, learning rates, and the autograd graph when it was walked this step);
+    `run` is a `gradscope.RunView` with the modules, parameters and optimizers seen so far.
+    Called in the recorder thread once per recorded step, in step order.
+    """
+
+
+# -- end of run: recorder thread ----------------------------------------------------------
+@hookspec
+def gradscope_run_end(run):
+    """Judge the whole run once it has ended (normally or not). Return findings (or None).
+
+    `run` is the `gradscope.RunView` of the whole run. Called in the recorder thread after the
+    last step was judged, before the record closes.
+    """

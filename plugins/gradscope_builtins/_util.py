@@ -1,0 +1,52 @@
+"""Small helpers shared by the built-in checks (public gradscope API only)."""
+
+from __future__ import annotations
+
+import math
+
+
+class Streak:
+    """Consecutive steps a condition held, per key."""
+
+    def __init__(self):
+        self._runs: dict = {}
+
+    def update(self, key, holds: bool) -> int:
+        self._runs[key] = self._runs.get(key, 0) + 1 if holds else 0
+        return self._runs[key]
+
+
+def rms(norm: float, count: int) -> float:
+    return norm / math.sqrt(count) if count else 0.0
+
+
+def layer_gradients(step, run) -> list[tuple[str, float, float]]:
+    """(layer, RMS of the gradient at its output, norm of its parameters' gradient) for each
+    module that owns parameters and whose output got a gradient, in forward order."""
+    owners = {row.get("module") for row in run.parameters.values()}
+    at_output = {
+        s.subject: rms(s.norm, s.count) for s in step.stats
+        if s.kind == "grad-output" and s.call == 0 and s.path == "" and s.subject in owners
+        and math.isfinite(s.norm)
+    }
+    param_sq: dict[str, float] = {}
+    for s in step.stats:
+        if s.kind == "grad" and math.isfinite(s.norm):
+            module = run.module_of(s.subject)
+            param_sq[module] = param_sq.get(module, 0.0) + s.norm ** 2
+    return [
+        (m, at_output[m], math.sqrt(param_sq.get(m, 0.0)))
+        for m in run.forward_order if m in at_output
+    ]
+
+
+def label(name: str, run) -> str:
+    """A module name for messages: the root module ('') shows as its class."""
+    if name:
+        return name
+    return run.modules.get(name, {}).get("type", "the model")
+
+
+def finite(step) -> bool:
+    """Whether every statistic of the step is finite (nonfinite reports the rest)."""
+    return not any(s.nonfinite for s in step.stats)
