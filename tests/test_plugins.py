@@ -198,3 +198,14 @@ def test_cli_plugins_list_fail_on_and_switches(run_cli, script, tmp_path, third_
     report = json.loads((tmp_path / "r.json").read_text())
     finding = next(f for f in report["findings"] if f["check"] == "param-not-in-optimizer")
     assert set(finding) >= {"check", "severity", "subject", "step", "message", "evidence", "hint"}
+
+
+def test_readme_plugin_example_works(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    source = readme.split("### Writing a plugin")[1].split("```python")[1].split("```")[0]
+    assert len(source.strip().splitlines()) < 30
+    site = fake_dist(tmp_path / "site", "readme-plugin", {"loss-spike": "readme_plugin:LossSpike"},
+                     {"readme_plugin": source})
+    monkeypatch.syspath_prepend(str(site))
+    found = only(findings_of(tmp_path, build, spiky_loop, steps=8), "loss-spike")
+    assert [(f["subject"], f["step"]) for f in found] == [("loss", 6)]
