@@ -101,6 +101,9 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                         help="elements per parameter tracked for update statistics (default 1024)")
     parser.add_argument("--graph-every", type=int, default=100, metavar="N",
                         help="walk the autograd graph every N steps and when shapes change (0: never)")
+    parser.add_argument("--stats-every", type=_positive, default=10, metavar="N",
+                        help="module statistics every step for the first 20 steps, then every N "
+                        "steps (default 10; 1: every step)")
     _add_check_options(parser)
 
 
@@ -135,7 +138,8 @@ def _cmd_run(args) -> int:
     launch.check_target(target)
     analyzer = _analyzer(args)
     session = launch.new_session(
-        target, args.record, sample=args.sample, graph_every=args.graph_every, analyzer=analyzer
+        target, args.record, sample=args.sample, graph_every=args.graph_every,
+        stats_every=args.stats_every, analyzer=analyzer,
     )
     code = launch.run(target, session)
     failed = _finish(session.path, args.report, args.fail_on)

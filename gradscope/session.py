@@ -32,6 +32,10 @@ from .trace.structure import describe, leaves
 from .trace.tails import compute
 
 
+#: Steps at the start of a run that always get full module statistics.
+DENSE_STEPS = 20
+
+
 def _guarded(method):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -59,7 +63,10 @@ class Session:
 
     Parameters: `record` — the record file (default: a new file under ``.gradscope/runs``);
     `sample` — elements per parameter tracked for update statistics; `max_calls` — calls per
-    module per step described in full; `graph_every` — walk the autograd graph every N steps
+    module per step described in full; `stats_every` — module statistics (inputs, activations,
+    output gradients, requested tail counts) and weight statistics on every step of the first
+    `DENSE_STEPS`, then every N steps, and on every step once a non-finite value was seen
+    (parameter gradients, updates and the loss are recorded every step); `graph_every` — walk the autograd graph every N steps
     (and whenever the step's module calls change shape; 0 turns graph capture off);
     `analyzer` — a `gradscope.analysis.Analyzer` whose plugins judge each step in the recorder
     thread (None: record only).
@@ -72,6 +79,7 @@ class Session:
         sample: int = 1024,
         max_calls: int = 8,
         graph_every: int = 100,
+        stats_every: int = 10,
         run: dict | None = None,
         analyzer=None,
     ):
@@ -86,6 +94,7 @@ class Session:
         self.step = 0
         self._max_calls = max_calls
         self._graph_every = graph_every
+        self._stats_every = max(1, stats_every)
         self._tracker = ParamTracker(sample)
         self._modules: dict[int, tuple[weakref.ref, str]] = {}
         self._root_prefixes: set[str] = set()
@@ -105,7 +114,16 @@ class Session:
     # -- attaching ------------------------------------------------------------------------
     def knows(self, module: torch.nn.Module) -> bool:
         """Whether `module` is watched (as a root or inside one)."""
-        return id(module) in self._modules
+        return self._module_name(module) is not None
+
+    def _module_name(self, module) -> str | None:
+        """The watched name of `module` (ids of dead modules are reused: check the object)."""
+        entry = self._modules.get(id(module))
+        return entry[1] if entry is not None and entry[0]() is module else None
+
+    def _param_name(self, param) -> str | None:
+        name = self._param_names.get(id(param))
+        return name if name is not None and self._param_refs[name]() is param else None
 
     @_guarded
     def attach_running(self, module: torch.nn.Module, args) -> None:
@@ -126,13 +144,14 @@ class Session:
 
     def add_model(self, module: torch.nn.Module, name: str | None = None) -> str:
         """Hook `module` and its submodules and parameters; returns the prefix of their names."""
-        if id(module) in self._modules:
-            return self._modules[id(module)][1]
+        known = self._module_name(module)
+        if known is not None:
+            return known
         prefix = self._root_prefix(module) if name is None else name
         self._root_prefixes.add(prefix)
         rows = []
         for sub_name, sub in module.named_modules():
-            if id(sub) in self._modules:
+            if self._module_name(sub) is not None:
                 continue
             full = _join(prefix, sub_name)
             self._modules[id(sub)] = (weakref.ref(sub), full)
@@ -156,7 +175,7 @@ class Session:
     def _add_params(self, named, prefix: str | None) -> None:
         rows = []
         for full, param, owner in named:
-            if id(param) in self._param_names:
+            if self._param_name(param) is not None:
                 continue
             self._param_names[id(param)] = full
             self._param_refs[full] = weakref.ref(param)
@@ -214,7 +233,9 @@ class Session:
         if self._depth == 0:
             if not self._optimizers and self._backwards:
                 self._close_step()
-            self._summarize_inputs(name, args, kwargs)
+            self._full = self._full or self._writer.alarm
+            if self._full:
+                self._summarize_inputs(name, args, kwargs)
         self._depth += 1
         if self._want_graph:
             for _, leaf in leaves((args, kwargs)):
@@ -247,6 +268,11 @@ class Session:
             "module": name, "call": call, "training": module.training,
             "inputs": inputs, "outputs": outputs,
         })
+        if not self._full:
+            if self._want_graph:
+                for _, t in tensors:
+                    _mark(t, OUT_MARK, name)
+            return
         grad_enabled = torch.is_grad_enabled()
         tails = self._tails.get(type(module).__name__, ())
         for path, t in tensors:
@@ -276,7 +302,8 @@ class Session:
         if not isinstance(tensors, torch.Tensor):
             return
         if self._want_graph and self._graph is None and tensors.grad_fn is not None:
-            self._graph = walk(tensors.grad_fn, self._param_names, scopes=True)
+            live = {id(p): name for name, ref in self._param_refs.items() if (p := ref()) is not None}
+            self._graph = walk(tensors.grad_fn, live, scopes=True)
         values = summarize(tensors)
         if values is not None:
             self._batch.add("loss", [("loss", self._backwards, "")], [tensors.numel()], values)
@@ -297,8 +324,7 @@ class Session:
             entry = self._optimizers.get(id(owner))
             who = type(owner).__name__ if entry is None else f"optimizer{entry['index']}"
         else:
-            known = self._modules.get(id(owner))
-            who = None if known is None else known[1]
+            who = self._module_name(owner)
         if who is not None:
             self._zero_grads.append({"by": who, "set_to_none": bool(set_to_none)})
 
@@ -338,6 +364,9 @@ class Session:
         self._backwards = 0
         self._graph = None
         self._started = time.time()
+        self._full = (
+            self.step < DENSE_STEPS or self.step % self._stats_every == 0 or self._writer.alarm
+        )
 
     def _has_activity(self) -> bool:
         return bool(self._calls or self._backwards or self._optimizer_steps)
@@ -348,7 +377,7 @@ class Session:
             self._batch.add("step-update", names, [1] * len(names), rows)
         for name, (count, values) in self._grads.items():
             self._batch.add("grad", [(name, 0, "")], [count], values)
-        for name, ref in self._param_refs.items():
+        for name, ref in self._param_refs.items() if self._full else ():
             param = ref()
             values = None if param is None else summarize(param)
             if values is not None:

@@ -40,6 +40,7 @@ def watch(
     sample: int = 1024,
     max_calls: int = 8,
     graph_every: int = 100,
+    stats_every: int = 10,
     checks: bool = True,
     disable: tuple[str, ...] = (),
     settings: dict[str, dict] | None = None,
@@ -50,7 +51,7 @@ def watch(
     Use it as a context manager (``with gradscope.watch(model, opt): ...``) or keep the
     returned `Session` and call ``.close()``. On close every hook is removed and the record is
     finished. `record` is the record file (default: a new file in ``.gradscope/runs/``); see
-    `Session` for `sample`, `max_calls` and `graph_every`. `checks=False` records without
+    `Session` for `sample`, `max_calls`, `graph_every` and `stats_every`. `checks=False` records without
     running any plugin; `disable` names plugins to switch off (like ``-p no:NAME``);
     `settings` overrides check settings, e.g. ``{"dead-relu": {"fraction": 0.9}}`` (on top of
     ``[tool.gradscope]`` in pyproject.toml). Watching never changes what training computes.
@@ -65,6 +66,7 @@ def watch(
         sample=sample,
         max_calls=max_calls,
         graph_every=graph_every,
+        stats_every=stats_every,
         analyzer=analyzer,
         run={"mode": "watch", "argv": list(sys.argv)},
     )

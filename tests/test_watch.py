@@ -1,6 +1,7 @@
 """gradscope.watch on real training loops: numerics untouched, data agreeing with torch."""
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -248,3 +249,25 @@ def test_record_is_readable_while_written(tmp_path):
         assert live.run()["status"] == "running"
         assert len(live.steps()) == 3
     assert gradscope.open_record(tmp_path / "r.sqlite").run()["status"] == "finished"
+
+
+def test_module_statistics_schedule_and_alarm(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", stats_every=5, checks=False):
+        for step in range(30):
+            opt.zero_grad()
+            x = torch.randn(2, 3)
+            if step == 26:
+                x[0, 0] = float("inf")
+            model(x).sum().backward()
+            opt.step()
+            if step == 26:
+                time.sleep(0.5)  # let the recorder see step 26 before step 27 starts
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    with_activations = sorted({s for s in range(30) if record.stats(step=s, kind="activation")})
+    assert with_activations[:21] == list(range(21))  # dense start
+    assert 21 not in with_activations and 25 in with_activations  # then every 5th step
+    assert {27, 28, 29} <= set(with_activations)  # and every step once something went non-finite
+    assert all(record.stats(step=s, kind="grad") for s in range(26))  # gradients: every step

@@ -69,6 +69,8 @@ class RecordWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=256)
         self._analyzer = analyzer  # gradscope.analysis.Analyzer, or None for no checks
         self._dropped = 0
+        #: set once a non-finite statistic was recorded (read by the training thread, no lock)
+        self.alarm = False
         self._findings: dict[tuple[str, str], int] = {}
         self._error: str | None = None
         self._ready = threading.Event()
@@ -180,6 +182,8 @@ class RecordWriter:
 
     def _on_step(self, conn, snapshot: StepSnapshot) -> None:
         data = decode(snapshot)
+        if not self.alarm and any(s.nonfinite for s in data.stats):
+            self.alarm = True
         conn.execute(
             "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (

@@ -5,7 +5,8 @@ kernels and returns a small device tensor. Nothing here reads a value back to th
 recorder thread does that once per step for all rows together (see `session.py`).
 
 `std` is the population standard deviation (``correction=0``) so that a one-element tensor has a
-finite spread. Complex tensors are summarized by their magnitude, integer and bool tensors as
+finite spread; it comes from the same pass as the norm (sqrt(E[x^2] - E[x]^2)), accurate to
+float32 rounding unless the mean dwarfs the spread by orders of magnitude. Complex tensors are summarized by their magnitude, integer and bool tensors as
 float32. Sparse, meta and empty tensors have no statistics (only a shape).
 """
 
@@ -33,10 +34,14 @@ def summarize(t: torch.Tensor) -> torch.Tensor | None:
         x = x.float()
     elif x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    std, mean = torch.std_mean(x, correction=0)
-    low, high = torch.aminmax(x)
-    floats = torch.stack((mean, std, low, high, torch.linalg.vector_norm(x)))
-    n = x.numel()
-    counts = torch.stack((n - torch.count_nonzero(x), n - torch.count_nonzero(torch.isfinite(x))))
+    flat = x.reshape(-1)
+    n = flat.numel()
+    total = flat.sum()
+    squares = torch.dot(flat, flat)  # one BLAS pass: the norm, and with the sum, the spread
+    mean = total / n
+    std = (squares / n - mean * mean).clamp(min=0).sqrt()
+    low, high = torch.aminmax(flat)
+    floats = torch.stack((mean, std, low, high, squares.sqrt()))
+    counts = torch.stack((n - torch.count_nonzero(flat), n - torch.count_nonzero(torch.isfinite(flat))))
     return torch.cat((floats.double(), counts.double()))
 
