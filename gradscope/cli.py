@@ -23,6 +23,7 @@ examples:
   gradscope run --fail-on error train.py  exit 3 when a check finds an error (for CI)
   gradscope run -p no:dead-relu --set update-ratio.high=0.2 train.py
   gradscope plugins                       list the checks and other plugins loaded
+  gradscope export RECORD -o graph.svg    draw the autograd graph of the last step
 
 Records are SQLite files, one per run, under .gradscope/runs/ unless --record says otherwise.
 """
@@ -80,6 +81,23 @@ def _parser() -> argparse.ArgumentParser:
                             "parameters, optimizers, graph, steps, findings).")
     report.add_argument("record", metavar="RECORD", help="a record file")
     report.add_argument("-o", "--output", metavar="PATH", default="-", help="output file (default: stdout)")
+
+    export = sub.add_parser(
+        "export", help="draw a record's autograd or module graph with Graphviz",
+        description="Write a diagram of RECORD: the autograd graph of a step (ops, parameters "
+        "with shapes and gradient norms, tensor shapes on edges, module clusters, findings in "
+        "colour) or the module tree. Large graphs are collapsed by module depth and repeated "
+        "structure (an unrolled RNN cell, identical blocks) is folded into one node. dot output "
+        "needs nothing else; svg, png and pdf need Graphviz's dot.",
+    )
+    export.add_argument("record", metavar="RECORD", help="a record file")
+    export.add_argument("-o", "--output", metavar="FILE", required=True, help="output file")
+    export.add_argument("--step", type=int, metavar="N", help="the step to draw (default: the last)")
+    export.add_argument("--graph", choices=("autograd", "modules"), default="autograd")
+    export.add_argument("--depth", type=_positive, metavar="K",
+                        help="collapse modules K levels down into single nodes (default: as needed)")
+    export.add_argument("--format", choices=("dot", "svg", "png", "pdf"),
+                        help="output format (default: from the file name)")
 
     sub.add_parser("runs", help="list the records under .gradscope/runs",
                    description="List the records under .gradscope/runs in the working directory, oldest first.")
@@ -183,6 +201,17 @@ def _finish(path, report_path, fail_on=None) -> bool:
         return any(f["severity"] in worst for f in record.findings())
 
 
+def _cmd_export(args) -> int:
+    from .export import export_record
+    from .record.reader import open_record
+
+    with open_record(args.record) as record:
+        fmt = export_record(record, args.output, step=args.step, graph=args.graph,
+                            depth=args.depth, fmt=args.format)
+    print(f"gradscope: wrote {args.output} ({fmt})", file=sys.stderr)
+    return 0
+
+
 def _cmd_plugins(args) -> int:
     from . import plugins
 
@@ -238,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commands = {"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "runs": _cmd_runs,
-                    "plugins": _cmd_plugins}
+                    "plugins": _cmd_plugins, "export": _cmd_export}
         return commands[args.command](args)
     except _UsageError as exc:
         parser.error(str(exc))

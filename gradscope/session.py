@@ -258,7 +258,11 @@ class Session:
         self._depth = max(0, self._depth - 1)
         call = self._call_counts.get(name, 0)
         self._call_counts[name] = call + 1
-        if call >= self._max_calls:
+        if call >= self._max_calls:  # counted, not described; still placed in the graph
+            if self._want_graph:
+                for _, leaf in leaves(output):
+                    if isinstance(leaf, torch.Tensor):
+                        _mark(leaf, OUT_MARK, (name, call))
             return
         inputs, _ = describe(args)
         if kwargs:
@@ -271,7 +275,7 @@ class Session:
         if not self._full:
             if self._want_graph:
                 for _, t in tensors:
-                    _mark(t, OUT_MARK, name)
+                    _mark(t, OUT_MARK, (name, call))
             return
         grad_enabled = torch.is_grad_enabled()
         tails = self._tails.get(type(module).__name__, ())
@@ -286,7 +290,7 @@ class Session:
             if grad_enabled and t.grad_fn is not None:
                 t.register_hook(functools.partial(self._on_output_grad, name, call, path))
                 if self._want_graph:
-                    _mark(t, OUT_MARK, name)
+                    _mark(t, OUT_MARK, (name, call))
 
     @_guarded
     def _on_output_grad(self, name, call, path, grad):

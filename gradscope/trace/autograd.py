@@ -8,9 +8,10 @@ Edges point the way `grad_fn.next_functions` does: from an op to the ops that pr
 Each edge keeps `index` (the position in `next_functions`) and `output_nr`.
 
 Module scope comes from marks the module tracer leaves in `Node.metadata` during forward: the
-node that produced a module's output carries the module's name, the nodes that produced its
-inputs carry "entered here". Walking from the loss, a node takes the scope of the module whose
-output it produced, else its consumer's scope, and crossing a module's inputs leaves that module.
+node that produced a module's output carries the module's name and call number, the nodes that
+produced its inputs carry "entered here". Walking from the loss, a node takes the scope (and
+``call``) of the module call whose output it produced, else its consumer's, and crossing a
+module's inputs leaves that module.
 """
 
 from __future__ import annotations
@@ -94,15 +95,16 @@ def _saved(node) -> dict:
     return out
 
 
-def _scope(node, consumer_scope: str | None) -> str | None:
+def _scope(node, consumer: tuple) -> tuple:
+    """(module, call) a node belongs to, from its marks and its consumer's (module, call)."""
     meta = node.metadata
     outs = meta.get(OUT_MARK)
     if outs:
-        return outs[0]  # innermost module whose output this node produced
-    left = [m for m in meta.get(IN_MARK, ()) if _encloses(m, consumer_scope)]
+        return outs[0]  # innermost module call whose output this node produced
+    left = [m for m in meta.get(IN_MARK, ()) if _encloses(m, consumer[0])]
     if left:
-        return _parent(min(left, key=len))
-    return consumer_scope
+        return (_parent(min(left, key=len)), None)
+    return consumer
 
 
 def walk(
@@ -123,7 +125,7 @@ def walk(
         return data
     param_names = param_names or {}
     ids: dict = {root: "n0"}
-    node_scope = {root: _scope(root, None) if scopes else None}
+    node_scope = {root: _scope(root, (None, None)) if scopes else (None, None)}
     queue = deque([root])
     while queue:
         node = queue.popleft()
@@ -137,7 +139,7 @@ def walk(
             info["shape"] = list(variable.shape)
             info["dtype"] = str(variable.dtype).removeprefix("torch.")
             if name is not None:
-                node_scope[node] = _parent(name)
+                node_scope[node] = (_parent(name), None)
         elif isinstance(node, torch.autograd.function.BackwardCFunction):
             info["kind"] = "custom"
             fwd = node._forward_cls
@@ -155,7 +157,9 @@ def walk(
             if values:
                 info["saved"] = values
         if scopes:
-            info["scope"] = node_scope[node]
+            info["scope"], call = node_scope[node]
+            if call is not None:
+                info["call"] = call
         data.nodes.append(info)
         for index, (child, output_nr) in enumerate(node.next_functions):
             if child is None:
