@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from . import __version__
 
 EPILOG = """\
 examples:
-  gradscope demo                          train a small CNN under gradscope and summarize it
+  gradscope demo                          train a small CNN in the terminal UI
   gradscope demo --bug nan                the same with a planted bug, to see findings
+  gradscope view RECORD                   replay a record, or follow one still being written
   gradscope run train.py --epochs 3       run your script unchanged; arguments after the
                                           script go to the script
   gradscope run --report r.json -m pkg.train
@@ -48,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         "that runs a forward and every optimizer that steps. The script's output, exit status "
         "and traceback are its own; gradscope's summary goes to stderr at the end.",
     )
-    run.add_argument("--headless", action="store_true", help="no terminal UI (the only mode for now)")
+    run.add_argument("--headless", action="store_true",
+                     help="no terminal UI: print a summary at the end (the default without a terminal)")
+    run.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
     run.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/<time>-<script>.sqlite)")
     run.add_argument("--report", metavar="PATH", help="also write the JSON report to PATH when the script ends")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
@@ -68,7 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--bug", choices=sorted(BUGS), help="; ".join(f"{k}: {v}" for k, v in BUGS.items()))
     demo.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/...)")
     demo.add_argument("--report", metavar="PATH", help="also write the JSON report to PATH")
+    demo.add_argument("--headless", action="store_true",
+                      help="no terminal UI: print progress and a summary (the default without a terminal)")
+    demo.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
     _add_check_options(demo)
+
+    view = sub.add_parser("view", help="open a record in the terminal UI (finished or still running)",
+                          description="Browse RECORD in the terminal UI: replay a finished run, or "
+                          "follow one that is still being written.")
+    view.add_argument("record", metavar="RECORD", help="a record file")
 
     sub.add_parser("plugins", help="list the loaded plugins",
                    description="List the plugins gradscope loads: name, version, where from "
@@ -144,6 +156,43 @@ def _analyzer(args):
     return None if args.no_checks else make_analyzer(disabled, sets=args.sets)
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _control(args):
+    if args.control_fd is None:
+        return None
+    from .control import Control
+
+    return Control(args.control_fd)
+
+
+def _under_ui(args, label: str) -> int:
+    """Run this very command again in a child process, headless, under the terminal UI."""
+    from .record.paths import new_record_path
+    from .tui.app import make_app
+    from .tui.process import ScriptProcess
+
+    record = Path(args.record) if args.record else new_record_path(label)
+    process = ScriptProcess([args.command, *args.raw], record)
+    code = make_app(record, process).run()
+    if process.running:
+        process.stop()
+    failed = _finish(record, None, getattr(args, "fail_on", None)) if record.exists() else False
+    code = process.proc.returncode if code is None else code
+    return code or (3 if failed else 0)
+
+
+def _cmd_view(args) -> int:
+    from .record.reader import open_record
+    from .tui.app import make_app
+
+    open_record(args.record).close()  # a bad file gets its one-line error before any UI
+    make_app(Path(args.record)).run()
+    return 0
+
+
 def _cmd_run(args) -> int:
     from . import launch
 
@@ -154,10 +203,12 @@ def _cmd_run(args) -> int:
     else:
         raise _usage("run: give a SCRIPT or -m MODULE")
     launch.check_target(target)
+    if not args.headless and _interactive():
+        return _under_ui(args, target.label)
     analyzer = _analyzer(args)
     session = launch.new_session(
         target, args.record, sample=args.sample, graph_every=args.graph_every,
-        stats_every=args.stats_every, analyzer=analyzer,
+        stats_every=args.stats_every, analyzer=analyzer, control=_control(args),
     )
     code = launch.run(target, session)
     failed = _finish(session.path, args.report, args.fail_on)
@@ -169,13 +220,17 @@ def _cmd_demo(args) -> int:
     from .record.paths import new_record_path
     from .session import Session
 
-    path = args.record or new_record_path(f"demo-{args.bug}" if args.bug else "demo")
+    label = f"demo-{args.bug}" if args.bug else "demo"
+    if not args.headless and _interactive():
+        return _under_ui(args, label)
+    path = args.record or new_record_path(label)
     analyzer = _analyzer(args)
+    control = _control(args)
     sessions = []
 
     def attach(net, optimizer):
         run = {"mode": "demo", "target": "gradscope demo", "bug": args.bug, "argv": sys.argv}
-        session = Session(path, analyzer=analyzer, run=run)
+        session = Session(path, analyzer=analyzer, run=run, control=control)
         session.add_model(net)
         session.add_optimizer(optimizer)
         sessions.append(session)
@@ -261,13 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import GradscopeError
 
     parser = _parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
     if args.command is None:
         parser.print_help()
         return 2
+    args.raw = raw[raw.index(args.command) + 1:]
     try:
         commands = {"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "runs": _cmd_runs,
-                    "plugins": _cmd_plugins, "export": _cmd_export}
+                    "plugins": _cmd_plugins, "export": _cmd_export, "view": _cmd_view}
         return commands[args.command](args)
     except _UsageError as exc:
         parser.error(str(exc))

@@ -60,7 +60,9 @@ class Update:
 @dataclass
 class StepData:
     """Everything recorded for one step. `tails` maps (module, call, request name) to
-    (elements outside the requested interval, elements counted), for plugins' `TailCount`s."""
+    (elements outside the requested interval, elements counted), for plugins' `TailCount`s;
+    `hists` maps a parameter to its gradient histogram (low, high, bin counts) on steps with
+    full statistics."""
 
     step: int
     time: float
@@ -73,6 +75,7 @@ class StepData:
     stats: list[Stat] = field(default_factory=list)
     updates: dict[str, Update] = field(default_factory=dict)
     tails: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
+    hists: dict[str, tuple[float, float, list[int]]] = field(default_factory=dict)
     graph: GraphData | None = None
 
     def stat(self, kind: str, subject: str, call: int = 0, path: str = "") -> Stat | None:

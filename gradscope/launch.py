@@ -151,7 +151,7 @@ def run(target: Target, session: Session) -> int:
     return code
 
 
-def new_session(target: Target, record: str | None, **settings) -> Session:
+def new_session(target: Target, record: str | Path | None, **settings) -> Session:
     """A session whose run fields describe `target`."""
     from .record.paths import new_record_path
 

@@ -27,7 +27,7 @@ from .trace import keepalive, patches
 from .trace.autograd import IN_MARK, OUT_MARK, walk
 from .trace.batch import RowBatch
 from .trace.params import ParamTracker
-from .trace.stats import summarize
+from .trace.stats import histogram, summarize
 from .trace.structure import describe, leaves
 from .trace.tails import compute
 
@@ -69,7 +69,8 @@ class Session:
     (parameter gradients, updates and the loss are recorded every step); `graph_every` — walk the autograd graph every N steps
     (and whenever the step's module calls change shape; 0 turns graph capture off);
     `analyzer` — a `gradscope.analysis.Analyzer` whose plugins judge each step in the recorder
-    thread (None: record only).
+    thread (None: record only); `control` — a `gradscope.control.Control` consulted at every
+    step boundary (pause, single-step, break on error).
     """
 
     def __init__(
@@ -82,11 +83,13 @@ class Session:
         stats_every: int = 10,
         run: dict | None = None,
         analyzer=None,
+        control=None,
     ):
         self.path = Path(record) if record is not None else new_record_path("watch")
         run = dict(run or {})
         run.setdefault("torch", torch.__version__)
         self._writer = RecordWriter(self.path, run, analyzer)
+        self._control = control  # gradscope.control.Control when a terminal UI drives the run
         self._tails: dict[str, list] = {}
         for request in analyzer.tail_requests if analyzer is not None else ():
             for type_name in request.module_types:
@@ -321,6 +324,8 @@ class Session:
             values = None if grad is None else summarize(grad)
             if values is not None:  # the latest backward's (accumulated) gradient wins
                 self._grads[name] = (grad.numel(), values)
+                if self._full:
+                    self._hists[name] = histogram(grad)
 
     @_guarded
     def on_zero_grad(self, owner, set_to_none):
@@ -363,6 +368,7 @@ class Session:
         self._call_counts: dict[str, int] = {}
         self._input_calls: dict[str, int] = {}
         self._grads: dict[str, tuple[int, torch.Tensor]] = {}
+        self._hists: dict[str, torch.Tensor | None] = {}
         self._zero_grads: list[dict] = []
         self._optimizer_steps: list[int] = []
         self._backwards = 0
@@ -381,6 +387,9 @@ class Session:
             self._batch.add("step-update", names, [1] * len(names), rows)
         for name, (count, values) in self._grads.items():
             self._batch.add("grad", [(name, 0, "")], [count], values)
+        for name, values in self._hists.items():
+            if values is not None:
+                self._batch.add("hist", [name], [self._grads[name][0]], values)
         for name, ref in self._param_refs.items() if self._full else ():
             param = ref()
             values = None if param is None else summarize(param)
@@ -409,6 +418,11 @@ class Session:
         self._last_signature = signature
         self._reset_step()
         keepalive.release_dead()
+        if self._control is not None:
+            self._control.at_boundary(self._writer.error_seen, self._announce_pause)
+
+    def _announce_pause(self, paused: bool) -> None:
+        self._writer.send("run", {"paused": self.step if paused else None})
 
     def _eval_modules(self) -> list[str]:
         out = []

@@ -64,3 +64,14 @@ def test_single_element_has_zero_spread():
     row = as_dict(1, summarize(torch.tensor([2.5])).tolist())
     assert row["std"] == 0.0 and row["mean"] == 2.5
     assert len(FIELDS) == len(summarize(torch.tensor([2.5])))
+
+
+def test_histogram_matches_torch_histc():
+    from gradscope.trace.stats import histogram
+
+    torch.manual_seed(0)
+    t = torch.randn(1000)
+    row = histogram(t, bins=8).tolist()
+    low, high, counts = row[0], row[1], row[2:]
+    assert (low, high) == (t.min().item(), t.max().item())
+    assert counts == torch.histc(t, bins=8, min=low, max=high).tolist()

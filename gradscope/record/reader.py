@@ -155,6 +155,10 @@ class Record:
             (r["module"], r["call"], r["name"]): (r["count"], r["total"])
             for r in self._rows("SELECT * FROM tails WHERE step = ?", (step,))
         }
+        data.hists = {
+            r["subject"]: (_real(r["low"]), _real(r["high"]), json.loads(r["counts"]))
+            for r in self._rows("SELECT * FROM hists WHERE step = ?", (step,))
+        }
         data.graph = self.graph(step, exact=True)
         return data
 
@@ -209,6 +213,22 @@ class Record:
             r["subject"]: (r["step"], _stat(r))
             for r in rows
         }
+
+    def latest_hist(self, subject: str, step: int) -> tuple[int, tuple[float, float, list[int]]] | None:
+        """(step, (low, high, counts)) of `subject`'s gradient histogram at or before `step`."""
+        rows = self._rows(
+            "SELECT * FROM hists WHERE subject = ? AND step <= ? ORDER BY step DESC LIMIT 1",
+            (subject, step),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return r["step"], (_real(r["low"]), _real(r["high"]), json.loads(r["counts"]))
+
+    def update_series(self, param: str) -> list[tuple[int, Update]]:
+        """(step, update) of `param` for every recorded step."""
+        return [(r["step"], _update(r)) for r in self._rows(
+            "SELECT * FROM updates WHERE param = ? ORDER BY step", (param,))]
 
     def latest_calls(self) -> dict[str, list[dict]]:
         """module -> its calls in the most recent step that called it."""

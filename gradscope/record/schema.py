@@ -52,6 +52,10 @@ CREATE TABLE tails (
     step INTEGER NOT NULL, module TEXT NOT NULL, call INTEGER NOT NULL, name TEXT NOT NULL,
     count INTEGER NOT NULL, total INTEGER NOT NULL
 );
+CREATE TABLE hists (
+    step INTEGER NOT NULL, subject TEXT NOT NULL, low REAL, high REAL, counts TEXT NOT NULL,
+    PRIMARY KEY (step, subject)
+);
 CREATE TABLE graphs (step INTEGER PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE findings (
     id INTEGER PRIMARY KEY, check_id TEXT NOT NULL, severity TEXT NOT NULL,

@@ -52,6 +52,8 @@ def decode(snapshot: StepSnapshot) -> StepData:
             step_updates[key] = values
         elif kind == "tail":
             data.tails[key] = (int(values[0]), count)
+        elif kind == "hist":
+            data.hists[key] = (values[0], values[1], [int(v) for v in values[2:]])
     for name, (step_delta, step_weight) in step_updates.items():
         optimizer, values = opt_updates.get(name, (None, [None, None, None]))
         data.updates[name] = Update(name, optimizer, *values, step_delta, step_weight)
@@ -71,6 +73,8 @@ class RecordWriter:
         self._dropped = 0
         #: set once a non-finite statistic was recorded (read by the training thread, no lock)
         self.alarm = False
+        #: set once an error finding was recorded (for break-on-error; read the same way)
+        self.error_seen = False
         self._findings: dict[tuple[str, str], int] = {}
         self._error: str | None = None
         self._ready = threading.Event()
@@ -161,6 +165,8 @@ class RecordWriter:
         )
 
     def _on_finding(self, conn, finding: dict) -> None:
+        if finding["severity"] == "error":
+            self.error_seen = True
         key = (finding["check"], finding["subject"])
         rowid = self._findings.get(key)
         if rowid is not None:
@@ -221,6 +227,10 @@ class RecordWriter:
         conn.executemany(
             "INSERT INTO tails VALUES (?, ?, ?, ?, ?, ?)",
             [(data.step, m, c, n, count, total) for (m, c, n), (count, total) in data.tails.items()],
+        )
+        conn.executemany(
+            "INSERT INTO hists VALUES (?, ?, ?, ?, ?)",
+            [(data.step, n, low, high, _dumps(counts)) for n, (low, high, counts) in data.hists.items()],
         )
         if self._analyzer is not None:
             for finding in self._analyzer.step(data):

@@ -45,3 +45,23 @@ def summarize(t: torch.Tensor) -> torch.Tensor | None:
     counts = torch.stack((n - torch.count_nonzero(flat), n - torch.count_nonzero(torch.isfinite(flat))))
     return torch.cat((floats.double(), counts.double()))
 
+
+
+#: Bins of the gradient histograms (parameters, on steps with full statistics).
+HIST_BINS = 16
+
+
+def histogram(t: torch.Tensor, bins: int = HIST_BINS) -> torch.Tensor | None:
+    """Device tensor [2 + bins]: low, high, then element counts of `bins` equal-width bins.
+
+    Computed without reading the range back to the host (scatter_add into a fixed-size
+    tensor); non-finite elements fall into the edge bins.
+    """
+    if not has_values(t) or not t.is_floating_point():
+        return None
+    x = t.detach().reshape(-1).float()
+    low, high = torch.aminmax(x)
+    width = (high - low).clamp(min=torch.finfo(torch.float32).tiny) / bins
+    index = ((x - low) / width).nan_to_num(0.0).floor().clamp(0, bins - 1).long()
+    counts = torch.zeros(bins, device=x.device).scatter_add_(0, index, torch.ones_like(x))
+    return torch.cat((low.reshape(1), high.reshape(1), counts)).double()

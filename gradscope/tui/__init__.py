@@ -1,0 +1,1 @@
+"""The terminal UI (Textual). Imported only by the commands that open it."""

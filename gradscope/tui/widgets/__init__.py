@@ -1,0 +1,1 @@
+"""Widgets, one module per region of the screen."""

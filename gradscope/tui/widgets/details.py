@@ -1,0 +1,78 @@
+"""Right panel: the selected subject's shapes, statistics, sparklines and gradient histogram."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Label, Sparkline, Static
+
+from ..state import Details
+
+BARS = " ▁▂▃▄▅▆▇█"
+
+
+def _g(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _stats_table(details: Details) -> Table:
+    """One column per kind of tensor (activation, gradient, weight...), one row per statistic."""
+    stats = [s for s in details.stats if not s.call]
+    table = Table(box=None, padding=(0, 1), header_style="bold")
+    table.add_column("")
+    for s in stats:
+        table.add_column(s.kind + (f" {s.path}" if s.path else ""), justify="right",
+                         style="bold red" if s.nonfinite else "")
+    for field in ("count", "mean", "std", "min", "max", "norm", "zeros", "nonfinite"):
+        values = [getattr(s, field) for s in stats]
+        table.add_row(field, *(str(v) if isinstance(v, int) else _g(v) for v in values))
+    return table
+
+
+def _histogram(hist) -> Text:
+    low, high, counts = hist
+    top = max(counts) or 1
+    bars = "".join(BARS[round(c / top * (len(BARS) - 1))] for c in counts)
+    return Text.assemble(("gradient histogram  ", "bold"), (f"{low:.3g} ", "dim"), (bars, "cyan"), (f" {high:.3g}", "dim"))
+
+
+class DetailsPanel(VerticalScroll):
+    """Everything about one module or parameter at the shown step."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("Select a module, parameter or autograd node.", id="details-head")
+        yield Static(id="details-stats")
+        yield Label("gradient norm over steps", id="grad-label")
+        yield Sparkline([], id="grad-spark")
+        yield Label("update / weight over steps", id="ratio-label")
+        yield Sparkline([], id="ratio-spark")
+        yield Static(id="details-hist")
+
+    def show(self, details: Details, findings: list[dict] = ()) -> None:
+        info = details.info
+        head = Text.assemble((details.name or info.get("type", "model"), "bold"), f"  ({details.kind})")
+        for f in findings:
+            colour = {"error": "bold red", "warning": "yellow", "info": "cyan"}[f["severity"]]
+            head.append(f"\n{f['severity']} {f['check']}: ", style=colour)
+            head.append(f"{f['message']}\n  hint: {f['hint']}")
+        if details.kind == "param" and info:
+            head.append(f"\nshape {info.get('shape')}  {info.get('dtype')}  on {info.get('device')}"
+                        f"  requires_grad={info.get('requires_grad')}  in optimizer: {info.get('in_optimizer')}")
+        if details.kind == "module" and info:
+            head.append(f"\ntype {info.get('type')}  own parameters {info.get('params')}")
+            for call in details.calls[:3]:
+                fmt = lambda xs: ", ".join(f"{x.get('shape', x.get('type'))} {x.get('dtype', '')}".strip() for x in xs)
+                head.append(f"\ncall {call['call']}: in {fmt(call['inputs'])} -> out {fmt(call['outputs'])}"
+                            f"  ({'train' if call['training'] else 'eval'})")
+        if details.update is not None:
+            u = details.update
+            head.append(f"\nupdate |Δw| {_g(u.delta)}  |w| {_g(u.weight)}  ratio {_g(u.ratio)}"
+                        f"  outside step() {_g(u.outside)}  whole step {_g(u.step_delta)}")
+        self.query_one("#details-head", Static).update(head)
+        self.query_one("#details-stats", Static).update(_stats_table(details) if details.stats else "")
+        self.query_one("#grad-spark", Sparkline).data = details.grad_norms
+        self.query_one("#ratio-spark", Sparkline).data = details.ratios
+        self.query_one("#ratio-label").display = self.query_one("#ratio-spark").display = bool(details.ratios)
+        self.query_one("#details-hist", Static).update(_histogram(details.hist) if details.hist else "")
