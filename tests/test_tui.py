@@ -202,3 +202,28 @@ async def test_pause_single_step_break_and_quit_with_a_running_script(tmp_path):
     assert len(updates) >= 3
     record_steps = gradscope.open_record(record).steps()
     assert len(record_steps) >= stopped + 20
+
+
+async def test_script_crash_keeps_the_ui_up_with_the_traceback(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(SCRIPT.replace("time.sleep(1.0)", "").replace(
+        "    time.sleep(0.01)", "    if step == 3:\n        raise RuntimeError('diverged')"))
+    record = tmp_path / "crash.sqlite"
+    app = make_app(record, ScriptProcess(["run", str(script)], record))
+    async with app.run_test(size=(120, 40)) as pilot:
+        deadline = time.monotonic() + 60
+        while app._exit_code is None:
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        await loaded(pilot, steps=4)
+        text = "\n".join(str(line.text) for line in app.query_one("#log").lines)
+        assert "Traceback" in text and "RuntimeError: diverged" in text
+        assert "script exited (1)" in status(app)
+        assert len(app.state.steps) == 4  # the record kept every step up to the crash
+        await pilot.press("e")  # export the shown step's graph from the UI
+        exported = record.with_name("crash-step3.svg")
+        while not exported.exists():
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        await pilot.press("q")
+    assert app.return_value == 1  # gradscope run under the UI exits with the script's status
