@@ -6,6 +6,7 @@ behind a tensor as a networkx graph), `open_record` (read a record), and for plu
 Importing gradscope does not import the terminal UI.
 """
 
+from . import errors
 from .analysis import RunView
 from .data import Stat, StepData, Update
 from .findings import Finding
@@ -19,6 +20,6 @@ from .watch import watch
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "DeadUnits", "Finding", "Record", "RunView", "Session", "Stat", "StepData", "TailCount",
+    "Config", "DeadUnits", "errors", "Finding", "Record", "RunView", "Session", "Stat", "StepData", "TailCount",
     "Update", "autograd_graph", "hookimpl", "open_record", "watch", "__version__",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pluggy
 
@@ -23,13 +24,25 @@ from .trace.tails import TailCount
 
 @dataclass
 class RunView:
-    """What the run has shown so far: modules, parameters, optimizers, forward order."""
+    """What the run has shown so far: modules, parameters, optimizers, forward order; the run's
+    fields (`info`, with `rank` and `world_size` under torch.distributed) and its `record`."""
 
     modules: dict[str, dict] = field(default_factory=dict)
     parameters: dict[str, dict] = field(default_factory=dict)
     optimizers: dict[int, dict] = field(default_factory=dict)
     forward_order: list[str] = field(default_factory=list)
     steps: int = 0
+    #: the run's fields (target, rank, world_size...) and the record being written
+    info: dict = field(default_factory=dict)
+    record: Path | None = None
+
+    @property
+    def rank(self) -> int | None:
+        return self.info.get("rank")
+
+    @property
+    def world_size(self) -> int:
+        return self.info.get("world_size") or 1
 
     def optimized(self) -> set[str]:
         """Names of parameters some optimizer holds."""
@@ -51,6 +64,11 @@ class Analyzer:
         for result in self._call("gradscope_statistics"):
             self.tail_requests.extend(result)
 
+    def start(self, record: Path, info: dict) -> None:
+        """The record this run writes, and its run fields (recorder thread, before any step)."""
+        self.run.record = record
+        self.run.info = dict(info)
+
     def observe(self, kind: str, payload) -> None:
         """Follow metadata messages (modules, parameters, optimizer) as the recorder sees them."""
         if kind == "modules":
@@ -61,6 +79,8 @@ class Analyzer:
                 self.run.parameters[row["name"]] = row
         elif kind == "optimizer":
             self.run.optimizers[payload["index"]] = payload
+        elif kind == "run":
+            self.run.info.update(payload)
 
     def step(self, data: StepData) -> list[dict]:
         """Findings for one step (plugin errors included)."""

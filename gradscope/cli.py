@@ -195,6 +195,7 @@ def _cmd_view(args) -> int:
 
 def _cmd_run(args) -> int:
     from . import launch
+    from .distributed import rank_and_world, ranked
 
     if args.module:
         target = launch.Target(args.module, ([args.script] if args.script else []) + args.args, True)
@@ -211,7 +212,10 @@ def _cmd_run(args) -> int:
         stats_every=args.stats_every, analyzer=analyzer, control=_control(args),
     )
     code = launch.run(target, session)
-    failed = _finish(session.path, args.report, args.fail_on)
+    report = args.report
+    if report and (ranks := rank_and_world()) is not None:
+        report = ranked(Path(report), ranks[0])  # one report per rank, like the records
+    failed = _finish(session.path, report, args.fail_on)
     return code or (3 if failed else 0)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 
+from .distributed import job_id, rank_and_world, ranked
 from .errors import GradscopeError
 from .session import Session
 
@@ -155,8 +156,15 @@ def new_session(target: Target, record: str | Path | None, **settings) -> Sessio
     """A session whose run fields describe `target`."""
     from .record.paths import new_record_path
 
-    path = Path(record) if record else new_record_path(target.label)
+    ranks = rank_and_world()
+    if ranks is None:
+        path = Path(record) if record else new_record_path(target.label)
+    else:
+        rank, world = ranks
+        path = ranked(Path(record), rank) if record else new_record_path(f"{target.label}-{job_id()}", rank)
     run_info = {
+        "rank": None if ranks is None else ranks[0],
+        "world_size": 1 if ranks is None else ranks[1],
         "mode": "run",
         "target": target.name,
         "module": target.is_module,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import StepData
+from .distributed import unwrap
 from .record.paths import new_record_path
 from .record.writer import RecordWriter, StepSnapshot, _internal_finding
 from .trace import keepalive, patches
@@ -100,6 +101,7 @@ class Session:
         self._stats_every = max(1, stats_every)
         self._tracker = ParamTracker(sample)
         self._modules: dict[int, tuple[weakref.ref, str]] = {}
+        self._wrappers: list[weakref.ref] = []
         self._root_prefixes: set[str] = set()
         self._param_names: dict[int, str] = {}
         self._param_refs: dict[str, weakref.ref] = {}
@@ -116,8 +118,10 @@ class Session:
 
     # -- attaching ------------------------------------------------------------------------
     def knows(self, module: torch.nn.Module) -> bool:
-        """Whether `module` is watched (as a root or inside one)."""
-        return self._module_name(module) is not None
+        """Whether `module` is watched (as a root or inside one, or as the wrapper of one)."""
+        return self._module_name(module) is not None or any(
+            ref() is module for ref in self._wrappers
+        )
 
     def _module_name(self, module) -> str | None:
         """The watched name of `module` (ids of dead modules are reused: check the object)."""
@@ -132,7 +136,8 @@ class Session:
     def attach_running(self, module: torch.nn.Module, args) -> None:
         """Watch a root module whose forward has already begun (its own pre-hook missed it)."""
         prefix = self.add_model(module)
-        self._on_pre(prefix, module, args, {})
+        if self._module_name(module) is not None:  # a wrapper's inner module has its own hooks
+            self._on_pre(prefix, module, args, {})
 
     def _root_prefix(self, module: torch.nn.Module) -> str:
         has_params = any(True for _ in module.parameters())
@@ -146,7 +151,13 @@ class Session:
         return prefix
 
     def add_model(self, module: torch.nn.Module, name: str | None = None) -> str:
-        """Hook `module` and its submodules and parameters; returns the prefix of their names."""
+        """Hook `module` and its submodules and parameters; returns the prefix of their names.
+        Wrappers (DistributedDataParallel, DataParallel, torch.compile) are seen through: the
+        names are the inner module's (``fc1.weight``, not ``module.fc1.weight``)."""
+        inner = unwrap(module)
+        if inner is not module:
+            self._wrappers.append(weakref.ref(module))
+            module = inner
         known = self._module_name(module)
         if known is not None:
             return known

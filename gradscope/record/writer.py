@@ -116,7 +116,8 @@ class RecordWriter:
             self._ready.set()
             return
         self._ready.set()
-        self._conn = conn
+        if self._analyzer is not None:
+            self._analyzer.start(self.path, self._run)
         while True:
             kind, payload = self._queue.get()
             try:
@@ -128,7 +129,7 @@ class RecordWriter:
                     conn.commit()
                     break
                 getattr(self, f"_on_{kind}")(conn, payload)
-                if self._analyzer is not None and kind in ("modules", "parameters", "optimizer"):
+                if self._analyzer is not None and kind in ("modules", "parameters", "optimizer", "run"):
                     self._analyzer.observe(kind, payload)
                 conn.commit()
             except Exception as exc:  # the record must survive whatever one message does

@@ -51,6 +51,7 @@ class GradscopeApp(App):
         Binding("l", "follow", "latest"),
         Binding("slash", "search", "search"),
         Binding("e", "export", "export graph"),
+        Binding("r", "next_rank", "next rank", show=False),
         Binding("question_mark", "help", "help"),
         Binding("q", "quit_app", "quit"),
     ]
@@ -231,6 +232,8 @@ class GradscopeApp(App):
             parts.append(f"break on error: {'on' if self.break_on_error else 'off'}")
         elif state is not None:
             parts.append(f"record {state.run.get('status', '?')}")
+        if state is not None and state.run.get("rank") is not None:
+            parts.append(f"rank {state.run['rank']} of {state.run.get('world_size')} (r: next rank)")
         if state is not None:
             errors = sum(1 for f in state.findings if f["severity"] == "error")
             warnings = sum(1 for f in state.findings if f["severity"] == "warning")
@@ -297,6 +300,21 @@ class GradscopeApp(App):
             self.call_from_thread(self.notify, str(exc), severity="error", timeout=8)
             return
         self.call_from_thread(self.notify, f"wrote {out}", timeout=8)
+
+    def action_next_rank(self) -> None:
+        """Under torch.distributed every rank has its own record: show the next rank's."""
+        from ..distributed import peer_paths
+
+        world = self.state.run.get("world_size") or 1 if self.state else 1
+        if world < 2:
+            self.notify("this run has a single rank", timeout=4)
+            return
+        peers = peer_paths(self.record_path, world)
+        current = peers.index(self.record_path) if self.record_path in peers else -1
+        self.record_path = peers[(current + 1) % len(peers)]
+        self.sub_title = self.record_path.name
+        self.state, self._subject = None, None
+        self.poll_record()
 
     def action_help(self) -> None:
         keys = [(b.key.replace("left_square_bracket", "[").replace("right_square_bracket", "]")

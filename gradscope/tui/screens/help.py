@@ -33,6 +33,7 @@ class HelpScreen(ModalScreen):
         table.add_column()
         for keys, text in self._bindings:
             table.add_row(keys, text)
+        table.add_row("r", "next rank (runs under torchrun: one record per rank)")
         table.add_row("tab / shift+tab", "move between panels")
         table.add_row("enter", "expand a node / choose a finding")
         table.add_row("escape / enter", "leave the search box")
