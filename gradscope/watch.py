@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from .analysis import Analyzer
+from .distributed import job_id, rank_and_world, ranked
 from .plugins import Config, check_disabled, load
+from .record.paths import new_record_path
 from .session import Session
 
 
@@ -30,6 +32,21 @@ def _as_list(value, kind) -> list:
     if isinstance(value, dict):
         return list(value.items())
     return list(value)
+
+
+def _unwrap_optimizer(opt):
+    """The torch optimizer inside framework wrappers (Lightning's, accelerate's)."""
+    while isinstance(getattr(opt, "optimizer", None), torch.optim.Optimizer) and opt.optimizer is not opt:
+        opt = opt.optimizer
+    return opt
+
+
+def _record_path(record, label: str) -> Path:
+    ranks = rank_and_world()
+    if ranks is None:
+        return Path(record) if record is not None else new_record_path(label)
+    rank = ranks[0]
+    return ranked(Path(record), rank) if record is not None else new_record_path(f"{label}-{job_id()}", rank)
 
 
 def watch(
@@ -57,18 +74,20 @@ def watch(
     ``[tool.gradscope]`` in pyproject.toml). Watching never changes what training computes.
     """
     models = _as_list(model, torch.nn.Module)
-    optimizers = _as_list(optimizer, torch.optim.Optimizer)
+    optimizers = [_unwrap_optimizer(o) for o in _as_list(optimizer, torch.optim.Optimizer)]
     if not models:
         raise TypeError("gradscope.watch needs at least one torch.nn.Module")
     analyzer = make_analyzer(set(disable), settings) if checks else None
+    ranks = rank_and_world()
     session = Session(
-        record,
+        _record_path(record, "watch"),
         sample=sample,
         max_calls=max_calls,
         graph_every=graph_every,
         stats_every=stats_every,
         analyzer=analyzer,
-        run={"mode": "watch", "argv": list(sys.argv)},
+        run={"mode": "watch", "argv": list(sys.argv), "rank": None if ranks is None else ranks[0],
+             "world_size": 1 if ranks is None else ranks[1]},
     )
     try:
         for item in models:
