@@ -28,6 +28,7 @@ from .trace import keepalive, patches
 from .trace.autograd import IN_MARK, OUT_MARK, walk
 from .trace.batch import RowBatch
 from .trace.params import ParamTracker
+from .trace.registry import Registry
 from .trace.stats import histogram, summarize
 from .trace.structure import describe, leaves
 from .trace.tails import compute
@@ -67,8 +68,9 @@ class Session:
     module per step described in full; `stats_every` — module statistics (inputs, activations,
     output gradients, requested tail counts) and weight statistics on every step of the first
     `DENSE_STEPS`, then every N steps, and on every step once a non-finite value was seen
-    (parameter gradients, updates and the loss are recorded every step); `graph_every` — walk the autograd graph every N steps
-    (and whenever the step's module calls change shape; 0 turns graph capture off);
+    (parameter gradients, updates and the loss are recorded every step); `graph_every` — walk
+    the autograd graph every N steps (and whenever the step's module calls change shape; 0
+    turns graph capture off);
     `analyzer` — a `gradscope.analysis.Analyzer` whose plugins judge each step in the recorder
     thread (None: record only); `control` — a `gradscope.control.Control` consulted at every
     step boundary (pause, single-step, break on error).
@@ -100,11 +102,7 @@ class Session:
         self._graph_every = graph_every
         self._stats_every = max(1, stats_every)
         self._tracker = ParamTracker(sample)
-        self._modules: dict[int, tuple[weakref.ref, str]] = {}
-        self._wrappers: list[weakref.ref] = []
-        self._root_prefixes: set[str] = set()
-        self._param_names: dict[int, str] = {}
-        self._param_refs: dict[str, weakref.ref] = {}
+        self._registry = Registry()
         self._optimizers: dict[int, dict] = {}  # id(optimizer) -> {index, ref, params, ids}
         self._primary: int | None = None
         self._handles: list = []
@@ -119,36 +117,14 @@ class Session:
     # -- attaching ------------------------------------------------------------------------
     def knows(self, module: torch.nn.Module) -> bool:
         """Whether `module` is watched (as a root or inside one, or as the wrapper of one)."""
-        return self._module_name(module) is not None or any(
-            ref() is module for ref in self._wrappers
-        )
-
-    def _module_name(self, module) -> str | None:
-        """The watched name of `module` (ids of dead modules are reused: check the object)."""
-        entry = self._modules.get(id(module))
-        return entry[1] if entry is not None and entry[0]() is module else None
-
-    def _param_name(self, param) -> str | None:
-        name = self._param_names.get(id(param))
-        return name if name is not None and self._param_refs[name]() is param else None
+        return self._registry.knows(module)
 
     @_guarded
     def attach_running(self, module: torch.nn.Module, args) -> None:
         """Watch a root module whose forward has already begun (its own pre-hook missed it)."""
         prefix = self.add_model(module)
-        if self._module_name(module) is not None:  # a wrapper's inner module has its own hooks
+        if self._registry.module_name(module) is not None:  # a wrapper's inner module has its own hooks
             self._on_pre(prefix, module, args, {})
-
-    def _root_prefix(self, module: torch.nn.Module) -> str:
-        has_params = any(True for _ in module.parameters())
-        if has_params and "" not in self._root_prefixes:
-            return ""
-        base = type(module).__name__
-        prefix, n = base, 1
-        while prefix in self._root_prefixes:
-            n += 1
-            prefix = f"{base}{n}"
-        return prefix
 
     def add_model(self, module: torch.nn.Module, name: str | None = None) -> str:
         """Hook `module` and its submodules and parameters; returns the prefix of their names.
@@ -156,19 +132,18 @@ class Session:
         names are the inner module's (``fc1.weight``, not ``module.fc1.weight``)."""
         inner = unwrap(module)
         if inner is not module:
-            self._wrappers.append(weakref.ref(module))
+            self._registry.add_wrapper(module)
             module = inner
-        known = self._module_name(module)
+        known = self._registry.module_name(module)
         if known is not None:
             return known
-        prefix = self._root_prefix(module) if name is None else name
-        self._root_prefixes.add(prefix)
+        prefix = self._registry.new_prefix(module, name)
         rows = []
         for sub_name, sub in module.named_modules():
-            if self._module_name(sub) is not None:
+            if self._registry.module_name(sub) is not None:
                 continue
             full = _join(prefix, sub_name)
-            self._modules[id(sub)] = (weakref.ref(sub), full)
+            self._registry.add_module(sub, full)
             self._handles.append(
                 sub.register_forward_pre_hook(functools.partial(self._on_pre, full), with_kwargs=True)
             )
@@ -189,10 +164,9 @@ class Session:
     def _add_params(self, named, prefix: str | None) -> None:
         rows = []
         for full, param, owner in named:
-            if self._param_name(param) is not None:
+            if self._registry.param_name(param) is not None:
                 continue
-            self._param_names[id(param)] = full
-            self._param_refs[full] = weakref.ref(param)
+            self._registry.add_param(full, param)
             sampled = self._tracker.add(full, param)
             rows.append({
                 "name": full,
@@ -231,7 +205,7 @@ class Session:
         self._add_params(
             [(f"optimizer{index}.param{i}", p, "") for i, p in enumerate(params)], None
         )
-        entry["params"] = [self._param_names[id(p)] for p in params]
+        entry["params"] = [self._registry.param_name(p) for p in params]
         groups = [
             {k: v for k, v in g.items() if k != "params" and isinstance(v, (bool, int, float, str))}
             for g in optimizer.param_groups
@@ -320,8 +294,7 @@ class Session:
         if not isinstance(tensors, torch.Tensor):
             return
         if self._want_graph and self._graph is None and tensors.grad_fn is not None:
-            live = {id(p): name for name, ref in self._param_refs.items() if (p := ref()) is not None}
-            self._graph = walk(tensors.grad_fn, live, scopes=True)
+            self._graph = walk(tensors.grad_fn, self._registry.live_param_ids(), scopes=True)
         values = summarize(tensors)
         if values is not None:
             self._batch.add("loss", [("loss", self._backwards, "")], [tensors.numel()], values)
@@ -329,7 +302,7 @@ class Session:
     @_guarded
     def after_backward(self):
         self._backwards += 1
-        for name, ref in self._param_refs.items():
+        for name, ref in self._registry.params.items():
             param = ref()
             grad = None if param is None else param.grad
             values = None if grad is None else summarize(grad)
@@ -344,7 +317,7 @@ class Session:
             entry = self._optimizers.get(id(owner))
             who = type(owner).__name__ if entry is None else f"optimizer{entry['index']}"
         else:
-            who = self._module_name(owner)
+            who = self._registry.module_name(owner)
         if who is not None:
             self._zero_grads.append({"by": who, "set_to_none": bool(set_to_none)})
 
@@ -401,7 +374,7 @@ class Session:
         for name, values in self._hists.items():
             if values is not None:
                 self._batch.add("hist", [name], [self._grads[name][0]], values)
-        for name, ref in self._param_refs.items() if self._full else ():
+        for name, ref in self._registry.params.items() if self._full else ():
             param = ref()
             values = None if param is None else summarize(param)
             if values is not None:
@@ -436,12 +409,7 @@ class Session:
         self._writer.send("run", {"paused": self.step if paused else None})
 
     def _eval_modules(self) -> list[str]:
-        out = []
-        for ref, name in self._modules.values():
-            module = ref()
-            if module is not None and not module.training:
-                out.append(name)
-        return out
+        return [name for module, name in self._registry.modules() if not module.training]
 
     def _learning_rates(self) -> dict[str, list]:
         lrs = {}

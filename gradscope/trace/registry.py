@@ -1,0 +1,70 @@
+"""What a session watches, by weak reference: modules and parameters with their qualified names.
+
+Python reuses the id of a freed object, so every lookup by id also checks that the weak
+reference still points at the very object asked about.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Iterator
+
+import torch
+
+
+class Registry:
+    def __init__(self):
+        self._modules: dict[int, tuple[weakref.ref, str]] = {}
+        self._wrappers: list[weakref.ref] = []
+        self._prefixes: set[str] = set()
+        self._param_ids: dict[int, str] = {}
+        self.params: dict[str, weakref.ref] = {}  # qualified name -> parameter
+
+    def module_name(self, module) -> str | None:
+        """The qualified name of a watched module, else None."""
+        entry = self._modules.get(id(module))
+        return entry[1] if entry is not None and entry[0]() is module else None
+
+    def knows(self, module) -> bool:
+        """Whether `module` is watched, or wraps a watched module (DDP, torch.compile)."""
+        return self.module_name(module) is not None or any(ref() is module for ref in self._wrappers)
+
+    def add_wrapper(self, wrapper) -> None:
+        self._wrappers.append(weakref.ref(wrapper))
+
+    def new_prefix(self, module: torch.nn.Module, name: str | None) -> str:
+        """The name prefix of a new root: '' for the first one with parameters (so names read
+        ``fc1.weight``), else its class name (``MSELoss``, ``Discriminator2``), or `name`."""
+        if name is None:
+            has_params = any(True for _ in module.parameters())
+            if has_params and "" not in self._prefixes:
+                name = ""
+            else:
+                base, n, name = type(module).__name__, 1, type(module).__name__
+                while name in self._prefixes:
+                    n += 1
+                    name = f"{base}{n}"
+        self._prefixes.add(name)
+        return name
+
+    def add_module(self, module, name: str) -> None:
+        self._modules[id(module)] = (weakref.ref(module), name)
+
+    def modules(self) -> Iterator[tuple[torch.nn.Module, str]]:
+        """(module, name) of every watched module still alive."""
+        for ref, name in self._modules.values():
+            module = ref()
+            if module is not None:
+                yield module, name
+
+    def param_name(self, param) -> str | None:
+        name = self._param_ids.get(id(param))
+        return name if name is not None and self.params[name]() is param else None
+
+    def add_param(self, name: str, param) -> None:
+        self._param_ids[id(param)] = name
+        self.params[name] = weakref.ref(param)
+
+    def live_param_ids(self) -> dict[int, str]:
+        """id(parameter) -> name for the parameters still alive (for the autograd walk)."""
+        return {id(p): name for name, ref in self.params.items() if (p := ref()) is not None}
