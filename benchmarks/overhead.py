@@ -1,18 +1,23 @@
-"""Per-step cost of gradscope.watch against a bare training step, interleaved in one run.
+"""Per-step cost of gradscope and of what people use instead, interleaved in one run.
 
     python benchmarks/overhead.py [--model resnet|demo|transformer] [--steps 30] [--rounds 5]
 
-Trains a model (CPU, or CUDA when present) in rounds that alternate bare and watched
-training, and prints the median step time of each and their ratio. Watched rounds are timed
-after the dense start of a run (the first steps always get full statistics). Models: `resnet`, a small
+Trains a model (CPU, or CUDA when present) in rounds; each round runs every contender for
+--steps steps: bare, gradscope with default settings, gradscope with everything on every step,
+hand-written forward/gradient hooks with .item(), torch.autograd.detect_anomaly, and
+TensorBoard's add_histogram of every gradient (needs the tensorboard package). Prints each
+median step time and its ratio to bare. gradscope rounds are timed after the dense start of a
+run (its first steps always get full statistics). Models: `resnet`, a small
 ResNet-style CNN (in-place ReLUs, batch-norm) on 32x32 images; `transformer`, a 4-layer
 encoder (d=128, batch 16x64); `demo`, the demo's LeNet on 32x32 images.
 """
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,13 +82,87 @@ def make(model: str, batch: int, device):
     return net, torch.randn(batch, 1, 32, 32, device=device)
 
 
+@contextlib.contextmanager
+def bare(net, opt, path, stats_every):
+    yield
+
+
+@contextlib.contextmanager
+def gradscope_default(net, opt, path, stats_every):
+    with gradscope.watch(net, opt, record=path, stats_every=stats_every):
+        yield
+
+
+@contextlib.contextmanager
+def gradscope_full(net, opt, path, stats_every):
+    with gradscope.watch(net, opt, record=path, stats_every=1):
+        yield
+
+
+@contextlib.contextmanager
+def hand_hooks(net, opt, path, stats_every):
+    """What people write by hand: print-style statistics with .item() in module hooks."""
+    seen = []
+
+    def forward(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            seen.append((output.mean().item(), output.std().item()))
+            if output.requires_grad:
+                output.register_hook(lambda g: seen.append(g.norm().item()))
+
+    handles = [m.register_forward_hook(forward) for m in net.modules()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def detect_anomaly(net, opt, path, stats_every):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.autograd.detect_anomaly():
+            yield
+
+
+@contextlib.contextmanager
+def tensorboard_histograms(net, opt, path, stats_every):
+    """TensorBoard's add_histogram of every gradient, every step (after the optimizer step)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(path.with_suffix("")))
+    step = [0]
+
+    def log(optimizer, args, kwargs):
+        for name, p in net.named_parameters():
+            if p.grad is not None:
+                writer.add_histogram(name, p.grad, step[0])
+        step[0] += 1
+
+    handle = opt.register_step_post_hook(log)
+    try:
+        yield
+    finally:
+        handle.remove()
+        writer.close()
+
+
+CONTENDERS = {
+    "bare": bare, "gradscope": gradscope_default, "gradscope (everything)": gradscope_full,
+    "hand-written hooks": hand_hooks, "detect_anomaly": detect_anomaly,
+    "tensorboard histograms": tensorboard_histograms,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--only", help="comma-separated contenders (bare is always needed)")
     parser.add_argument("--model", choices=("resnet", "demo", "transformer"), default="resnet")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--stats-every", type=int, default=10, help="gradscope's setting (1: everything every step)")
+    parser.add_argument("--stats-every", type=int, default=10, help="gradscope's default setting")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -92,20 +171,21 @@ def main() -> None:
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     y = torch.randint(0, 10, (x.shape[0],), device=device)
     _steps(net, opt, x, y, 5, device)  # warm-up
-    bare, watched = [], []
+    chosen = [c for c in CONTENDERS if args.only is None or c in args.only.split(",")]
+    times: dict[str, list[float]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.rounds):
-            bare += _steps(net, opt, x, y, args.steps, device)
-            with gradscope.watch(net, opt, record=Path(folder) / f"r{r}.sqlite", stats_every=args.stats_every):
-                _steps(net, opt, x, y, DENSE_STEPS, device)  # past the dense start of a run
-                watched += _steps(net, opt, x, y, args.steps, device)
-    b, w = statistics.median(bare), statistics.median(watched)
-    print(f"device {device}, {args.model}, stats every {args.stats_every}, "
-          f"{args.rounds}x{args.steps} steps each, torch {torch.__version__}")
-    print(f"bare     median {b * 1e3:8.3f} ms/step")
-    print(f"watched  median {w * 1e3:8.3f} ms/step")
-    print(f"ratio    {w / b:.3f}")
-
+            for name in chosen:
+                with CONTENDERS[name](net, opt, Path(folder) / f"{name}{r}.sqlite", args.stats_every):
+                    if name.startswith("gradscope"):
+                        _steps(net, opt, x, y, DENSE_STEPS, device)  # past the dense start of a run
+                    times[name] += _steps(net, opt, x, y, args.steps, device)
+    bare = statistics.median(times["bare"])
+    print(f"device {device}, {args.model}, {args.rounds}x{args.steps} steps each, "
+          f"torch {torch.__version__}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:22} median {median * 1e3:9.3f} ms/step   ratio {median / bare:6.2f}")
 
 if __name__ == "__main__":
     main()
