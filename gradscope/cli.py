@@ -90,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write the JSON report of a record",
                             description="Write the JSON report of RECORD (keys: run, modules, "
-                            "parameters, optimizers, graph, steps, findings).")
-    report.add_argument("record", metavar="RECORD", help="a record file")
+                            "parameters, optimizers, graph, steps, findings). Several records "
+                            "(the ranks of a torchrun job) merge into one report with a 'ranks' list.")
+    report.add_argument("record", metavar="RECORD", nargs="+", help="record files")
     report.add_argument("-o", "--output", metavar="PATH", default="-", help="output file (default: stdout)")
 
     export = sub.add_parser(
@@ -283,8 +284,12 @@ def _cmd_report(args) -> int:
     from . import report
     from .record.reader import open_record
 
-    with open_record(args.record) as record:
-        report.write(record, args.output)
+    records = [open_record(path) for path in args.record]
+    try:
+        report.write(records if len(records) > 1 else records[0], args.output)
+    finally:
+        for record in records:
+            record.close()
     return 0
 
 

@@ -10,6 +10,8 @@ data with ``nodes`` and ``edges``), ``steps`` (one summary per step, with the lo
 ``step``, ``last_step``, ``count``, ``message``, ``evidence`` and ``hint``).
 
 JSON has no NaN or infinity: such values are written as the strings "nan", "inf" and "-inf".
+Several records (the ranks of one torchrun job) merge into ``{"format", "ranks": [...]}``, one
+report per rank with its ``rank``.
 """
 
 from __future__ import annotations
@@ -92,9 +94,16 @@ def build(record: Record) -> dict:
     })
 
 
-def write(record: Record, out: str | Path) -> None:
-    """Write the report of `record` to `out` ('-' for standard output)."""
-    text = json.dumps(build(record), indent=1, allow_nan=False)
+def merge(records: list[Record]) -> dict:
+    """One report for the ranks of a torchrun job: ``ranks`` lists each rank's report."""
+    reports = sorted((build(r) for r in records), key=lambda rep: rep["run"].get("rank") or 0)
+    return {"format": FORMAT, "ranks": [dict(rep, rank=rep["run"].get("rank")) for rep in reports]}
+
+
+def write(record: Record | list[Record], out: str | Path) -> None:
+    """Write the report of `record` (or the merged report of several) to `out` ('-': stdout)."""
+    data = merge(record) if isinstance(record, list) else build(record)
+    text = json.dumps(data, indent=1, allow_nan=False)
     if str(out) == "-":
         sys.stdout.write(text + "\n")
     else:

@@ -73,6 +73,13 @@ def test_one_rank_changing_a_weight_is_caught(tmp_path):
     assert "rank 1" in desync[0]["message"]
     behind = [f for f in rank1.findings() if f["check"] == "out-of-step-update"]
     assert [f["subject"] for f in behind] == ["fc1.weight"]
+    merged = subprocess.run(
+        [sys.executable, "-m", "gradscope", "report", "ddp-rank1.sqlite", "ddp-rank0.sqlite"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )
+    ranks = json.loads(merged.stdout)["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert [f["check"] for f in ranks[0]["findings"]] == ["ddp-desync"]
 
 
 async def test_view_switches_between_ranks(tmp_path):
