@@ -214,6 +214,14 @@ class Record:
             for r in rows
         }
 
+    def last_stats_step(self, subject: str, step: int) -> int | None:
+        """The latest step at or before `step` with statistics beyond the gradient of `subject`."""
+        rows = self._rows(
+            "SELECT max(step) AS step FROM stats WHERE subject = ? AND step <= ? AND kind != 'grad'",
+            (subject, step),
+        )
+        return rows[0]["step"] if rows else None
+
     def latest_hist(self, subject: str, step: int) -> tuple[int, tuple[float, float, list[int]]] | None:
         """(step, (low, high, counts)) of `subject`'s gradient histogram at or before `step`."""
         rows = self._rows(

@@ -68,6 +68,7 @@ class Details:
     info: dict = field(default_factory=dict)  # module or parameter row
     calls: list[dict] = field(default_factory=list)
     stats: list = field(default_factory=list)  # Stat rows of this subject at the step
+    stats_step: int | None = None  # set when `stats` come from an earlier step (periodic statistics)
     update: object = None
     grad_norms: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
@@ -91,6 +92,11 @@ def read_details(record: Record, kind: str, name: str, step: int | None) -> Deta
             details.calls = record.calls(step=step, module=name)
     if step is not None:
         details.stats = record.stats(step=step, subject=name)
+        if not any(s.kind != "grad" for s in details.stats):  # module statistics are periodic
+            earlier = record.last_stats_step(name, step)
+            if earlier is not None and earlier != step:
+                details.stats_step = earlier
+                details.stats = record.stats(step=earlier, subject=name)
         if kind == "param":
             details.update = next(iter(record.updates(step=step, param=name)), None)
     return details

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -71,7 +72,10 @@ class DetailsPanel(VerticalScroll):
             head.append(f"\nupdate |Δw| {_g(u.delta)}  |w| {_g(u.weight)}  ratio {_g(u.ratio)}"
                         f"  outside step() {_g(u.outside)}  whole step {_g(u.step_delta)}")
         self.query_one("#details-head", Static).update(head)
-        self.query_one("#details-stats", Static).update(_stats_table(details) if details.stats else "")
+        stats = _stats_table(details) if details.stats else ""
+        if details.stats and details.stats_step is not None:
+            stats = Group(Text(f"statistics of step {details.stats_step} (module statistics are periodic)", style="dim"), stats)
+        self.query_one("#details-stats", Static).update(stats)
         self.query_one("#grad-spark", Sparkline).data = details.grad_norms
         self.query_one("#ratio-spark", Sparkline).data = details.ratios
         self.query_one("#ratio-label").display = self.query_one("#ratio-spark").display = bool(details.ratios)
