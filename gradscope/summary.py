@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from .findings import SEVERITIES
 from .record.reader import Record
-
-SEVERITIES = ("error", "warning", "info")
 
 
 def summarize_record(record: Record) -> str:

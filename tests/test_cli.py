@@ -208,3 +208,11 @@ def test_hard_crash_keeps_committed_steps(run_cli, script, tmp_path):
     assert proc.returncode != 0
     report = json.loads(run_cli("report", "r.sqlite", check=0).stdout)
     assert len(report["steps"]) == 3 and report["run"]["status"] == "running"
+
+
+def test_view_and_export_reject_bad_records_in_one_line(run_cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a record")
+    for command in (["view", "notes.txt"], ["export", "notes.txt", "-o", "g.dot"], ["view", "missing.sqlite"]):
+        proc = run_cli(*command)
+        assert proc.returncode == 2, command
+        assert proc.stderr.startswith("gradscope: error:") and len(proc.stderr.strip().splitlines()) == 1

@@ -50,9 +50,6 @@ class RowBatch:
     def __init__(self):
         self._blocks: list[tuple[_Block, torch.Tensor]] = []
 
-    def __len__(self) -> int:
-        return len(self._blocks)
-
     def add(self, kind: str, keys: list, counts: list[int], values: torch.Tensor) -> None:
         """Add rows: `values` is a device tensor of shape [len(keys), width] (or [width])."""
         values = values.reshape(len(keys), -1)
