@@ -9,7 +9,9 @@ TensorBoard's add_histogram of every gradient (needs the tensorboard package). P
 median step time and its ratio to bare. gradscope rounds are timed after the dense start of a
 run (its first steps always get full statistics). Models: `resnet`, a small
 ResNet-style CNN (in-place ReLUs, batch-norm) on 32x32 images; `transformer`, a 4-layer
-encoder (d=128, batch 16x64); `demo`, the demo's LeNet on 32x32 images.
+encoder (d=128, batch 16x64); `demo`, the demo's LeNet on 32x32 images; for GPUs,
+`resnet50` (torchvision's, batch 64 of 224x224) and `transformer-large` (12 layers, d=768,
+batch 16x256).
 """
 
 import argparse
@@ -75,9 +77,29 @@ class Transformer(nn.Module):
         return self.head(self.encoder(self.embed(tokens)).mean(1))
 
 
+class LargeTransformer(nn.Module):
+    """The GPU target's transformer: 12 layers, d=768, batch 16x256."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(32000, 768)
+        layer = nn.TransformerEncoderLayer(768, 12, 3072, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 12, enable_nested_tensor=False)
+        self.head = nn.Linear(768, 10)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)).mean(1))
+
+
 def make(model: str, batch: int, device):
     if model == "transformer":
         return Transformer(), torch.randint(0, 1000, (16, 64), device=device)
+    if model == "transformer-large":
+        return LargeTransformer(), torch.randint(0, 32000, (16, 256), device=device)
+    if model == "resnet50":  # torchvision's, with its in-place ReLUs; batch 64 of 224x224
+        import torchvision
+
+        return torchvision.models.resnet50(num_classes=10), torch.randn(64, 3, 224, 224, device=device)
     net = small_resnet() if model == "resnet" else Net()
     return net, torch.randn(batch, 1, 32, 32, device=device)
 
@@ -158,7 +180,8 @@ CONTENDERS = {
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated contenders (bare is always needed)")
-    parser.add_argument("--model", choices=("resnet", "demo", "transformer"), default="resnet")
+    parser.add_argument("--model", choices=("resnet", "demo", "transformer", "resnet50", "transformer-large"),
+                        default="resnet", help="resnet50 and transformer-large are the GPU targets' models")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)

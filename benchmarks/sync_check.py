@@ -22,7 +22,8 @@ from overhead import make
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=("resnet", "transformer"), default="resnet")
+    parser.add_argument("--model", choices=("resnet", "transformer", "resnet50", "transformer-large"),
+                        default="resnet50")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--stats-every", type=int, default=1)
     args = parser.parse_args()
