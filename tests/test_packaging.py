@@ -19,6 +19,7 @@ def test_wheel_layout(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"gradscope", "gradscope_builtins"}
     assert "gradscope/record/reader.py" in names
+    assert "gradscope/tui/app.tcss" in names  # the UI's styles ship with it
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "gradscope = gradscope.cli:main" in text
