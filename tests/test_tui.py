@@ -227,3 +227,13 @@ async def test_script_crash_keeps_the_ui_up_with_the_traceback(tmp_path):
             await pilot.pause(0.1)
         await pilot.press("q")
     assert app.return_value == 1  # gradscope run under the UI exits with the script's status
+
+
+async def test_a_file_that_is_not_a_record_is_reported_not_fatal(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("not a record")
+    app = make_app(bad)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.5)
+        assert app.state is None and app.is_running
+        assert any("not a gradscope record" in str(n.message) for n in app._notifications)

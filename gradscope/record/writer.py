@@ -10,6 +10,7 @@ the step in flight.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -105,12 +106,19 @@ class RecordWriter:
     # -- recorder thread -------------------------------------------------------------------
     def _main(self) -> None:
         try:
-            conn = sqlite3.connect(self.path, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # Build the empty record under a temporary name, then move it into place: a reader
+            # polling for the file never sees one without its schema.
+            fresh = self.path.with_name(f".{self.path.name}.new")
+            fresh.unlink(missing_ok=True)
+            conn = sqlite3.connect(fresh)
             schema.create(conn)
             self._set_run(conn, self._run)
             conn.commit()
+            conn.close()
+            os.replace(fresh, self.path)
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as exc:
             self._error = f"cannot write the record {self.path}: {exc}"
             self._ready.set()

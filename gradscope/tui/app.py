@@ -19,6 +19,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Header, Input, RichLog, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
+from ..errors import GradscopeError
 from .messages import (DetailsLoaded, FindingChosen, RecordUpdated, ScriptExited, ScriptOutput,
                        SubjectSelected)
 from .process import ScriptProcess
@@ -103,13 +104,13 @@ class GradscopeApp(App):
         self.poll_record()
 
     # -- background work ------------------------------------------------------------------
-    @work(thread=True, exclusive=True, name="record-poller", group="record")
+    @work(thread=True, exclusive=True, name="record-poller", group="record", exit_on_error=False)
     def poll_record(self) -> None:
         worker = self._current_worker()
         record, last = None, None
         while not worker.is_cancelled:
             if record is None:
-                record = open_when_ready(self.record_path)
+                record = open_when_ready(self.record_path)  # RecordError ends the worker: shown
             if record is not None:
                 state = read_state(record, self.shown_step)
                 if state.signature != last:
@@ -117,14 +118,14 @@ class GradscopeApp(App):
                     self.post_message(RecordUpdated(state))
             time.sleep(POLL_SECONDS)
 
-    @work(thread=True, exclusive=True, name="details-loader", group="details")
+    @work(thread=True, exclusive=True, name="details-loader", group="details", exit_on_error=False)
     def load_details(self, kind: str, name: str, step: int | None) -> None:
         record = open_when_ready(self.record_path)
         if record is not None:
             with record:
                 self.post_message(DetailsLoaded(read_details(record, kind, name, step)))
 
-    @work(thread=True, name="script-output")
+    @work(thread=True, name="script-output", exit_on_error=False)
     def read_output(self, stream: str) -> None:
         pipe = getattr(self.process.proc, stream)
         for line in pipe:
@@ -141,9 +142,10 @@ class GradscopeApp(App):
         """The one place worker failures land: shown, not fatal."""
         if event.state == WorkerState.ERROR:
             error = event.worker.error
-            self.notify(f"{event.worker.name}: {type(error).__name__}: {error}", severity="error", timeout=10)
-            if event.worker.name == "record-poller":
-                self.set_timer(1.0, self.poll_record)
+            text = str(error) if isinstance(error, GradscopeError) else f"{type(error).__name__}: {error}"
+            self.notify(f"{event.worker.name}: {text}", severity="error", timeout=15)
+            if event.worker.name == "record-poller" and not isinstance(error, GradscopeError):
+                self.set_timer(1.0, self.poll_record)  # a passing failure: read again
 
     # -- messages -------------------------------------------------------------------------
     def on_record_updated(self, message: RecordUpdated) -> None:
@@ -283,7 +285,7 @@ class GradscopeApp(App):
     def action_export(self) -> None:
         self.export_graph(self.state.step if self.state else None)
 
-    @work(thread=True, exclusive=True, name="exporter", group="export")
+    @work(thread=True, exclusive=True, name="exporter", group="export", exit_on_error=False)
     def export_graph(self, step: int | None) -> None:
         import shutil
 

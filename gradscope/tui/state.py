@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import StepData
-from ..errors import RecordError
 from ..record.reader import Record
 from ..trace.autograd import GraphData
 
@@ -47,15 +46,11 @@ def read_state(record: Record, step: int | None) -> ViewState:
 
 
 def open_when_ready(path: Path) -> Record | None:
-    """The record, or None while a starting script has not created it yet."""
+    """The record, or None while a starting script has not created it yet (the writer moves
+    a complete empty record into place, so a file that exists is whole or not a record)."""
     if not path.exists():
         return None
-    try:
-        return Record(path)
-    except RecordError:
-        if path.stat().st_size == 0:
-            return None
-        raise
+    return Record(path)
 
 
 @dataclass
