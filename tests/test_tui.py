@@ -237,3 +237,43 @@ async def test_a_file_that_is_not_a_record_is_reported_not_fatal(tmp_path):
         await pilot.pause(0.5)
         assert app.state is None and app.is_running
         assert any("not a gradscope record" in str(n.message) for n in app._notifications)
+
+
+async def test_following_a_live_run_keeps_the_cursor_and_open_nodes(tmp_path):
+    import threading
+
+    path = tmp_path / "growing.sqlite"
+    done = threading.Event()
+
+    def train():
+        torch.manual_seed(0)
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        with gradscope.watch(model, opt, record=path, checks=False):
+            for _ in range(60):
+                opt.zero_grad()
+                model(torch.randn(4, 4)).pow(2).mean().backward()
+                opt.step()
+                time.sleep(0.05)
+        done.set()
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    try:
+        app = make_app(path)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await loaded(pilot, steps=3)
+            app.query_one("#views").active = "tab-params"
+            table = app.query_one(ParamTable)
+            table.focus()
+            table.move_cursor(row=3)
+            tree = app.query_one(AutogradTree)
+            tree.root.children[0].expand()
+            await pilot.pause(0.1)
+            seen = len(app.state.steps)
+            while len(app.state.steps) < seen + 10:
+                await pilot.pause(0.1)
+            assert table.cursor_row == 3
+            assert tree.root.children[0].is_expanded and tree.root.children[0].children
+    finally:
+        trainer.join()

@@ -284,6 +284,11 @@ class Record:
             rows = self._rows("SELECT data FROM graphs WHERE step <= ? ORDER BY step DESC LIMIT 1", (step,))
         return GraphData.from_json(json.loads(rows[0]["data"])) if rows else None
 
+    def graph_step(self, step: int) -> int | None:
+        """The latest step at or before `step` whose autograd graph was recorded."""
+        rows = self._rows("SELECT max(step) AS step FROM graphs WHERE step <= ?", (step,))
+        return rows[0]["step"] if rows else None
+
     def findings(self) -> list[dict]:
         return [
             {"check": r["check_id"], "severity": r["severity"], "subject": r["subject"],

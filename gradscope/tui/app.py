@@ -151,7 +151,7 @@ class GradscopeApp(App):
     def on_record_updated(self, message: RecordUpdated) -> None:
         self.state = state = message.state
         self.query_one(ModuleTree).show(state, self._filter)
-        self.query_one(AutogradTree).show(state.graph, self._filter)
+        self.query_one(AutogradTree).show(state.graph, state.graph_step, self._filter)
         self.query_one(ParamTable).show(state, self._filter)
         self.query_one(FindingsTable).show(state.findings)
         self.paused = state.run.get("paused") is not None
@@ -209,7 +209,7 @@ class GradscopeApp(App):
         self._filter = event.value.strip()
         if self.state is not None:
             self.query_one(ModuleTree).show(self.state, self._filter)
-            self.query_one(AutogradTree).show(self.state.graph, self._filter)
+            self.query_one(AutogradTree).show(self.state.graph, self.state.graph_step, self._filter)
             self.query_one(ParamTable).show(self.state, self._filter)
 
     def watch_shown_step(self) -> None:

@@ -24,7 +24,7 @@ class ViewState:
     findings: list[dict] = field(default_factory=list)
     data: StepData | None = None
     graph: GraphData | None = None
-    error: str | None = None
+    graph_step: int | None = None  # the step `graph` was recorded at
 
     @property
     def signature(self) -> tuple:
@@ -41,7 +41,8 @@ def read_state(record: Record, step: int | None) -> ViewState:
     if state.steps:
         state.step = state.steps[-1] if step is None or step not in state.steps else step
         state.data = record.step(state.step)
-        state.graph = record.graph(state.step)
+        state.graph_step = record.graph_step(state.step)
+        state.graph = None if state.graph_step is None else record.graph(state.graph_step, exact=True)
     return state
 
 

@@ -32,15 +32,17 @@ class AutogradTree(Tree):
     def __init__(self, **kwargs):
         super().__init__("autograd", **kwargs)
         self._graph: GraphData | None = None
+        self._graph_step: int | None = -1  # nothing shown yet
         self._inputs_of: dict[str, list[str]] = {}
         self._node_info: dict[str, dict] = {}
         self._seen: set[str] = set()
         self._filter = ""
 
-    def show(self, graph: GraphData | None, query: str) -> None:
-        if graph is self._graph and query == self._filter:
+    def show(self, graph: GraphData | None, graph_step: int | None, query: str) -> None:
+        """Rebuild only for another recorded graph or another filter (what is open stays open)."""
+        if (graph_step, query) == (self._graph_step, self._filter) and (graph is None) == (self._graph is None):
             return
-        self._graph, self._filter = graph, query
+        self._graph, self._graph_step, self._filter = graph, graph_step, query
         self.clear()
         self._seen = set()
         if graph is None or not graph.nodes:

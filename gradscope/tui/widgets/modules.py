@@ -26,11 +26,17 @@ class ModuleTree(Tree):
         self._module_nodes: dict[str, object] = {}
 
     def show(self, state: ViewState, query: str) -> None:
+        """Rebuild when the modules or the filter change; otherwise relabel in place, so the
+        cursor and what the user expanded survive a live run's updates."""
         calls = {}
         for call in state.data.calls if state.data else []:
             calls.setdefault(call["module"], call)
-        signature = (tuple(m["name"] for m in state.modules), state.step, query)
+        signature = (tuple(m["name"] for m in state.modules), query)
         if signature == self._signature:
+            for m in state.modules:
+                node = self._module_nodes.get(m["name"])
+                if node is not None:
+                    node.set_label(self._label(m, calls))
             return
         self._signature = signature
         keep = {m["name"] for m in state.modules if query.lower() in m["name"].lower()} if query else None
@@ -48,10 +54,14 @@ class ModuleTree(Tree):
                 continue
             parent_name = None if name in roots else (name.rpartition(".")[0] if "." in name else "")
             parent = self._module_nodes.get(parent_name, self.root)
-            label = Text.assemble((name.rpartition(".")[2] or m["type"], "bold"), f"  {m['type']}  ",
-                                  (_shapes(calls.get(name)), "dim"))
-            self._module_nodes[name] = parent.add(label, data=name, expand=True)
+            self._module_nodes[name] = parent.add(self._label(m, calls), data=name, expand=True)
         self.root.expand()
+
+    @staticmethod
+    def _label(m: dict, calls: dict) -> Text:
+        name = m["name"]
+        return Text.assemble((name.rpartition(".")[2] or m["type"], "bold"), f"  {m['type']}  ",
+                             (_shapes(calls.get(name)), "dim"))
 
     def select_name(self, name: str) -> bool:
         node = self._module_nodes.get(name)

@@ -20,23 +20,29 @@ class ParamTable(DataTable):
         self._signature = None
 
     def on_mount(self) -> None:
-        self.add_columns("parameter", "shape", "grad norm", "update/weight", "optimizer")
+        self._columns = self.add_columns("parameter", "shape", "grad norm", "update/weight", "optimizer")
 
     def show(self, state: ViewState, query: str) -> None:
-        signature = (state.step, len(state.parameters), query)
-        if signature == self._signature:
-            return
-        self._signature = signature
+        """Rebuild when the parameters or the filter change; otherwise update the cells, so the
+        cursor stays where the user put it."""
         grads = {s.subject: s.norm for s in state.data.stats if s.kind == "grad"} if state.data else {}
         updates = state.data.updates if state.data else {}
-        self.clear()
+        signature = (tuple((p["name"], tuple(p["optimizers"])) for p in state.parameters), query)
+        rebuild = signature != self._signature
+        self._signature = signature
+        if rebuild:
+            self.clear()
         for p in state.parameters:
             if query and query.lower() not in p["name"].lower():
                 continue
             update = updates.get(p["name"])
-            held = ", ".join(f"#{i}" for i in p["optimizers"]) or "none"
-            self.add_row(p["name"], "x".join(map(str, p["shape"])) or "scalar", _num(grads.get(p["name"])),
-                         _num(update.ratio if update else None), held, key=p["name"])
+            cells = (_num(grads.get(p["name"])), _num(update.ratio if update else None))
+            if rebuild:
+                held = ", ".join(f"#{i}" for i in p["optimizers"]) or "none"
+                self.add_row(p["name"], "x".join(map(str, p["shape"])) or "scalar", *cells, held, key=p["name"])
+            else:
+                self.update_cell(p["name"], self._columns[2], cells[0])
+                self.update_cell(p["name"], self._columns[3], cells[1])
 
     def select_name(self, name: str) -> bool:
         try:
