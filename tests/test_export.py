@@ -1,6 +1,7 @@
 """Graphviz export: DOT that Graphviz itself parses back, folding of huge graphs, hostile names."""
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -13,6 +14,11 @@ import gradscope
 from gradscope.export import autograd_digraph, export_record
 from gradscope.export.render import render
 
+# Rendering needs Graphviz's dot, a system package a plain `pip install` cannot bring. Where it is
+# missing these tests are skipped, except under CI (GRADSCOPE_REQUIRE_DOT=1, set by .ci/run, which
+# installs Graphviz): there a missing dot is a failure, so rendering is always tested for real.
+if os.environ.get("GRADSCOPE_REQUIRE_DOT") == "1":
+    assert shutil.which("dot"), "GRADSCOPE_REQUIRE_DOT=1 but Graphviz's dot is not installed"
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 
 
