@@ -180,7 +180,7 @@ def _under_ui(args, label: str) -> int:
     code = make_app(record, process).run()
     if process.running:
         process.stop()
-    failed = _finish(record, None, getattr(args, "fail_on", None)) if record.exists() else False
+    failed = _finish(record, None, args.fail_on) if record.exists() else False
     code = process.proc.returncode if code is None else code
     return code or (3 if failed else 0)
 
@@ -203,7 +203,7 @@ def _cmd_run(args) -> int:
     elif args.script:
         target = launch.Target(args.script, args.args)
     else:
-        raise _usage("run: give a SCRIPT or -m MODULE")
+        raise _UsageError("run: give a SCRIPT or -m MODULE")
     launch.check_target(target)
     if not args.headless and _interactive():
         return _under_ui(args, target.label)
@@ -314,11 +314,7 @@ def _cmd_runs(args) -> int:
 
 
 class _UsageError(Exception):
-    pass
-
-
-def _usage(message: str) -> _UsageError:
-    return _UsageError(message)
+    """Wrong arguments: argparse prints the usage and the message, and exits 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
