@@ -127,14 +127,24 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return value
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sample", type=_positive, default=1024, metavar="N",
-                        help="elements per parameter tracked for update statistics (default 1024)")
-    parser.add_argument("--graph-every", type=int, default=100, metavar="N",
-                        help="walk the autograd graph every N steps and when shapes change (0: never)")
-    parser.add_argument("--stats-every", type=_positive, default=10, metavar="N",
-                        help="module statistics every step for the first 20 steps, then every N "
-                        "steps (default 10; 1: every step)")
+    from .settings import DEFAULTS, HELP
+
+    parser.add_argument("--sample", type=_positive, default=DEFAULTS.sample, metavar="N", help=HELP["sample"])
+    parser.add_argument("--graph-every", type=_non_negative, default=DEFAULTS.graph_every, metavar="N",
+                        help=HELP["graph_every"])
+    parser.add_argument("--stats-every", type=_positive, default=DEFAULTS.stats_every, metavar="N",
+                        help=HELP["stats_every"])
     _add_check_options(parser)
 
 
@@ -208,10 +218,10 @@ def _cmd_run(args) -> int:
     if not args.headless and _interactive():
         return _under_ui(args, target.label)
     analyzer = _analyzer(args)
-    session = launch.new_session(
-        target, args.record, sample=args.sample, graph_every=args.graph_every,
-        stats_every=args.stats_every, analyzer=analyzer, control=_control(args),
-    )
+    from .settings import Settings
+
+    settings = Settings(sample=args.sample, graph_every=args.graph_every, stats_every=args.stats_every)
+    session = launch.new_session(target, args.record, settings=settings, analyzer=analyzer, control=_control(args))
     code = launch.run(target, session)
     report = args.report
     if report and (ranks := rank_and_world()) is not None:

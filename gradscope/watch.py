@@ -12,6 +12,7 @@ from .distributed import job_id, rank_and_world, ranked
 from .plugins import Config, check_disabled, load
 from .record.paths import new_record_path
 from .session import Session
+from .settings import DEFAULTS, Settings
 
 
 def make_analyzer(disabled: set[str], settings: dict | None = None, sets: list[str] | None = None) -> Analyzer:
@@ -54,10 +55,10 @@ def watch(
     optimizer=None,
     *,
     record: str | Path | None = None,
-    sample: int = 1024,
-    max_calls: int = 8,
-    graph_every: int = 100,
-    stats_every: int = 10,
+    sample: int = DEFAULTS.sample,
+    max_calls: int = DEFAULTS.max_calls,
+    graph_every: int = DEFAULTS.graph_every,
+    stats_every: int = DEFAULTS.stats_every,
     checks: bool = True,
     disable: tuple[str, ...] = (),
     settings: dict[str, dict] | None = None,
@@ -68,7 +69,7 @@ def watch(
     Use it as a context manager (``with gradscope.watch(model, opt): ...``) or keep the
     returned `Session` and call ``.close()``. On close every hook is removed and the record is
     finished. `record` is the record file (default: a new file in ``.gradscope/runs/``); see
-    `Session` for `sample`, `max_calls`, `graph_every` and `stats_every`. `checks=False` records without
+    `gradscope.settings.Settings` for `sample`, `max_calls`, `graph_every` and `stats_every`. `checks=False` records without
     running any plugin; `disable` names plugins to switch off (like ``-p no:NAME``);
     `settings` overrides check settings, e.g. ``{"dead-relu": {"fraction": 0.9}}`` (on top of
     ``[tool.gradscope]`` in pyproject.toml). Watching never changes what training computes.
@@ -77,14 +78,12 @@ def watch(
     optimizers = [_unwrap_optimizer(o) for o in _as_list(optimizer, torch.optim.Optimizer)]
     if not models:
         raise TypeError("gradscope.watch needs at least one torch.nn.Module")
+    chosen = Settings(sample=sample, max_calls=max_calls, graph_every=graph_every, stats_every=stats_every)
     analyzer = make_analyzer(set(disable), settings) if checks else None
     ranks = rank_and_world()
     session = Session(
         _record_path(record, "watch"),
-        sample=sample,
-        max_calls=max_calls,
-        graph_every=graph_every,
-        stats_every=stats_every,
+        settings=chosen,
         analyzer=analyzer,
         run={"mode": "watch", "argv": list(sys.argv), "rank": None if ranks is None else ranks[0],
              "world_size": 1 if ranks is None else ranks[1]},

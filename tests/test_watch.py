@@ -215,7 +215,7 @@ def test_forward_only_and_model_without_parameters(tmp_path):
 
 
 def test_failure_inside_gradscope_becomes_a_finding(tmp_path, monkeypatch):
-    from gradscope import session as session_module
+    from gradscope.trace import modules as session_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
