@@ -3,12 +3,14 @@
 `Analyzer` is built on the thread that starts a run (it calls ``gradscope_configure`` and
 collects ``gradscope_statistics`` there) and then lives in the recorder thread: it follows the
 run's metadata (`observe`), judges each step (`step`) and the end of the run (`finish`). Hooks
-are called one implementation at a time, in pluggy's order, so that a plugin that raises only
-loses itself: its error becomes a ``plugin-error`` finding and it is unregistered.
+are called through pluggy (its order, its hook wrappers), with every plugin's implementations
+guarded (`_Isolated`), so that a plugin that raises only loses itself: its error becomes a
+``plugin-error`` finding and it is unregistered, and the other plugins go on.
 """
 
 from __future__ import annotations
 
+import functools
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from .data import StepData
 from .errors import GradscopeError
 from .findings import Finding
 from .trace.autograd import to_networkx
-from .trace.tails import TailCount
+from .trace.tails import DeadUnits, TailCount
 
 
 @dataclass
@@ -53,15 +55,19 @@ class RunView:
 
 
 class Analyzer:
-    """The plugins of one run, called safely."""
+    """The plugins of one run, called through pluggy, each plugin isolated from the others."""
 
     def __init__(self, pm: pluggy.PluginManager, config):
         self.pm = pm
         self.run = RunView()
         self.errors: list[Finding] = []
-        self._call("gradscope_configure", config=config)
+        for name, plugin in list(pm.list_name_plugin()):  # registration order, so call order holds
+            isolated = _Isolated(pm, plugin, name, self._fail)
+            pm.unregister(name=name)
+            pm.register(isolated, name=name)
+        self.pm.hook.gradscope_configure(config=config)
         self.tail_requests: list[TailCount] = []
-        for result in self._call("gradscope_statistics"):
+        for result in self.pm.hook.gradscope_statistics():
             self.tail_requests.extend(result)
 
     def start(self, record: Path, info: dict) -> None:
@@ -94,39 +100,18 @@ class Analyzer:
         if data.graph is not None and data.graph.nodes:
             graph = to_networkx(data.graph)
             graph.graph["functions"] = data.graph.functions
-            findings += self._findings("gradscope_graph", step=data.step, graph=graph, run=self.run)
-        return findings + self._findings("gradscope_step", step=data, run=self.run)
+            findings += self._findings(self.pm.hook.gradscope_graph(step=data.step, graph=graph, run=self.run))
+        return findings + self._findings(self.pm.hook.gradscope_step(step=data, run=self.run))
 
     def finish(self) -> list[dict]:
         """Findings at the end of the run."""
-        return self._findings("gradscope_run_end", run=self.run)
+        return self._findings(self.pm.hook.gradscope_run_end(run=self.run))
 
-    def _findings(self, hook: str, **kwargs) -> list[dict]:
-        out = []
-        for plugin, result in self._call(hook, with_plugin=True, **kwargs):
-            for item in result or ():
-                if not isinstance(item, Finding):
-                    self._fail(plugin, hook, TypeError(f"returned {type(item).__name__}, not a Finding"))
-                    break
-                out.append(item.to_dict())
+    def _findings(self, results: list) -> list[dict]:
+        out = [item.to_dict() for result in results for item in result]
         out += [f.to_dict() for f in self.errors]
         self.errors.clear()
         return out
-
-    def _call(self, hook: str, with_plugin: bool = False, **kwargs) -> list:
-        results = []
-        caller = getattr(self.pm.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):
-            try:
-                result = impl.function(*[kwargs[name] for name in impl.argnames])
-            except Exception as exc:
-                if isinstance(exc, GradscopeError) and hook == "gradscope_configure":
-                    raise  # a bad setting: the run must not start
-                self._fail(impl.plugin_name, hook, exc)
-                continue
-            if result is not None:
-                results.append((impl.plugin_name, result) if with_plugin else result)
-        return results
 
     def _fail(self, plugin: str, hook: str, exc: Exception) -> None:
         if self.pm.get_plugin(plugin) is not None:
@@ -142,3 +127,93 @@ class Analyzer:
                       "where": f"{where[0].filename}:{where[0].lineno}" if where else ""},
             hint=f"Report it to the plugin's authors, or run without it: -p no:{plugin}",
         ))
+
+
+#: what each hook's implementations may return (items of the returned list), None for nothing
+_RETURNS = {
+    "gradscope_configure": None,
+    "gradscope_statistics": (TailCount, DeadUnits),
+    "gradscope_graph": Finding,
+    "gradscope_step": Finding,
+    "gradscope_run_end": Finding,
+}
+
+
+class _Isolated:
+    """A plugin as the analyzer registers it: the same hook implementations (same names, options
+    and so call order), each guarded so that a failure switches this plugin off and the call goes
+    on with the others. A failure is an exception, or a result that is not a list of what the hook
+    returns. A bad setting (`GradscopeError` from ``gradscope_configure``) is not isolated: the run
+    must not start."""
+
+    def __init__(self, pm: pluggy.PluginManager, plugin, name: str, fail):
+        self.plugin = plugin
+        marker = f"{pm.project_name}_impl"
+        for caller in pm.get_hookcallers(plugin) or ():
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin:
+                    guard = _guard_wrapper if (impl.wrapper or impl.hookwrapper) else _guard
+                    guarded = functools.wraps(impl.function)(guard(impl.function, name, caller.name, fail))
+                    setattr(guarded, marker, dict(impl.opts))
+                    setattr(self, impl.function.__name__, guarded)
+
+
+def _guard(function, plugin: str, hook: str, fail):
+    expected = _RETURNS.get(hook)
+
+    def guarded(*args, **kwargs):
+        try:
+            result = function(*args, **kwargs)
+            if result is not None and expected is not None:
+                result = list(result)
+                wrong = next((item for item in result if not isinstance(item, expected)), None)
+                if wrong is not None:
+                    raise TypeError(f"returned {type(wrong).__name__}, not a {_names(expected)}")
+        except Exception as exc:
+            if isinstance(exc, GradscopeError) and hook == "gradscope_configure":
+                raise  # a bad setting: the run must not start
+            fail(plugin, hook, exc)
+            return None
+        return result
+
+    return guarded
+
+
+def _guard_wrapper(function, plugin: str, hook: str, fail):
+    """A hook wrapper (``wrapper=True`` or ``hookwrapper=True``) that fails before or after its
+    ``yield`` is switched off and leaves the call's outcome as it was."""
+
+    def guarded(*args, **kwargs):
+        teardown = function(*args, **kwargs)
+        try:
+            next(teardown)
+        except Exception as exc:
+            fail(plugin, hook, exc)
+            return (yield)
+        try:
+            sent = yield
+        except BaseException as inner:  # another implementation raised: let this wrapper see it
+            try:
+                teardown.throw(inner)
+            except StopIteration as stop:
+                return stop.value
+            except Exception as exc:
+                if exc is not inner:
+                    fail(plugin, hook, exc)
+            raise inner
+        try:
+            teardown.send(sent)
+        except StopIteration as stop:
+            return stop.value
+        except Exception as exc:
+            fail(plugin, hook, exc)
+            return sent
+        teardown.close()
+        fail(plugin, hook, RuntimeError("the hook wrapper yielded twice"))
+        return sent
+
+    return guarded
+
+
+def _names(types) -> str:
+    return " or ".join(t.__name__ for t in types) if isinstance(types, tuple) else types.__name__

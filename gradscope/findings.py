@@ -1,10 +1,24 @@
-"""A finding: what a check concluded, where, when, on which evidence, and how to fix it."""
+"""A finding: what a check concluded, where, when, on which evidence, and how to fix it.
+
+This module owns severities: their names, and their order (`severity_rank`, `at_least`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+#: most severe first
 SEVERITIES = ("error", "warning", "info")
+
+
+def severity_rank(severity: str) -> int:
+    """0 for the most severe; sorting by it lists errors first. Unknown names rank last."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+
+
+def at_least(severity: str, threshold: str) -> bool:
+    """Whether `severity` is `threshold` or worse (``at_least("error", "warning")``)."""
+    return severity_rank(severity) <= severity_rank(threshold)
 
 
 @dataclass(frozen=True)

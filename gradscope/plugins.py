@@ -8,6 +8,12 @@ object, or a class (instantiated once per run, so per-run state starts fresh). S
 - ``GRADSCOPE_PLUGINS=a,b`` loads only those third-party plugins (empty: none); built-ins load
   unless switched off with ``-p no:NAME``.
 
+Call order: pluggy calls every hook's implementations in one order: gradscope's built-in checks
+first, then third-party plugins, each group by entry-point name; ``tryfirst=True`` /
+``trylast=True`` on a ``@gradscope.hookimpl`` move an implementation ahead of or after all of
+them, and hook wrappers (``wrapper=True``) run around the whole call. Findings are recorded in
+that order.
+
 Settings come from ``--set CHECK.KEY=VALUE`` and ``[tool.gradscope.CHECK]`` tables in the
 nearest pyproject.toml (the command line wins); plugins read them in ``gradscope_configure``.
 """
@@ -111,14 +117,15 @@ def load(disabled: set[str] | frozenset = frozenset()) -> tuple[pluggy.PluginMan
     pm.add_hookspecs(hookspecs)
     allow = os.environ.get(ENV_ALLOW)
     allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
-    infos = []
-    for ep in sorted(_entry_points(), key=lambda e: e.name):
-        dist, version = _dist_of(ep)
-        builtin = dist == "gradscope"
+    selected: dict[str, object] = {}
+    for ep in sorted(_entry_points(), key=call_order):  # a name taken twice: the built-in wins
+        builtin = _dist_of(ep)[0] == "gradscope"
         if ep.name in disabled or (not builtin and allowed is not None and ep.name not in allowed):
             continue
-        if pm.has_plugin(ep.name):
-            continue
+        selected.setdefault(ep.name, ep)
+    infos = []
+    for ep in reversed(selected.values()):  # pluggy calls the plugin registered last first
+        dist, version = _dist_of(ep)
         try:
             plugin = ep.load()
             if isinstance(plugin, type):  # a class: one fresh instance per run
@@ -127,8 +134,13 @@ def load(disabled: set[str] | frozenset = frozenset()) -> tuple[pluggy.PluginMan
         except Exception as exc:
             raise GradscopeError(f"plugin {ep.name!r} (from {dist}) failed to load: {type(exc).__name__}: {exc}") from None
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        infos.append(PluginInfo(ep.name, version, "built-in" if builtin else dist, hooks))
-    return pm, infos
+        infos.append(PluginInfo(ep.name, version, "built-in" if dist == "gradscope" else dist, hooks))
+    return pm, sorted(infos, key=lambda i: i.name)
+
+
+def call_order(ep) -> tuple[bool, str]:
+    """Built-in checks first, then third-party plugins, each in name order."""
+    return _dist_of(ep)[0] != "gradscope", ep.name
 
 
 def parse_switches(switches: list[str] | None) -> set[str]:

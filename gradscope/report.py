@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import networkx as nx
@@ -33,7 +34,7 @@ FORMAT = 1
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # dicts and record rows
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]

@@ -7,8 +7,7 @@ in the file: values are SQLite scalars and JSON.
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -18,23 +17,6 @@ from ..trace.autograd import GraphData
 from . import schema
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def _real(value):
-    return math.nan if value is None else value
-
-
-def _stat(r) -> Stat:
-    return Stat(r["kind"], r["subject"], r["call"], r["path"], r["count"], _real(r["mean"]),
-                _real(r["std"]), _real(r["min"]), _real(r["max"]), _real(r["norm"]), r["zeros"],
-                r["nonfinite"])
-
-
-def _update(r) -> Update:
-    stepped = r["optimizer"] is not None
-    opt = _real if stepped else (lambda v: v)
-    return Update(r["param"], r["optimizer"], opt(r["delta"]), opt(r["weight"]), opt(r["outside"]),
-                  _real(r["step_delta"]), _real(r["step_weight"]))
 
 
 def open_record(path: str | Path) -> "Record":
@@ -92,72 +74,66 @@ class Record:
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"{self.path}: corrupt record ({exc})") from None
 
+    def _select(self, table: schema.Table, sql: str = "", args=(), **derived) -> list:
+        """Rows of `table` (``SELECT * FROM table <sql>``), decoded to its row class."""
+        return [self._decode(table, r, **derived) for r in self._rows(f"SELECT * FROM {table.name} {sql}", args)]
+
+    def _decode(self, table: schema.Table, r: sqlite3.Row, **derived):
+        try:
+            return table.decode(r, **derived)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise RecordError(f"{self.path}: corrupt record (table {table.name}: {exc})") from None
+
     # -- run and structure ------------------------------------------------------------------
     def run(self) -> dict:
-        return {r["key"]: json.loads(r["value"]) for r in self._rows("SELECT key, value FROM run")}
+        """The run's fields (a run table row is one key and its value)."""
+        return {f.key: f.value for f in self._select(schema.RUN)}
 
-    def modules(self) -> list[dict]:
-        return [dict(r) for r in self._rows("SELECT * FROM modules ORDER BY rowid")]
+    def modules(self) -> list[schema.ModuleRow]:
+        return self._select(schema.MODULES, "ORDER BY rowid")
 
-    def optimizers(self) -> list[dict]:
-        return [
-            {"index": r["idx"], "type": r["type"], "params": json.loads(r["params"]),
-             "groups": json.loads(r["groups"]), "first_step": r["first_step"]}
-            for r in self._rows("SELECT * FROM optimizers ORDER BY idx")
-        ]
+    def optimizers(self) -> list[schema.OptimizerRow]:
+        return self._select(schema.OPTIMIZERS, "ORDER BY idx")
 
-    def parameters(self) -> list[dict]:
+    def parameters(self) -> list[schema.ParameterRow]:
         holders: dict[str, list[int]] = {}
         for opt in self.optimizers():
-            for name in opt["params"]:
-                holders.setdefault(name, []).append(opt["index"])
-        out = []
-        for r in self._rows("SELECT * FROM parameters ORDER BY rowid"):
-            row = dict(r, shape=json.loads(r["shape"]), requires_grad=bool(r["requires_grad"]),
-                       sampled=bool(r["sampled"]))
-            row["optimizers"] = holders.get(row["name"], [])
-            row["in_optimizer"] = bool(row["optimizers"])
-            out.append(row)
-        return out
+            for name in opt.params:
+                holders.setdefault(name, []).append(opt.index)
+        return [
+            dataclasses.replace(p, optimizers=holders.get(p.name, []), in_optimizer=p.name in holders)
+            for p in self._select(schema.PARAMETERS, "ORDER BY rowid")
+        ]
 
     # -- steps ------------------------------------------------------------------------------
     def step_numbers(self) -> list[int]:
         return [r["step"] for r in self._rows("SELECT step FROM steps ORDER BY step")]
 
-    def steps(self) -> list[dict]:
+    def steps(self) -> list[schema.StepRow]:
         """One summary per step (no statistics)."""
-        return [self._step_row(r) for r in self._rows("SELECT * FROM steps ORDER BY step")]
-
-    @staticmethod
-    def _step_row(r) -> dict:
-        return {
-            "step": r["step"], "time": r["time"], "backwards": r["backwards"],
-            "optimizer_steps": json.loads(r["optimizer_steps"]),
-            "zero_grad": json.loads(r["zero_grad"]), "eval_modules": json.loads(r["eval_modules"]),
-            "lrs": json.loads(r["lrs"]), "calls": r["calls"],
-        }
+        return self._select(schema.STEPS, "ORDER BY step")
 
     def step(self, step: int) -> StepData:
         """Everything recorded for `step`, as the recorder saw it."""
-        rows = self._rows("SELECT * FROM steps WHERE step = ?", (step,))
+        rows = self._select(schema.STEPS, "WHERE step = ?", (step,))
         if not rows:
             raise RecordError(f"{self.path}: no step {step} (steps: {self._step_range()})")
-        head = self._step_row(rows[0])
+        head = rows[0]
         data = StepData(
-            step=step, time=head["time"], backwards=head["backwards"],
-            optimizer_steps=head["optimizer_steps"], zero_grad=head["zero_grad"],
-            eval_modules=head["eval_modules"], lrs=head["lrs"],
+            step=step, time=head.time, backwards=head.backwards,
+            optimizer_steps=head.optimizer_steps, zero_grad=head.zero_grad,
+            eval_modules=head.eval_modules, lrs=head.lrs,
         )
         data.calls = self.calls(step)
         data.stats = self.stats(step=step)
         data.updates = {u.param: u for u in self.updates(step=step)}
         data.tails = {
-            (r["module"], r["call"], r["name"]): (r["count"], r["total"])
-            for r in self._rows("SELECT * FROM tails WHERE step = ?", (step,))
+            (t.module, t.call, t.name): (t.count, t.total)
+            for t in self._select(schema.TAILS, "WHERE step = ?", (step,))
         }
         data.hists = {
-            r["subject"]: (_real(r["low"]), _real(r["high"]), json.loads(r["counts"]))
-            for r in self._rows("SELECT * FROM hists WHERE step = ?", (step,))
+            h.subject: (h.low, h.high, h.counts)
+            for h in self._select(schema.HISTS, "WHERE step = ?", (step,))
         }
         data.graph = self.graph(step, exact=True)
         return data
@@ -166,53 +142,44 @@ class Record:
         numbers = self.step_numbers()
         return f"{numbers[0]}..{numbers[-1]}" if numbers else "none"
 
-    def calls(self, step: int | None = None, module: str | None = None) -> list[dict]:
-        sql, args = "SELECT * FROM calls WHERE 1=1", []
+    def calls(self, step: int | None = None, module: str | None = None) -> list[schema.CallRow]:
+        sql, args = "WHERE 1=1", []
         if step is not None:
             sql, args = sql + " AND step = ?", args + [step]
         if module is not None:
             sql, args = sql + " AND module = ?", args + [module]
-        return [
-            {"step": r["step"], "module": r["module"], "call": r["call"],
-             "training": None if r["training"] is None else bool(r["training"]),
-             "inputs": json.loads(r["inputs"]), "outputs": json.loads(r["outputs"])}
-            for r in self._rows(sql + " ORDER BY step, rowid", args)
-        ]
+        return self._select(schema.CALLS, sql + " ORDER BY step, rowid", args)
 
     def stats(self, *, step: int | None = None, kind: str | None = None,
               subject: str | None = None) -> list[Stat]:
-        sql, args = "SELECT * FROM stats WHERE 1=1", []
+        sql, args = "WHERE 1=1", []
         for column, value in (("step", step), ("kind", kind), ("subject", subject)):
             if value is not None:
                 sql, args = sql + f" AND {column} = ?", args + [value]
-        return [
-            _stat(r)
-            for r in self._rows(sql + " ORDER BY step, rowid", args)
-        ]
+        return self._select(schema.STATS, sql + " ORDER BY step, rowid", args)
+
+    def _stepped(self, table: schema.Table, sql: str, args=()) -> list[tuple[int, object]]:
+        return [(r["step"], self._decode(table, r)) for r in self._rows(sql, args)]
 
     def stat_series(self, kind: str, subject: str) -> list[tuple[int, Stat]]:
         """(step, stat) for the first call of `subject` in every step it was recorded."""
-        return [
-            (r["step"], _stat(r))
-            for r in self._rows(
-                "SELECT * FROM stats WHERE kind = ? AND subject = ? AND call = 0 ORDER BY step",
-                (kind, subject),
-            )
-        ]
+        return self._stepped(
+            schema.STATS,
+            "SELECT * FROM stats WHERE kind = ? AND subject = ? AND call = 0 ORDER BY step",
+            (kind, subject),
+        )
 
     def latest_stats(self, kind: str) -> dict[str, tuple[int, Stat]]:
         """subject -> (step, stat) of the most recent first-call row of `kind` per subject."""
-        rows = self._rows(
+        rows = self._stepped(
+            schema.STATS,
             "SELECT s.* FROM stats s JOIN (SELECT subject, max(step) AS step FROM stats"
             " WHERE kind = ? AND call = 0 GROUP BY subject) m"
             " ON s.subject = m.subject AND s.step = m.step"
             " WHERE s.kind = ? AND s.call = 0 AND s.path = '' ORDER BY s.rowid",
             (kind, kind),
         )
-        return {
-            r["subject"]: (r["step"], _stat(r))
-            for r in rows
-        }
+        return {stat.subject: (step, stat) for step, stat in rows}
 
     def last_stats_step(self, subject: str, step: int) -> int | None:
         """The latest step at or before `step` with statistics beyond the gradient of `subject`."""
@@ -224,75 +191,56 @@ class Record:
 
     def latest_hist(self, subject: str, step: int) -> tuple[int, tuple[float, float, list[int]]] | None:
         """(step, (low, high, counts)) of `subject`'s gradient histogram at or before `step`."""
-        rows = self._rows(
-            "SELECT * FROM hists WHERE subject = ? AND step <= ? ORDER BY step DESC LIMIT 1",
-            (subject, step),
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return r["step"], (_real(r["low"]), _real(r["high"]), json.loads(r["counts"]))
+        rows = self._select(schema.HISTS, "WHERE subject = ? AND step <= ? ORDER BY step DESC LIMIT 1",
+                            (subject, step))
+        return (rows[0].step, (rows[0].low, rows[0].high, rows[0].counts)) if rows else None
 
     def update_series(self, param: str) -> list[tuple[int, Update]]:
         """(step, update) of `param` for every recorded step."""
-        return [(r["step"], _update(r)) for r in self._rows(
-            "SELECT * FROM updates WHERE param = ? ORDER BY step", (param,))]
+        return self._stepped(schema.UPDATES, "SELECT * FROM updates WHERE param = ? ORDER BY step", (param,))
 
-    def latest_calls(self) -> dict[str, list[dict]]:
+    def latest_calls(self) -> dict[str, list[schema.CallRow]]:
         """module -> its calls in the most recent step that called it."""
-        rows = self._rows(
-            "SELECT c.* FROM calls c JOIN (SELECT module, max(step) AS step FROM calls"
-            " GROUP BY module) m ON c.module = m.module AND c.step = m.step ORDER BY c.rowid"
+        rows = self._select(
+            schema.CALLS,
+            "c JOIN (SELECT module, max(step) AS step FROM calls GROUP BY module) m"
+            " ON c.module = m.module AND c.step = m.step ORDER BY c.rowid",
         )
-        out: dict[str, list[dict]] = {}
-        for r in rows:
-            out.setdefault(r["module"], []).append({
-                "step": r["step"], "call": r["call"],
-                "training": None if r["training"] is None else bool(r["training"]),
-                "inputs": json.loads(r["inputs"]), "outputs": json.loads(r["outputs"]),
-            })
+        out: dict[str, list[schema.CallRow]] = {}
+        for call in rows:
+            out.setdefault(call.module, []).append(call)
         return out
 
     def latest_updates(self) -> dict[str, tuple[int, Update]]:
         """param -> (step, update) of its most recent step."""
-        rows = self._rows(
+        rows = self._stepped(
+            schema.UPDATES,
             "SELECT u.* FROM updates u JOIN (SELECT param, max(step) AS step FROM updates"
-            " GROUP BY param) m ON u.param = m.param AND u.step = m.step ORDER BY u.rowid"
+            " GROUP BY param) m ON u.param = m.param AND u.step = m.step ORDER BY u.rowid",
         )
-        return {
-            r["param"]: (r["step"], _update(r))
-            for r in rows
-        }
+        return {update.param: (step, update) for step, update in rows}
 
     def updates(self, *, step: int | None = None, param: str | None = None) -> list[Update]:
-        sql, args = "SELECT * FROM updates WHERE 1=1", []
+        sql, args = "WHERE 1=1", []
         for column, value in (("step", step), ("param", param)):
             if value is not None:
                 sql, args = sql + f" AND {column} = ?", args + [value]
-        return [
-            _update(r)
-            for r in self._rows(sql + " ORDER BY step, rowid", args)
-        ]
+        return self._select(schema.UPDATES, sql + " ORDER BY step, rowid", args)
 
     def graph(self, step: int | None = None, *, exact: bool = False) -> GraphData | None:
         """The autograd graph of `step` (or, unless `exact`, the latest one recorded before it)."""
         if step is None:
-            rows = self._rows("SELECT data FROM graphs ORDER BY step DESC LIMIT 1")
+            rows = self._select(schema.GRAPHS, "ORDER BY step DESC LIMIT 1")
         elif exact:
-            rows = self._rows("SELECT data FROM graphs WHERE step = ?", (step,))
+            rows = self._select(schema.GRAPHS, "WHERE step = ?", (step,))
         else:
-            rows = self._rows("SELECT data FROM graphs WHERE step <= ? ORDER BY step DESC LIMIT 1", (step,))
-        return GraphData.from_json(json.loads(rows[0]["data"])) if rows else None
+            rows = self._select(schema.GRAPHS, "WHERE step <= ? ORDER BY step DESC LIMIT 1", (step,))
+        return GraphData.from_json(rows[0].data) if rows else None
 
     def graph_step(self, step: int) -> int | None:
         """The latest step at or before `step` whose autograd graph was recorded."""
         rows = self._rows("SELECT max(step) AS step FROM graphs WHERE step <= ?", (step,))
         return rows[0]["step"] if rows else None
 
-    def findings(self) -> list[dict]:
-        return [
-            {"check": r["check_id"], "severity": r["severity"], "subject": r["subject"],
-             "step": r["step"], "last_step": r["last_step"], "count": r["count"],
-             "message": r["message"], "evidence": json.loads(r["evidence"]), "hint": r["hint"]}
-            for r in self._rows("SELECT * FROM findings ORDER BY id")
-        ]
+    def findings(self) -> list[schema.FindingRow]:
+        return self._select(schema.FINDINGS, "ORDER BY id")

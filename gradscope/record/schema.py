@@ -1,73 +1,322 @@
-"""The record's SQLite schema: one file per run, one row set per step.
+"""The record's SQLite schema, declared once: every table is a row dataclass.
+
+A table's DDL, its INSERT and the decoding of its rows all come from the fields of one dataclass
+(`Table`), so a new column is one new field with a default: records written before it existed
+still open, and read the default. Column types follow the field's annotation: ``str`` TEXT,
+``int`` INTEGER, ``bool`` INTEGER read back as a bool, ``float`` REAL, anything else (lists,
+dicts) JSON text; ``X | None`` makes the column nullable. SQLite stores NaN as NULL, so a
+``float`` column reads NULL back as NaN (a ``float | None`` one as None).
 
 The file is marked with a SQLite ``application_id`` so that any other SQLite file is told apart,
-and ``user_version`` carries the schema version. JSON columns hold small nested values (shapes,
-call descriptions, graph node-link data). SQLite stores NaN as NULL: readers turn NULL back
-into NaN in statistics columns (and in update columns of a parameter an optimizer stepped).
+and ``user_version`` carries the schema version: it changes only when a record written by this
+version could not be read by the previous one (a removed or retyped column), never for a new one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import sqlite3
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..data import Stat, Update
+from ..findings import Finding
 
 APPLICATION_ID = 0x67726473  # "grds"
 VERSION = 1
 
-DDL = """
-CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE modules (
-    name TEXT PRIMARY KEY, type TEXT NOT NULL, root TEXT NOT NULL, params INTEGER NOT NULL
-);
-CREATE TABLE parameters (
-    name TEXT PRIMARY KEY, module TEXT, shape TEXT NOT NULL, dtype TEXT NOT NULL,
-    device TEXT NOT NULL, requires_grad INTEGER NOT NULL, numel INTEGER NOT NULL,
-    sampled INTEGER NOT NULL
-);
-CREATE TABLE optimizers (
-    idx INTEGER PRIMARY KEY, type TEXT NOT NULL, params TEXT NOT NULL, groups TEXT NOT NULL,
-    first_step INTEGER NOT NULL
-);
-CREATE TABLE steps (
-    step INTEGER PRIMARY KEY, time REAL NOT NULL, backwards INTEGER NOT NULL,
-    optimizer_steps TEXT NOT NULL, zero_grad TEXT NOT NULL, eval_modules TEXT NOT NULL,
-    lrs TEXT NOT NULL, calls INTEGER NOT NULL
-);
-CREATE TABLE calls (
-    step INTEGER NOT NULL, module TEXT NOT NULL, call INTEGER NOT NULL, training INTEGER,
-    inputs TEXT NOT NULL, outputs TEXT NOT NULL, PRIMARY KEY (step, module, call)
-);
-CREATE TABLE stats (
-    step INTEGER NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, call INTEGER NOT NULL,
-    path TEXT NOT NULL, count INTEGER NOT NULL, mean REAL, std REAL, min REAL, max REAL,
-    norm REAL, zeros INTEGER, nonfinite INTEGER
-);
-CREATE INDEX stats_by_subject ON stats (subject, kind, step);
-CREATE INDEX stats_by_step ON stats (step);
-CREATE TABLE updates (
-    step INTEGER NOT NULL, param TEXT NOT NULL, optimizer INTEGER, delta REAL, weight REAL,
-    outside REAL, step_delta REAL, step_weight REAL,
-    PRIMARY KEY (step, param)
-);
-CREATE TABLE tails (
-    step INTEGER NOT NULL, module TEXT NOT NULL, call INTEGER NOT NULL, name TEXT NOT NULL,
-    count INTEGER NOT NULL, total INTEGER NOT NULL
-);
-CREATE TABLE hists (
-    step INTEGER NOT NULL, subject TEXT NOT NULL, low REAL, high REAL, counts TEXT NOT NULL,
-    PRIMARY KEY (step, subject)
-);
-CREATE TABLE graphs (step INTEGER PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE findings (
-    id INTEGER PRIMARY KEY, check_id TEXT NOT NULL, severity TEXT NOT NULL,
-    subject TEXT NOT NULL, step INTEGER, last_step INTEGER, count INTEGER NOT NULL,
-    message TEXT NOT NULL, evidence TEXT NOT NULL, hint TEXT NOT NULL
-);
-"""
+_DERIVED = "gradscope.derived"
+
+
+def derived(default_factory: Callable[[], Any]):
+    """A row field the reader fills in from other tables; it has no column."""
+    return field(default_factory=default_factory, metadata={_DERIVED: True})
+
+
+class Row(Mapping):
+    """A record row: a frozen dataclass that also reads as a mapping of its fields, so views
+    that treat rows as JSON objects (``row["name"]``, ``dict(row)``) take it as it is."""
+
+    def __getitem__(self, key: str):
+        if key not in self._field_names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._field_names())
+
+    def __len__(self) -> int:
+        return len(self._field_names())
+
+    @classmethod
+    def _field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=True)
+
+
+def _same(value):
+    return value
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its SQL declaration and how a field's value goes in and comes out."""
+
+    name: str  # in SQL
+    field: str  # in the row
+    sql: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+    default: Any  # dataclasses.MISSING: none
+
+
+def _column(f: dataclasses.Field, annotation, name: str) -> Column:
+    args = typing.get_args(annotation)
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), annotation) if optional else annotation
+    null = "" if optional else " NOT NULL"
+    if base is bool:
+        sql, encode = "INTEGER" + null, _same
+        decode = (lambda v: None if v is None else bool(v)) if optional else bool
+    elif base is int:
+        sql, encode, decode = "INTEGER" + null, _same, _same
+    elif base is float:
+        sql, encode = "REAL", _same  # NaN is stored as NULL whatever the field says
+        decode = _same if optional else (lambda v: math.nan if v is None else v)
+    elif base is str:
+        sql, encode, decode = "TEXT" + null, _same, _same
+    else:
+        sql, encode, decode = "TEXT" + null, _dumps, json.loads
+        if optional:
+            encode = lambda v: None if v is None else _dumps(v)  # noqa: E731
+            decode = lambda v: None if v is None else json.loads(v)  # noqa: E731
+    default = f.default
+    if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    return Column(name, f.name, sql, encode, decode, default)
+
+
+class Table:
+    """A table whose rows are instances of `row` (a dataclass).
+
+    `scope` names leading columns that place a row but are not part of it (the ``step`` of a
+    `Stat`); `columns` renames fields whose name SQL reserves; `key` is the primary key;
+    `integer_key` declares ``<name> INTEGER PRIMARY KEY`` outside the row (the findings' id);
+    `indexes` maps an index name to its columns; `fix` adjusts a decoded row.
+    """
+
+    def __init__(self, name: str, row: type, *, key: tuple[str, ...] = (), scope: dict[str, type] | None = None,
+                 columns: dict[str, str] | None = None, integer_key: str | None = None,
+                 indexes: dict[str, tuple[str, ...]] | None = None, fix: Callable | None = None):
+        self.name = name
+        self.row = row
+        self.key = key
+        self.integer_key = integer_key
+        self.indexes = indexes or {}
+        self._fix = fix
+        hints = typing.get_type_hints(row)
+        renamed = columns or {}
+        self.scope = [Column(n, n, "INTEGER NOT NULL" if t is int else "TEXT NOT NULL",
+                             _same, _same, dataclasses.MISSING)
+                      for n, t in (scope or {}).items()]
+        self.columns = [
+            _column(f, hints[f.name], renamed.get(f.name, f.name))
+            for f in dataclasses.fields(row) if not f.metadata.get(_DERIVED)
+        ]
+
+    def ddl(self) -> str:
+        parts = [f"{self.integer_key} INTEGER PRIMARY KEY"] if self.integer_key else []
+        parts += [f"{c.name} {c.sql}" for c in self.scope + self.columns]
+        if self.key:
+            parts.append(f"PRIMARY KEY ({', '.join(self.key)})")
+        statements = [f"CREATE TABLE {self.name} ({', '.join(parts)});"]
+        statements += [f"CREATE INDEX {index} ON {self.name} ({', '.join(cols)});"
+                       for index, cols in self.indexes.items()]
+        return "\n".join(statements)
+
+    def insert(self, conn: sqlite3.Connection, rows: Iterable, *, replace: bool = False, **scope) -> sqlite3.Cursor:
+        """Write `rows` (instances of the row class, or mappings with its field names); `scope`
+        gives the values of the scope columns. Returns the cursor (``lastrowid`` of one row)."""
+        names = [c.name for c in self.scope + self.columns]
+        sql = (f"INSERT {'OR REPLACE ' if replace else ''}INTO {self.name} ({', '.join(names)})"
+               f" VALUES ({', '.join('?' * len(names))})")
+        head = tuple(scope[c.name] for c in self.scope)
+        values = [head + tuple(c.encode(_value(row, c)) for c in self.columns) for row in rows]
+        if len(values) == 1:
+            return conn.execute(sql, values[0])
+        return conn.executemany(sql, values)
+
+    def decode(self, r: sqlite3.Row, **derived_values):
+        """A row instance from an SQLite row; columns the record lacks (it predates them) take
+        their field's default."""
+        present = set(r.keys())
+        values = {c.field: c.decode(r[c.name]) if c.name in present else c.default for c in self.columns}
+        row = self.row(**values, **derived_values)
+        return self._fix(row) if self._fix else row
+
+
+def _value(row, column: Column):
+    if isinstance(row, Mapping) and not isinstance(row, Row):
+        if column.default is not dataclasses.MISSING:
+            return row.get(column.field, column.default)
+        return row[column.field]
+    return getattr(row, column.field)
+
+
+# -- the tables -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunField(Row):
+    """One field of the run: target, status, exit code, rank, steps written..."""
+
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class ModuleRow(Row):
+    """A watched module: its qualified `name`, class name, the `root` it was found under and how
+    many parameters it owns directly."""
+
+    name: str
+    type: str
+    root: str
+    params: int
+
+
+@dataclass(frozen=True)
+class ParameterRow(Row):
+    """A watched parameter (`module` is None for one known only from an optimizer); `sampled`
+    when update auditing follows a sample of its elements. `optimizers` (their indices) and
+    `in_optimizer` come from the optimizers table."""
+
+    name: str
+    module: str | None
+    shape: list
+    dtype: str
+    device: str
+    requires_grad: bool
+    numel: int
+    sampled: bool
+    optimizers: list = derived(list)
+    in_optimizer: bool = derived(bool)
+
+
+@dataclass(frozen=True)
+class OptimizerRow(Row):
+    """An optimizer: its `index` in the run, class name, parameter names, param-group settings
+    and the step it was first seen at."""
+
+    index: int
+    type: str
+    params: list
+    groups: list
+    first_step: int
+
+
+@dataclass(frozen=True)
+class StepRow(Row):
+    """One step's summary: backward passes, optimizers that stepped, zero_grad calls, modules in
+    eval mode, learning rates, and how many module calls were recorded."""
+
+    step: int
+    time: float
+    backwards: int
+    optimizer_steps: list
+    zero_grad: list
+    eval_modules: list
+    lrs: dict
+    calls: int
+
+
+@dataclass(frozen=True)
+class CallRow(Row):
+    """One call of a module in a step: train/eval mode and its inputs' and outputs' shapes."""
+
+    step: int
+    module: str
+    call: int
+    training: bool | None
+    inputs: list
+    outputs: list
+
+
+@dataclass(frozen=True)
+class TailRow(Row):
+    """A plugin's `TailCount` for one module call: `count` of `total` elements outside."""
+
+    step: int
+    module: str
+    call: int
+    name: str
+    count: int
+    total: int
+
+
+@dataclass(frozen=True)
+class HistRow(Row):
+    """A parameter's gradient histogram on a step with full statistics."""
+
+    step: int
+    subject: str
+    low: float
+    high: float
+    counts: list
+
+
+@dataclass(frozen=True)
+class GraphRow(Row):
+    """The autograd graph walked at `step` (`GraphData` as JSON)."""
+
+    step: int
+    data: dict
+
+
+@dataclass(frozen=True)
+class FindingRow(Finding, Row):
+    """A finding as the record keeps it: one row per (check, subject), with the `count` of
+    times it was reported and the `last_step` it was seen at."""
+
+    last_step: int | None = None
+    count: int = 1
+
+
+def _stepped_nan(update: Update) -> Update:
+    """NULL in an optimizer column of a parameter an optimizer stepped was a NaN."""
+    if update.optimizer is None:
+        return update
+    nan = lambda v: math.nan if v is None else v  # noqa: E731
+    return dataclasses.replace(update, delta=nan(update.delta), weight=nan(update.weight),
+                               outside=nan(update.outside))
+
+
+RUN = Table("run", RunField, key=("key",))
+MODULES = Table("modules", ModuleRow, key=("name",))
+PARAMETERS = Table("parameters", ParameterRow, key=("name",))
+OPTIMIZERS = Table("optimizers", OptimizerRow, key=("idx",), columns={"index": "idx"})
+STEPS = Table("steps", StepRow, key=("step",))
+CALLS = Table("calls", CallRow, key=("step", "module", "call"))
+STATS = Table("stats", Stat, scope={"step": int},
+              indexes={"stats_by_subject": ("subject", "kind", "step"), "stats_by_step": ("step",)})
+UPDATES = Table("updates", Update, scope={"step": int}, key=("step", "param"), fix=_stepped_nan)
+TAILS = Table("tails", TailRow)
+HISTS = Table("hists", HistRow, key=("step", "subject"))
+GRAPHS = Table("graphs", GraphRow, key=("step",))
+FINDINGS = Table("findings", FindingRow, integer_key="id", columns={"check": "check_id"})
+
+TABLES = (RUN, MODULES, PARAMETERS, OPTIMIZERS, STEPS, CALLS, STATS, UPDATES, TAILS, HISTS, GRAPHS, FINDINGS)
 
 
 def create(conn: sqlite3.Connection) -> None:
     """Create the schema in an empty database and mark it as a gradscope record."""
-    conn.executescript(DDL)
+    conn.executescript("\n".join(t.ddl() for t in TABLES))
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {VERSION}")
     conn.commit()

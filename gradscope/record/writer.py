@@ -9,7 +9,6 @@ the step in flight.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import sqlite3
@@ -30,10 +29,6 @@ class StepSnapshot:
 
     data: StepData  # host fields filled in; stats and updates come from `rows`
     rows: FrozenBatch
-
-
-def _dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=True)
 
 
 def decode(snapshot: StepSnapshot) -> StepData:
@@ -147,31 +142,19 @@ class RecordWriter:
         conn.close()
 
     def _set_run(self, conn, fields: dict) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO run (key, value) VALUES (?, ?)",
-            [(k, _dumps(v)) for k, v in fields.items()],
-        )
+        schema.RUN.insert(conn, [schema.RunField(k, v) for k, v in fields.items()], replace=True)
 
     def _on_run(self, conn, fields: dict) -> None:
         self._set_run(conn, fields)
 
     def _on_modules(self, conn, rows: list[dict]) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO modules VALUES (:name, :type, :root, :params)", rows
-        )
+        schema.MODULES.insert(conn, rows, replace=True)
 
     def _on_parameters(self, conn, rows: list[dict]) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO parameters VALUES "
-            "(:name, :module, :shape, :dtype, :device, :requires_grad, :numel, :sampled)",
-            [dict(r, shape=_dumps(r["shape"])) for r in rows],
-        )
+        schema.PARAMETERS.insert(conn, rows, replace=True)
 
     def _on_optimizer(self, conn, row: dict) -> None:
-        conn.execute(
-            "INSERT OR REPLACE INTO optimizers VALUES (?, ?, ?, ?, ?)",
-            (row["index"], row["type"], _dumps(row["params"]), _dumps(row["groups"]), row["first_step"]),
-        )
+        schema.OPTIMIZERS.insert(conn, [row], replace=True)
 
     def _on_finding(self, conn, finding: dict) -> None:
         if finding["severity"] == "error":
@@ -180,67 +163,32 @@ class RecordWriter:
         rowid = self._findings.get(key)
         if rowid is not None:
             conn.execute(
-                "UPDATE findings SET count = count + 1, last_step = ? WHERE id = ?",
+                f"UPDATE {schema.FINDINGS.name} SET count = count + 1, last_step = ? WHERE id = ?",
                 (finding.get("step"), rowid),
             )
             return
-        cur = conn.execute(
-            "INSERT INTO findings (check_id, severity, subject, step, last_step, count, message,"
-            " evidence, hint) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)",
-            (
-                finding["check"], finding["severity"], finding["subject"], finding.get("step"),
-                finding.get("step"), finding["message"], _dumps(finding.get("evidence", {})),
-                finding.get("hint", ""),
-            ),
-        )
-        self._findings[key] = cur.lastrowid
+        row = dict(finding, step=finding.get("step"), last_step=finding.get("step"), count=1)
+        self._findings[key] = schema.FINDINGS.insert(conn, [row]).lastrowid
 
     def _on_step(self, conn, snapshot: StepSnapshot) -> None:
         data = decode(snapshot)
         if not self.alarm and any(s.nonfinite for s in data.stats):
             self.alarm = True
-        conn.execute(
-            "INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                data.step, data.time, data.backwards, _dumps(data.optimizer_steps),
-                _dumps(data.zero_grad), _dumps(data.eval_modules), _dumps(data.lrs), len(data.calls),
-            ),
-        )
-        conn.executemany(
-            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (data.step, c["module"], c["call"], c["training"], _dumps(c["inputs"]), _dumps(c["outputs"]))
-                for c in data.calls
-            ],
-        )
-        conn.executemany(
-            "INSERT INTO stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (data.step, s.kind, s.subject, s.call, s.path, s.count, s.mean, s.std, s.min,
-                 s.max, s.norm, s.zeros, s.nonfinite)
-                for s in data.stats
-            ],
-        )
-        conn.executemany(
-            "INSERT OR REPLACE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (data.step, u.param, u.optimizer, u.delta, u.weight, u.outside, u.step_delta, u.step_weight)
-                for u in data.updates.values()
-            ],
-        )
+        step = data.step
+        schema.STEPS.insert(conn, [schema.StepRow(
+            step, data.time, data.backwards, data.optimizer_steps, data.zero_grad, data.eval_modules,
+            data.lrs, len(data.calls),
+        )], replace=True)
+        schema.CALLS.insert(conn, [dict(c, step=step) for c in data.calls], replace=True)
+        schema.STATS.insert(conn, data.stats, step=step)
+        schema.UPDATES.insert(conn, data.updates.values(), replace=True, step=step)
         if data.graph is not None:
-            conn.execute(
-                "INSERT OR REPLACE INTO graphs VALUES (?, ?)", (data.step, _dumps(data.graph.to_json()))
-            )
-        self._set_run(conn, {"steps": data.step + 1})
-        conn.executemany(
-            "INSERT INTO tails VALUES (?, ?, ?, ?, ?, ?)",
-            [(data.step, m, c, n, count, total) for (m, c, n), (count, total) in data.tails.items()],
-        )
-        conn.executemany(
-            "INSERT INTO hists VALUES (?, ?, ?, ?, ?)",
-            [(data.step, n, low, high, _dumps(counts)) for n, (low, high, counts) in data.hists.items()],
-        )
+            schema.GRAPHS.insert(conn, [schema.GraphRow(step, data.graph.to_json())], replace=True)
+        self._set_run(conn, {"steps": step + 1})
+        schema.TAILS.insert(conn, [schema.TailRow(step, m, c, n, count, total)
+                                   for (m, c, n), (count, total) in data.tails.items()])
+        schema.HISTS.insert(conn, [schema.HistRow(step, n, low, high, counts)
+                                   for n, (low, high, counts) in data.hists.items()])
         if self._analyzer is not None:
             for finding in self._analyzer.step(data):
                 self._on_finding(conn, finding)

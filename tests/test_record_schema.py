@@ -1,0 +1,210 @@
+"""The record's tables, declared once: what is written reads back as typed rows, records written
+by the first schema still open, and a new column is one field."""
+
+import dataclasses
+import json
+import math
+import sqlite3
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.errors import RecordError
+from gradscope.record import schema
+
+# The schema of records written before the tables were declared as dataclasses (user_version 1),
+# kept verbatim: records of that version must keep opening.
+V1_DDL = """
+CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE modules (
+    name TEXT PRIMARY KEY, type TEXT NOT NULL, root TEXT NOT NULL, params INTEGER NOT NULL
+);
+CREATE TABLE parameters (
+    name TEXT PRIMARY KEY, module TEXT, shape TEXT NOT NULL, dtype TEXT NOT NULL,
+    device TEXT NOT NULL, requires_grad INTEGER NOT NULL, numel INTEGER NOT NULL,
+    sampled INTEGER NOT NULL
+);
+CREATE TABLE optimizers (
+    idx INTEGER PRIMARY KEY, type TEXT NOT NULL, params TEXT NOT NULL, groups TEXT NOT NULL,
+    first_step INTEGER NOT NULL
+);
+CREATE TABLE steps (
+    step INTEGER PRIMARY KEY, time REAL NOT NULL, backwards INTEGER NOT NULL,
+    optimizer_steps TEXT NOT NULL, zero_grad TEXT NOT NULL, eval_modules TEXT NOT NULL,
+    lrs TEXT NOT NULL, calls INTEGER NOT NULL
+);
+CREATE TABLE calls (
+    step INTEGER NOT NULL, module TEXT NOT NULL, call INTEGER NOT NULL, training INTEGER,
+    inputs TEXT NOT NULL, outputs TEXT NOT NULL, PRIMARY KEY (step, module, call)
+);
+CREATE TABLE stats (
+    step INTEGER NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, call INTEGER NOT NULL,
+    path TEXT NOT NULL, count INTEGER NOT NULL, mean REAL, std REAL, min REAL, max REAL,
+    norm REAL, zeros INTEGER, nonfinite INTEGER
+);
+CREATE INDEX stats_by_subject ON stats (subject, kind, step);
+CREATE INDEX stats_by_step ON stats (step);
+CREATE TABLE updates (
+    step INTEGER NOT NULL, param TEXT NOT NULL, optimizer INTEGER, delta REAL, weight REAL,
+    outside REAL, step_delta REAL, step_weight REAL,
+    PRIMARY KEY (step, param)
+);
+CREATE TABLE tails (
+    step INTEGER NOT NULL, module TEXT NOT NULL, call INTEGER NOT NULL, name TEXT NOT NULL,
+    count INTEGER NOT NULL, total INTEGER NOT NULL
+);
+CREATE TABLE hists (
+    step INTEGER NOT NULL, subject TEXT NOT NULL, low REAL, high REAL, counts TEXT NOT NULL,
+    PRIMARY KEY (step, subject)
+);
+CREATE TABLE graphs (step INTEGER PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE findings (
+    id INTEGER PRIMARY KEY, check_id TEXT NOT NULL, severity TEXT NOT NULL,
+    subject TEXT NOT NULL, step INTEGER, last_step INTEGER, count INTEGER NOT NULL,
+    message TEXT NOT NULL, evidence TEXT NOT NULL, hint TEXT NOT NULL
+);
+"""
+
+GRAPH = {"nodes": [], "edges": [], "functions": {}}
+
+
+def v1_record(path):
+    """A record as the version 1 writer wrote it (positional INSERTs, NaN stored as NULL)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_DDL)
+    conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.executemany("INSERT INTO run VALUES (?, ?)", [("status", '"finished"'), ("steps", "1")])
+    conn.execute("INSERT INTO modules VALUES ('', 'Linear', '', 2)")
+    conn.executemany("INSERT INTO parameters VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+        ("weight", "", "[1,2]", "float32", "cpu", 1, 2, 0),
+        ("bias", "", "[1]", "float32", "cpu", 0, 1, 0),
+    ])
+    conn.execute("INSERT INTO optimizers VALUES (0, 'SGD', '[\"weight\"]', '[{\"lr\":0.1}]', 0)")
+    conn.execute("INSERT INTO steps VALUES (0, 12.5, 1, '[0]', '[]', '[]', '{\"0\":[0.1]}', 1)")
+    conn.execute("INSERT INTO calls VALUES (0, '', 0, 1, '[{\"shape\":[4,2]}]', '[{\"shape\":[4,1]}]')")
+    conn.execute("INSERT INTO stats VALUES (0, 'grad', 'weight', 0, '', 2, NULL, 0.5, -1.0, 1.0, 2.0, 0, 1)")
+    conn.executemany("INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+        (0, "weight", 0, None, 1.0, 0.0, 0.1, 1.0),  # stepped: NULL was a NaN
+        (0, "bias", None, None, None, None, 0.0, 1.0),  # not stepped: None
+    ])
+    conn.execute("INSERT INTO tails VALUES (0, '', 0, 'sat', 3, 4)")
+    conn.execute("INSERT INTO hists VALUES (0, 'weight', -1.0, NULL, '[1,0,1]')")
+    conn.execute("INSERT INTO graphs VALUES (0, ?)", (json.dumps(GRAPH),))
+    conn.execute("INSERT INTO findings (check_id, severity, subject, step, last_step, count, message,"
+                 " evidence, hint) VALUES ('nonfinite', 'error', 'weight', 0, 3, 4, 'NaN', '{\"n\":1}', 'fix')")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_a_version_1_record_opens_and_decodes_to_typed_rows(tmp_path):
+    with gradscope.open_record(v1_record(tmp_path / "old.sqlite")) as record:
+        assert record.run() == {"status": "finished", "steps": 1}
+        assert record.modules() == [schema.ModuleRow("", "Linear", "", 2)]
+        weight, bias = record.parameters()
+        assert isinstance(weight, schema.ParameterRow) and weight.shape == [1, 2]
+        assert weight.requires_grad is True and bias.requires_grad is False and weight.sampled is False
+        assert weight.optimizers == [0] and weight.in_optimizer and not bias.in_optimizer
+        assert record.optimizers() == [schema.OptimizerRow(0, "SGD", ["weight"], [{"lr": 0.1}], 0)]
+        assert record.steps() == [schema.StepRow(0, 12.5, 1, [0], [], [], {"0": [0.1]}, 1)]
+        (call,) = record.calls(step=0)
+        assert call.training is True and call.inputs == [{"shape": [4, 2]}]
+        assert record.latest_calls() == {"": [call]}
+        (stat,) = record.stats(step=0)
+        assert math.isnan(stat.mean) and (stat.std, stat.nonfinite) == (0.5, 1)
+        updates = {u.param: u for u in record.updates(step=0)}
+        assert math.isnan(updates["weight"].delta) and updates["weight"].weight == 1.0
+        assert updates["bias"].delta is None and updates["bias"].optimizer is None
+        step = record.step(0)
+        assert step.tails == {("", 0, "sat"): (3, 4)}
+        low, high, counts = step.hists["weight"]
+        assert low == -1.0 and math.isnan(high) and counts == [1, 0, 1]
+        assert step.graph is not None and step.graph.nodes == []
+        (finding,) = record.findings()
+        assert isinstance(finding, gradscope.Finding)
+        assert (finding.check, finding.step, finding.last_step, finding.count) == ("nonfinite", 0, 3, 4)
+        assert finding.evidence == {"n": 1}
+
+
+def test_every_table_keeps_the_version_1_columns(tmp_path):
+    conn = sqlite3.connect(tmp_path / "v1.sqlite")
+    conn.executescript(V1_DDL)
+    for table in schema.TABLES:
+        old = [r[1] for r in conn.execute(f"PRAGMA table_info({table.name})")]
+        new = [c.name for c in table.scope + table.columns]
+        if table.integer_key:
+            new.insert(0, table.integer_key)
+        assert sorted(new) == sorted(old), table.name
+
+
+def test_what_the_writer_writes_reads_back_typed(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", stats_every=1):
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(4, 2)).pow(2).mean().backward()
+            opt.step()
+    with gradscope.open_record(tmp_path / "r.sqlite") as record:
+        modules = record.modules()
+        assert [(m.name, m.type) for m in modules] == [("", "Sequential"), ("0", "Linear"), ("1", "ReLU"),
+                                                       ("2", "Linear")]
+        assert modules[1]["params"] == modules[1].params == 2  # rows read as mappings too
+        params = {p.name: p for p in record.parameters()}
+        assert params["0.weight"].shape == [3, 2] and params["0.weight"].in_optimizer
+        assert [s.step for s in record.steps()] == [0, 1]
+        assert all(s.optimizer_steps == [0] and s.backwards == 1 for s in record.steps())
+        calls = record.calls(step=1)
+        assert sorted(c.module for c in calls) == ["", "0", "1", "2"] and all(c.training for c in calls)
+        grad = record.stats(step=1, kind="grad", subject="0.weight")[0]
+        assert grad.norm == pytest.approx(model[0].weight.grad.norm().item(), rel=1e-5)
+        assert {u.param for u in record.updates(step=1)} == set(params)
+        assert record.step(1).hists and record.graph(1) is not None
+        assert record.run()["steps"] == 2
+        assert all(isinstance(f, schema.FindingRow) and f.count >= 1 for f in record.findings())
+
+
+def test_a_new_column_is_one_field_with_a_default(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class Before(schema.Row):
+        name: str
+        value: float
+
+    @dataclasses.dataclass(frozen=True)
+    class After(schema.Row):
+        name: str
+        value: float
+        unit: str | None = None  # the one new line
+        tags: list = dataclasses.field(default_factory=list)
+
+    before, after = schema.Table("things", Before, key=("name",)), schema.Table("things", After, key=("name",))
+    assert "unit TEXT," in after.ddl() and "tags TEXT NOT NULL" in after.ddl()
+    conn = sqlite3.connect(tmp_path / "t.sqlite")
+    conn.row_factory = sqlite3.Row
+    conn.executescript(before.ddl())
+    before.insert(conn, [Before("old", math.nan)])
+    (old,) = [after.decode(r) for r in conn.execute("SELECT * FROM things")]
+    assert old.name == "old" and math.isnan(old.value) and old.unit is None and old.tags == []
+    conn.execute("DROP TABLE things")
+    conn.executescript(after.ddl())
+    after.insert(conn, [After("new", 1.5, "m", ["a"]), {"name": "dict", "value": 2.0}])
+    rows = [after.decode(r) for r in conn.execute("SELECT * FROM things ORDER BY rowid")]
+    assert rows == [After("new", 1.5, "m", ["a"]), After("dict", 2.0, None, [])]
+
+
+def test_a_row_that_does_not_decode_is_a_corrupt_record(tmp_path):
+    path = v1_record(tmp_path / "bad.sqlite")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE findings SET severity = 'catastrophic'")
+    conn.execute("UPDATE optimizers SET params = 'not json'")
+    conn.commit()
+    conn.close()
+    with gradscope.open_record(path) as record:
+        with pytest.raises(RecordError, match="corrupt record.*findings"):
+            record.findings()
+        with pytest.raises(RecordError, match="corrupt record.*optimizers"):
+            record.optimizers()
