@@ -18,6 +18,7 @@ from pathlib import Path
 import pluggy
 
 from .data import StepData
+from .distributed import peer_paths
 from .errors import GradscopeError
 from .findings import Finding
 from .trace.autograd import to_networkx
@@ -45,6 +46,13 @@ class RunView:
     @property
     def world_size(self) -> int:
         return self.info.get("world_size") or 1
+
+    def peer_records(self) -> list[Path]:
+        """The records of every rank of this job, in rank order (this run's alone when it is
+        not distributed); a rank's record may not exist yet."""
+        if self.record is None:
+            return []
+        return peer_paths(self.record, self.world_size)
 
     def optimized(self) -> set[str]:
         """Names of parameters some optimizer holds."""

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .findings import SEVERITIES
 
 EPILOG = """\
 examples:
@@ -155,8 +156,8 @@ def _add_check_options(parser: argparse.ArgumentParser) -> None:
     checks.add_argument("--set", dest="sets", action="append", metavar="CHECK.KEY=VALUE", default=[],
                         help="tune a check, e.g. --set dead-relu.fraction=0.9 (also [tool.gradscope.CHECK] in pyproject.toml)")
     checks.add_argument("--no-checks", action="store_true", help="record only, run no plugin")
-    checks.add_argument("--fail-on", choices=("error", "warning", "info"), metavar="SEVERITY",
-                        help="exit with status 3 when a finding of SEVERITY or worse exists (error, warning, info)")
+    checks.add_argument("--fail-on", choices=SEVERITIES, metavar="SEVERITY",
+                        help=f"exit with status 3 when a finding of SEVERITY or worse exists ({', '.join(SEVERITIES)})")
 
 
 def _analyzer(args):
@@ -258,7 +259,7 @@ def _cmd_demo(args) -> int:
 def _finish(path, report_path, fail_on=None) -> bool:
     """Write the report, print the summary; whether a finding reaches `fail_on`."""
     from . import report, summary
-    from .findings import SEVERITIES
+    from .findings import at_least
     from .record.reader import open_record
 
     with open_record(path) as record:
@@ -267,8 +268,7 @@ def _finish(path, report_path, fail_on=None) -> bool:
         print(summary.summarize_record(record), file=sys.stderr)
         if fail_on is None:
             return False
-        worst = SEVERITIES[: SEVERITIES.index(fail_on) + 1]
-        return any(f["severity"] in worst for f in record.findings())
+        return any(at_least(f.severity, fail_on) for f in record.findings())
 
 
 def _cmd_export(args) -> int:

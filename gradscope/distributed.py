@@ -2,7 +2,8 @@
 
 Rank and world size come from the environment torchrun sets (RANK, WORLD_SIZE), so nothing here
 talks to the process group: gradscope adds no collective to the training loop. Records of one
-job share a base name and differ by a ``-rank<N>`` suffix; `peer_paths` lists them.
+job share a base name and differ by a ``-rank<N>`` suffix: `record_path` names this process's
+record, `peer_paths` lists every rank's.
 """
 
 from __future__ import annotations
@@ -34,6 +35,26 @@ def ranked(path: Path, rank: int) -> Path:
     if _RANKED.match(path.stem):
         return path
     return path.with_name(f"{path.stem}-rank{rank}{path.suffix}")
+
+
+def record_path(record: str | Path | None, label: str) -> Path:
+    """Where this process records: `record`, or a fresh path under ``.gradscope/runs`` named for
+    `label`; under torch.distributed, with this rank's ``-rank<N>`` (and a fresh path also names
+    the job, so that the ranks' records sit side by side)."""
+    from .record.paths import new_record_path
+
+    ranks = rank_and_world()
+    if ranks is None:
+        return Path(record) if record else new_record_path(label)
+    if record:
+        return ranked(Path(record), ranks[0])
+    return new_record_path(f"{label}-{job_id()}", ranks[0])
+
+
+def run_fields() -> dict:
+    """The run fields that place this process in its job: ``rank`` (None alone) and ``world_size``."""
+    ranks = rank_and_world()
+    return {"rank": None if ranks is None else ranks[0], "world_size": 1 if ranks is None else ranks[1]}
 
 
 def peer_paths(path: Path, world: int) -> list[Path]:

@@ -21,7 +21,7 @@ import torch
 from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 
-from .distributed import job_id, rank_and_world, ranked
+from .distributed import record_path, run_fields
 from .errors import GradscopeError
 from .session import Session
 
@@ -154,17 +154,9 @@ def run(target: Target, session: Session) -> int:
 
 def new_session(target: Target, record: str | Path | None, **settings) -> Session:
     """A session whose run fields describe `target`."""
-    from .record.paths import new_record_path
-
-    ranks = rank_and_world()
-    if ranks is None:
-        path = Path(record) if record else new_record_path(target.label)
-    else:
-        rank, world = ranks
-        path = ranked(Path(record), rank) if record else new_record_path(f"{target.label}-{job_id()}", rank)
+    path = record_path(record, target.label)
     run_info = {
-        "rank": None if ranks is None else ranks[0],
-        "world_size": 1 if ranks is None else ranks[1],
+        **run_fields(),
         "mode": "run",
         "target": target.name,
         "module": target.is_module,

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from .analysis import Analyzer
-from .distributed import job_id, rank_and_world, ranked
+from .distributed import record_path, run_fields
 from .plugins import Config, check_disabled, load
-from .record.paths import new_record_path
 from .session import Session
 from .settings import DEFAULTS, Settings
 
@@ -40,14 +39,6 @@ def _unwrap_optimizer(opt):
     while isinstance(getattr(opt, "optimizer", None), torch.optim.Optimizer) and opt.optimizer is not opt:
         opt = opt.optimizer
     return opt
-
-
-def _record_path(record, label: str) -> Path:
-    ranks = rank_and_world()
-    if ranks is None:
-        return Path(record) if record is not None else new_record_path(label)
-    rank = ranks[0]
-    return ranked(Path(record), rank) if record is not None else new_record_path(f"{label}-{job_id()}", rank)
 
 
 def watch(
@@ -80,13 +71,11 @@ def watch(
         raise TypeError("gradscope.watch needs at least one torch.nn.Module")
     chosen = Settings(sample=sample, max_calls=max_calls, graph_every=graph_every, stats_every=stats_every)
     analyzer = make_analyzer(set(disable), settings) if checks else None
-    ranks = rank_and_world()
     session = Session(
-        _record_path(record, "watch"),
+        record_path(record, "watch"),
         settings=chosen,
         analyzer=analyzer,
-        run={"mode": "watch", "argv": list(sys.argv), "rank": None if ranks is None else ranks[0],
-             "world_size": 1 if ranks is None else ranks[1]},
+        run={"mode": "watch", "argv": list(sys.argv), **run_fields()},
     )
     try:
         for item in models:

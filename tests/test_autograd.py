@@ -86,14 +86,14 @@ def test_edges_keep_input_index_and_shared_nodes_once():
     assert sum(1 for _, d in g.nodes(data=True) if d["op"] == "MulBackward0") == 1
 
 
-def test_unrolled_rnn_cell_17000_steps_deep(monkeypatch):
+def test_unrolled_rnn_cell_17000_steps_deep():
     torch.manual_seed(0)
     cell = nn.RNNCell(2, 2)
     h = torch.zeros(1, 2)
     x = torch.randn(1, 2)
     for _ in range(17_000):
         h = cell(x, h)
-    monkeypatch.setattr(sys, "getrecursionlimit", lambda: 1000)
+    assert sys.getrecursionlimit() < 17_000  # a recursive walk could not get to the bottom
     g = gradscope.autograd_graph(h.sum(), cell, saved=False)
     assert g.number_of_nodes() > 100_000
     # the longest chain really is as deep as the unrolling

@@ -203,7 +203,17 @@ def test_help_teaches_and_console_script_works(run_cli):
 
 
 def test_hard_crash_keeps_committed_steps(run_cli, script, tmp_path):
-    path = script(TRAIN.format(tail="import os, signal, time\ntime.sleep(2)\nos.kill(os.getpid(), signal.SIGKILL)"))
+    killed_once_recorded = """
+import os, signal, time, gradscope
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:  # until the recorder has committed the three steps
+    with gradscope.open_record("r.sqlite") as record:
+        if len(record.step_numbers()) == 3:
+            break
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    path = script(TRAIN.format(tail=killed_once_recorded))
     proc = run_cli("run", "--record", "r.sqlite", path)
     assert proc.returncode != 0
     report = json.loads(run_cli("report", "r.sqlite", check=0).stdout)

@@ -31,6 +31,19 @@ class Block(nn.Module):
         return self.head(x)
 
 
+def wait_until(condition, timeout=60.0):
+    """Poll `condition` until it holds; fail the test if it does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the recorder"
+        time.sleep(0.01)
+
+
+def recorded_steps(path) -> list[int]:
+    with gradscope.open_record(path) as record:
+        return record.step_numbers()
+
+
 def train(steps=4, record=None, watch=True):
     torch.manual_seed(0)
     model = Block()
@@ -238,16 +251,10 @@ def test_record_is_readable_while_written(tmp_path):
             opt.zero_grad()
             model(torch.randn(2, 3)).sum().backward()
             opt.step()
-        import time
-
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            live = gradscope.open_record(tmp_path / "r.sqlite")
-            if len(live.steps()) == 3:
-                break
-            live.close()
-        assert live.run()["status"] == "running"
-        assert len(live.steps()) == 3
+        wait_until(lambda: recorded_steps(tmp_path / "r.sqlite") == [0, 1, 2])
+        with gradscope.open_record(tmp_path / "r.sqlite") as live:
+            assert live.run()["status"] == "running"
+            assert [s.step for s in live.steps()] == [0, 1, 2]
     assert gradscope.open_record(tmp_path / "r.sqlite").run()["status"] == "finished"
 
 
@@ -263,8 +270,8 @@ def test_module_statistics_schedule_and_alarm(tmp_path):
                 x[0, 0] = float("inf")
             model(x).sum().backward()
             opt.step()
-            if step == 26:
-                time.sleep(0.5)  # let the recorder see step 26 before step 27 starts
+            if step == 26:  # the recorder sees step 26 before step 27 starts
+                wait_until(lambda: 26 in recorded_steps(tmp_path / "r.sqlite"))
     record = gradscope.open_record(tmp_path / "r.sqlite")
     with_activations = sorted({s for s in range(30) if record.stats(step=s, kind="activation")})
     assert with_activations[:21] == list(range(21))  # dense start

@@ -16,6 +16,7 @@ import subprocess
 import graphviz
 
 from ..errors import GradscopeError
+from ..findings import severity_rank
 from .view import View
 
 STYLE = {
@@ -66,7 +67,7 @@ def to_digraph(view: View, *, grads: dict[str, float] | None = None,
             total = math.sqrt(sum(n * n for n in norms))
             notes.append(f"grad norm {total:.3g}" if len(norms) == 1 else f"param grad norm {total:.3g}")
         if hits:
-            worst = min(hits, key=lambda f: ("error", "warning", "info").index(f["severity"]))
+            worst = min(hits, key=lambda f: severity_rank(f["severity"]))
             attrs["color"] = FINDING_COLOURS[worst["severity"]]
             attrs["penwidth"] = "2.5"
             attrs["fillcolor"] = CHECK_FILL.get(worst["check"], attrs.get("fillcolor", "#ffffff"))

@@ -9,7 +9,6 @@ first step where a parameter differs between ranks is reported, naming the param
 
 from __future__ import annotations
 
-import re
 import time
 
 import gradscope
@@ -42,10 +41,8 @@ class DdpDesync:
     def _peer_records(self, run) -> dict[int, object] | None:
         if run.rank != 0 or run.world_size < 2 or run.record is None:
             return None
-        base = re.sub(r"-rank0$", "", run.record.stem)
-        for rank in range(1, run.world_size):
-            if rank not in self._peers:
-                path = run.record.with_name(f"{base}-rank{rank}{run.record.suffix}")
+        for rank, path in enumerate(run.peer_records()):
+            if rank and rank not in self._peers:
                 try:
                     self._peers[rank] = gradscope.open_record(path)
                 except gradscope.errors.RecordError:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
+from ...findings import severity_rank
 from ..messages import FindingChosen
 
 COLOURS = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
 class FindingsTable(DataTable):
@@ -27,7 +27,7 @@ class FindingsTable(DataTable):
         self._signature = signature
         self.clear()
         self._subjects = {}
-        for i, f in enumerate(sorted(findings, key=lambda f: (ORDER[f["severity"]], f["step"] or 0))):
+        for i, f in enumerate(sorted(findings, key=lambda f: (severity_rank(f["severity"]), f["step"] or 0))):
             steps = "-" if f["step"] is None else (
                 str(f["step"]) if f["count"] == 1 else f"{f['step']}..{f['last_step']} ({f['count']}x)")
             key = f"f{i}"
