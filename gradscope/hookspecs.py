@@ -3,7 +3,13 @@
 Plugins run in the recorder thread, on host-side data (plain Python values and networkx
 graphs), never on the training thread. A hook that raises is isolated: its error becomes a
 ``plugin-error`` finding naming the plugin, and that plugin is switched off for the rest of the
-run. Hooks that return findings return a list of `gradscope.Finding` (or None for none).
+run; so is a hook that returns something other than what its docstring says. Hooks that return
+findings return a list of `gradscope.Finding` (or None for none).
+
+Call order (pluggy's, decided in `gradscope.plugins.load`): gradscope's built-in checks first,
+then third-party plugins, each group in entry-point name order; ``@gradscope.hookimpl(tryfirst=
+True)`` or ``trylast=True`` moves an implementation before or after all of them, and hook
+wrappers (``wrapper=True``) run around the whole call and see every result.
 
 Implement hooks with ``@gradscope.hookimpl`` on a module or an object, and register it through
 the ``gradscope.plugins`` entry-point group (see the README).

@@ -127,7 +127,8 @@ def test_config_from_pyproject_and_command_line(tmp_path):
 
 
 def test_call_order_is_pluggys(tmp_path):
-    """Plugins registered later run first, as in pluggy; tryfirst beats that."""
+    """Plugins registered later run first, as in pluggy; tryfirst beats that (the analyzer keeps
+    pluggy's order)."""
     from gradscope.analysis import Analyzer
 
     seen = []
@@ -153,6 +154,102 @@ def test_call_order_is_pluggys(tmp_path):
         pm.register(p)
     Analyzer(pm, plugins.Config()).finish()
     assert seen == ["A", "C", "B"]
+
+
+def test_builtins_are_called_before_third_party_plugins(third_party):
+    pm, _ = plugins.load()
+    called = [impl.plugin_name for impl in reversed(pm.hook.gradscope_step.get_hookimpls())]
+    third = ["loss-spike", "raising"]
+    assert called[-2:] == third and set(called[:-2]) <= BUILTINS and called[:-2] == sorted(called[:-2])
+
+
+def _finding(check):
+    return gradscope.Finding(check, "info", "loss", None, check)
+
+
+def test_hook_wrappers_run_around_the_call_and_failures_stay_isolated():
+    from gradscope.analysis import Analyzer
+
+    class Plain:
+        @gradscope.hookimpl
+        def gradscope_run_end(self, run):
+            return [_finding("plain")]
+
+    class Wrapper:  # new style: sees and extends the other plugins' results
+        @gradscope.hookimpl(wrapper=True)
+        def gradscope_run_end(self, run):
+            results = yield
+            return [*results, [_finding(f"wrapped {len(results)}")]]
+
+    class OldWrapper:
+        seen = []
+
+        @gradscope.hookimpl(hookwrapper=True)
+        def gradscope_run_end(self, run):
+            outcome = yield
+            OldWrapper.seen.append(len(outcome.get_result()))
+
+    class BrokenWrapper:
+        @gradscope.hookimpl(wrapper=True)
+        def gradscope_run_end(self, run):
+            yield
+            raise RuntimeError("teardown")
+
+    class Raising:
+        @gradscope.hookimpl
+        def gradscope_run_end(self, run):
+            raise KeyError("k")
+
+    class NotFindings:
+        @gradscope.hookimpl
+        def gradscope_run_end(self, run):
+            return ["a string"]
+
+    pm = pluggy.PluginManager("gradscope")
+    pm.add_hookspecs(hookspecs)
+    for plugin in (Plain(), Wrapper(), OldWrapper(), BrokenWrapper(), Raising(), NotFindings()):
+        pm.register(plugin, name=type(plugin).__name__)
+    analyzer = Analyzer(pm, plugins.Config())
+    found = analyzer.finish()
+    assert [f["check"] for f in found if f["check"] != "plugin-error"] == ["plain", "wrapped 1"]
+    errors = {f["subject"]: f["message"] for f in found if f["check"] == "plugin-error"}
+    assert set(errors) == {"BrokenWrapper", "Raising", "NotFindings"}
+    assert "RuntimeError: teardown" in errors["BrokenWrapper"]
+    assert "returned str, not a Finding" in errors["NotFindings"]
+    assert OldWrapper.seen == [2]  # registered later: outside the new-style wrapper
+    assert {name for name, _ in pm.list_name_plugin()} == {"Plain", "Wrapper", "OldWrapper"}
+    assert [f["check"] for f in analyzer.finish()] == ["plain", "wrapped 1"]  # switched off for good
+
+
+def test_a_bad_setting_stops_the_run_but_other_configure_errors_are_isolated():
+    from gradscope.analysis import Analyzer
+
+    class Strict:
+        @gradscope.hookimpl
+        def gradscope_configure(self, config):
+            config.get("strict", "limit", 1.0)
+
+    class Broken:
+        @gradscope.hookimpl
+        def gradscope_configure(self, config):
+            raise ValueError("no")
+
+        @gradscope.hookimpl
+        def gradscope_statistics(self):
+            return [gradscope.TailCount("t", ("Tanh",), -1.0, 1.0)]
+
+    def manager(*plugs):
+        pm = pluggy.PluginManager("gradscope")
+        pm.add_hookspecs(hookspecs)
+        for plugin in plugs:
+            pm.register(plugin)
+        return pm
+
+    with pytest.raises(gradscope.errors.GradscopeError, match="strict.limit"):
+        Analyzer(manager(Strict()), plugins.Config({"strict": {"limit": "high"}}))
+    analyzer = Analyzer(manager(Strict(), Broken()), plugins.Config())
+    assert analyzer.tail_requests == []  # the broken plugin is off before it asks for statistics
+    assert [f["check"] for f in analyzer.finish()] == ["plugin-error"]
 
 
 def test_every_hook_is_documented_and_used_by_a_builtin():
