@@ -25,6 +25,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from .errors import GradscopeError
 from .record.reader import Record
 from .trace.autograd import to_networkx
 
@@ -107,5 +108,8 @@ def write(record: Record | list[Record], out: str | Path) -> None:
     text = json.dumps(data, indent=1, allow_nan=False)
     if str(out) == "-":
         sys.stdout.write(text + "\n")
-    else:
+        return
+    try:
         Path(out).write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise GradscopeError(f"cannot write the report {out}: {exc.strerror}") from None

@@ -226,3 +226,32 @@ def test_view_and_export_reject_bad_records_in_one_line(run_cli, tmp_path):
         proc = run_cli(*command)
         assert proc.returncode == 2, command
         assert proc.stderr.startswith("gradscope: error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_usage_errors_and_unwritable_outputs_are_one_line(run_cli, tmp_path):
+    proc = run_cli()
+    assert proc.returncode == 2 and "COMMAND" in proc.stdout  # no command: the help
+    for args, message in (
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["run", "--fail-on", "bad", "x.py"], "invalid choice: 'bad'"),
+        (["report", "r.sqlite", "-o", "nodir/x.json"], "cannot write the report nodir/x.json"),
+        (["report", "r.sqlite", "-o", "."], "cannot write the report ."),
+        (["export", "r.sqlite", "-o", "g.dot"], "no steps recorded"),
+    ):
+        if not (tmp_path / "r.sqlite").exists():
+            empty = sqlite3.connect(tmp_path / "r.sqlite")
+            schema.create(empty)
+            empty.close()
+        proc = run_cli(*args)
+        assert proc.returncode == 2, args
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("gradscope"), proc.stderr
+    assert not (tmp_path / "nodir").exists() and not (tmp_path / "g.dot").exists()
+
+
+def test_runs_lists_an_unreadable_record_and_goes_on(run_cli, tmp_path):
+    runs = tmp_path / ".gradscope" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "broken.sqlite").write_text("not a record")
+    proc = run_cli("runs", check=0)
+    assert "broken.sqlite  unreadable:" in proc.stdout and "not an SQLite file" in proc.stdout
