@@ -70,6 +70,8 @@ class Analyzer:
         self.run = RunView()
         self.errors: list[Finding] = []
         for name, plugin in list(pm.list_name_plugin()):  # registration order, so call order holds
+            if plugin is None:  # blocked
+                continue
             isolated = _Isolated(pm, plugin, name, self._fail)
             pm.unregister(name=name)
             pm.register(isolated, name=name)
