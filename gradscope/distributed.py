@@ -48,7 +48,7 @@ def record_path(record: str | Path | None, label: str) -> Path:
         return Path(record) if record else new_record_path(label)
     if record:
         return ranked(Path(record), ranks[0])
-    return new_record_path(f"{label}-{job_id()}", ranks[0])
+    return ranked(new_record_path(f"{label}-{job_id()}"), ranks[0])
 
 
 def run_fields() -> dict:

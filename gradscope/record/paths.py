@@ -9,16 +9,15 @@ from pathlib import Path
 RUNS_DIR = Path(".gradscope") / "runs"
 
 
-def new_record_path(label: str, rank: int | None = None) -> Path:
-    """A fresh record path: ``.gradscope/runs/<time>-<label>[-rank<N>].sqlite``."""
+def new_record_path(label: str) -> Path:
+    """A fresh record path: ``.gradscope/runs/<time>-<label>.sqlite``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label) or "run"
-    suffix = f"-rank{rank}" if rank is not None else ""
-    path = RUNS_DIR / f"{stamp}-{safe}{suffix}.sqlite"
+    path = RUNS_DIR / f"{stamp}-{safe}.sqlite"
     n = 1
     while path.exists():
         n += 1
-        path = RUNS_DIR / f"{stamp}-{safe}{suffix}-{n}.sqlite"
+        path = RUNS_DIR / f"{stamp}-{safe}-{n}.sqlite"
     return Path(os.path.abspath(path))
 
 
