@@ -133,3 +133,29 @@ def test_optimizer_hooks_are_removed_on_close(tmp_path):
     with gradscope.open_record(tmp_path / "r.sqlite") as record:
         assert record.step_numbers() == [0, 1]
         assert all(s.optimizer_steps == [0] for s in record.steps())
+
+
+def test_gradscope_run_removes_its_global_hooks(tmp_path):
+    from torch.nn.modules import module as nn_module
+    from torch.optim import optimizer as optim_module
+
+    from gradscope import launch
+
+    def global_hooks():
+        return [dict(d) for d in (nn_module._global_forward_pre_hooks, nn_module._global_forward_hooks,
+                                  optim_module._global_optimizer_pre_hooks,
+                                  optim_module._global_optimizer_post_hooks)]
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\nfrom torch import nn\n"
+        "model = nn.Linear(2, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for _ in range(2):\n    opt.zero_grad()\n    model(torch.ones(3, 2)).sum().backward()\n    opt.step()\n"
+    )
+    before = global_hooks()
+    target = launch.Target(str(script), [])
+    session = launch.new_session(target, tmp_path / "r.sqlite")
+    assert launch.run(target, session) == 0
+    assert global_hooks() == before
+    with gradscope.open_record(tmp_path / "r.sqlite") as record:
+        assert record.step_numbers() == [0, 1] and [o.type for o in record.optimizers()] == ["SGD"]
