@@ -162,23 +162,32 @@ class _Isolated:
         for caller in pm.get_hookcallers(plugin) or ():
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin:
-                    guard = _guard_wrapper if (impl.wrapper or impl.hookwrapper) else _guard
-                    guarded = functools.wraps(impl.function)(guard(impl.function, name, caller.name, fail))
+                    if impl.wrapper or impl.hookwrapper:
+                        guard = _guard_wrapper(impl.function, name, caller.name, fail, impl.wrapper)
+                    else:
+                        guard = _guard(impl.function, name, caller.name, fail)
+                    guarded = functools.wraps(impl.function)(guard)
                     setattr(guarded, marker, dict(impl.opts))
                     setattr(self, impl.function.__name__, guarded)
 
 
-def _guard(function, plugin: str, hook: str, fail):
+def _checked(hook: str, result) -> list | None:
+    """`result` as a list, or TypeError when it is not a list of what `hook` returns."""
     expected = _RETURNS.get(hook)
+    if result is None or expected is None:
+        return result
+    result = list(result)
+    wrong = next((item for item in result if not isinstance(item, expected)), None)
+    if wrong is not None:
+        names = " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
+        raise TypeError(f"returned {type(wrong).__name__}, not a {names}")
+    return result
 
+
+def _guard(function, plugin: str, hook: str, fail):
     def guarded(*args, **kwargs):
         try:
-            result = function(*args, **kwargs)
-            if result is not None and expected is not None:
-                result = list(result)
-                wrong = next((item for item in result if not isinstance(item, expected)), None)
-                if wrong is not None:
-                    raise TypeError(f"returned {type(wrong).__name__}, not a {_names(expected)}")
+            result = _checked(hook, function(*args, **kwargs))
         except Exception as exc:
             if isinstance(exc, GradscopeError) and hook == "gradscope_configure":
                 raise  # a bad setting: the run must not start
@@ -189,9 +198,10 @@ def _guard(function, plugin: str, hook: str, fail):
     return guarded
 
 
-def _guard_wrapper(function, plugin: str, hook: str, fail):
+def _guard_wrapper(function, plugin: str, hook: str, fail, new_style: bool):
     """A hook wrapper (``wrapper=True`` or ``hookwrapper=True``) that fails before or after its
-    ``yield`` is switched off and leaves the call's outcome as it was."""
+    ``yield``, or (new style) returns results of the wrong kind, is switched off and leaves the
+    call's outcome as it was."""
 
     def guarded(*args, **kwargs):
         teardown = function(*args, **kwargs)
@@ -214,7 +224,13 @@ def _guard_wrapper(function, plugin: str, hook: str, fail):
         try:
             teardown.send(sent)
         except StopIteration as stop:
-            return stop.value
+            if not new_style:
+                return stop.value  # pluggy ignores it: old-style wrappers force results instead
+            try:
+                return [_checked(hook, result) for result in stop.value]
+            except Exception as exc:
+                fail(plugin, hook, exc)
+                return sent
         except Exception as exc:
             fail(plugin, hook, exc)
             return sent
@@ -223,7 +239,3 @@ def _guard_wrapper(function, plugin: str, hook: str, fail):
         return sent
 
     return guarded
-
-
-def _names(types) -> str:
-    return " or ".join(t.__name__ for t in types) if isinstance(types, tuple) else types.__name__

@@ -200,6 +200,12 @@ def test_hook_wrappers_run_around_the_call_and_failures_stay_isolated():
         def gradscope_run_end(self, run):
             raise KeyError("k")
 
+    class BadWrapper:  # new style, returning what is not findings
+        @gradscope.hookimpl(wrapper=True)
+        def gradscope_run_end(self, run):
+            yield
+            return "nonsense"
+
     class NotFindings:
         @gradscope.hookimpl
         def gradscope_run_end(self, run):
@@ -207,13 +213,13 @@ def test_hook_wrappers_run_around_the_call_and_failures_stay_isolated():
 
     pm = pluggy.PluginManager("gradscope")
     pm.add_hookspecs(hookspecs)
-    for plugin in (Plain(), Wrapper(), OldWrapper(), BrokenWrapper(), Raising(), NotFindings()):
+    for plugin in (Plain(), Wrapper(), OldWrapper(), BrokenWrapper(), BadWrapper(), Raising(), NotFindings()):
         pm.register(plugin, name=type(plugin).__name__)
     analyzer = Analyzer(pm, plugins.Config())
     found = analyzer.finish()
     assert [f["check"] for f in found if f["check"] != "plugin-error"] == ["plain", "wrapped 1"]
     errors = {f["subject"]: f["message"] for f in found if f["check"] == "plugin-error"}
-    assert set(errors) == {"BrokenWrapper", "Raising", "NotFindings"}
+    assert set(errors) == {"BrokenWrapper", "BadWrapper", "Raising", "NotFindings"}
     assert "RuntimeError: teardown" in errors["BrokenWrapper"]
     assert "returned str, not a Finding" in errors["NotFindings"]
     assert OldWrapper.seen == [2]  # registered later: outside the new-style wrapper
