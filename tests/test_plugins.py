@@ -2,7 +2,6 @@
 
 import inspect
 import json
-import shutil
 import textwrap
 from pathlib import Path
 
