@@ -208,3 +208,14 @@ def test_a_row_that_does_not_decode_is_a_corrupt_record(tmp_path):
             record.findings()
         with pytest.raises(RecordError, match="corrupt record.*optimizers"):
             record.optimizers()
+
+
+def test_a_step_summary_is_the_step_datas_own_fields():
+    from gradscope.data import StepData
+
+    data = StepData(step=4, time=1.5, backwards=2, optimizer_steps=[0], zero_grad=[{"optimizer": 0}],
+                    eval_modules=["bn"], lrs={"0": [0.1]}, calls=[{"module": ""}, {"module": "fc"}])
+    row = schema.StepRow.of(data)
+    assert row == schema.StepRow(4, 1.5, 2, [0], [{"optimizer": 0}], ["bn"], {"0": [0.1]}, 2)
+    back = row.step_data()
+    assert (back.step, back.time, back.backwards, back.lrs, back.calls) == (4, 1.5, 2, {"0": [0.1]}, [])

@@ -118,12 +118,7 @@ class Record:
         rows = self._select(schema.STEPS, "WHERE step = ?", (step,))
         if not rows:
             raise RecordError(f"{self.path}: no step {step} (steps: {self._step_range()})")
-        head = rows[0]
-        data = StepData(
-            step=step, time=head.time, backwards=head.backwards,
-            optimizer_steps=head.optimizer_steps, zero_grad=head.zero_grad,
-            eval_modules=head.eval_modules, lrs=head.lrs,
-        )
+        data = rows[0].step_data()
         data.calls = self.calls(step)
         data.stats = self.stats(step=step)
         data.updates = {u.param: u for u in self.updates(step=step)}

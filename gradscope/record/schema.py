@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..data import Stat, Update
+from ..data import Stat, StepData, Update
 from ..findings import Finding
 
 APPLICATION_ID = 0x67726473  # "grds"
@@ -224,7 +224,8 @@ class OptimizerRow(Row):
 @dataclass(frozen=True)
 class StepRow(Row):
     """One step's summary: backward passes, optimizers that stepped, zero_grad calls, modules in
-    eval mode, learning rates, and how many module calls were recorded."""
+    eval mode, learning rates (each the `StepData` field of the same name), and how many module
+    calls were recorded."""
 
     step: int
     time: float
@@ -234,6 +235,16 @@ class StepRow(Row):
     eval_modules: list
     lrs: dict
     calls: int
+
+    @classmethod
+    def of(cls, data) -> "StepRow":
+        """The summary of a `StepData`."""
+        values = {f.name: getattr(data, f.name) for f in dataclasses.fields(cls) if f.name != "calls"}
+        return cls(**values, calls=len(data.calls))
+
+    def step_data(self):
+        """A `StepData` holding this summary (its statistics and calls still to fill in)."""
+        return StepData(**{name: value for name, value in self.items() if name != "calls"})
 
 
 @dataclass(frozen=True)

@@ -175,10 +175,7 @@ class RecordWriter:
         if not self.alarm and any(s.nonfinite for s in data.stats):
             self.alarm = True
         step = data.step
-        schema.STEPS.insert(conn, [schema.StepRow(
-            step, data.time, data.backwards, data.optimizer_steps, data.zero_grad, data.eval_modules,
-            data.lrs, len(data.calls),
-        )], replace=True)
+        schema.STEPS.insert(conn, [schema.StepRow.of(data)], replace=True)
         schema.CALLS.insert(conn, [dict(c, step=step) for c in data.calls], replace=True)
         schema.STATS.insert(conn, data.stats, step=step)
         schema.UPDATES.insert(conn, data.updates.values(), replace=True, step=step)
