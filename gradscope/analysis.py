@@ -61,6 +61,12 @@ class RunView:
     def module_of(self, param: str) -> str | None:
         return self.parameters.get(param, {}).get("module")
 
+    def placement(self, param: str) -> dict | None:
+        """How a sharded parameter (a DTensor: FSDP2, tensor parallel) is laid out over the
+        ranks, with this rank's ``local_shape`` (see `gradscope.trace.shards.placement`); None
+        for an ordinary parameter. Statistics of a sharded parameter are this rank's shard's."""
+        return (self.info.get("placements") or {}).get(param)
+
 
 class Analyzer:
     """The plugins of one run, called through pluggy, each plugin isolated from the others."""
@@ -117,6 +123,10 @@ class Analyzer:
         """Findings at the end of the run."""
         return self._findings(self.pm.hook.gradscope_run_end(run=self.run))
 
+    def ranks(self, records: dict) -> list[dict]:
+        """Findings across the ranks of a distributed job (rank -> `Record`), after the fact."""
+        return self._findings(self.pm.hook.gradscope_ranks(records=records))
+
     def _findings(self, results: list) -> list[dict]:
         out = [item.to_dict() for result in results for item in result]
         out += [f.to_dict() for f in self.errors]
@@ -146,6 +156,7 @@ _RETURNS = {
     "gradscope_graph": Finding,
     "gradscope_step": Finding,
     "gradscope_run_end": Finding,
+    "gradscope_ranks": Finding,
 }
 
 

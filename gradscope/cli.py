@@ -92,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the JSON report of a record",
                             description="Write the JSON report of RECORD (keys: run, modules, "
                             "parameters, optimizers, graph, steps, findings). Several records "
-                            "(the ranks of a torchrun job) merge into one report with a 'ranks' list.")
+                            "(the ranks of a torchrun job) merge into one report with a 'ranks' list, "
+                            "the whole parameters' figures combined from every rank ('global') and "
+                            "the cross-rank checks run on the records together ('findings').")
     report.add_argument("record", metavar="RECORD", nargs="+", help="record files")
     report.add_argument("-o", "--output", metavar="PATH", default="-", help="output file (default: stdout)")
 
@@ -292,11 +294,17 @@ def _cmd_plugins(args) -> int:
 
 def _cmd_report(args) -> int:
     from . import report
+    from .watch import make_analyzer
     from .record.reader import open_record
 
     records = [open_record(path) for path in args.record]
     try:
-        report.write(records if len(records) > 1 else records[0], args.output)
+        if len(records) == 1:
+            report.write(records[0], args.output)
+        else:
+            ranked = report.by_rank(records)
+            findings = make_analyzer(set()).ranks(ranked) if ranked else []
+            report.write(records, args.output, findings)
     finally:
         for record in records:
             record.close()

@@ -83,3 +83,16 @@ def gradscope_run_end(run):
     `run` is the `gradscope.RunView` of the whole run. Called in the recorder thread after the
     last step was judged, before the record closes.
     """
+
+
+# -- after the fact: the records of every rank of a distributed job ------------------------------
+@hookspec
+def gradscope_ranks(records):
+    """Judge the ranks of one torch.distributed job together, from their records. Return findings
+    (or None).
+
+    `records` maps each rank to its `gradscope.Record` (every rank whose record was given; a
+    rank may be missing). Called by ``gradscope report`` with several records, in the process
+    that writes the report, after the runs ended: the place for cross-rank checks when the ranks
+    ran on machines that do not share a filesystem.
+    """

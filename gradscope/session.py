@@ -29,6 +29,7 @@ from .trace.optimizers import Optimizers, describe_groups
 from .trace.params import ParamTracker
 from .trace.registry import Registry
 from .trace.schedule import Schedule
+from .trace.shards import local, placement
 from .trace.stats import histogram, summarize
 from .trace.step import OpenStep, ends_step
 
@@ -79,6 +80,7 @@ class Session:
         self._handles: list = []  # optimizer hooks
         self._failures: set[tuple[str, str]] = set()
         self._closed = False
+        self._placements: dict[str, dict] = {}  # sharded parameter -> its layout (a run field)
         self.step = 0
         self.open = self._new_step(want_graph=self._schedule.walk_graph(0, None))
         patches.add_listener(self)
@@ -130,10 +132,13 @@ class Session:
 
     def _add_params(self, named, prefix: str | None) -> None:
         rows = []
+        sharded = {}
         for full, param, owner in named:
             if self._registry.param_name(param) is not None:
                 continue
             self._registry.add_param(full, param)
+            if (layout := placement(param)) is not None:
+                sharded[full] = layout
             sampled = self._tracker.add(full, param)
             rows.append({
                 "name": full,
@@ -147,6 +152,9 @@ class Session:
             })
         if rows:
             self._writer.send("parameters", rows)
+        if sharded:
+            self._placements.update(sharded)
+            self._writer.send("run", {"placements": dict(self._placements)})
 
     def add_optimizer(self, optimizer: torch.optim.Optimizer, *, hooks: bool = True) -> int:
         """Watch `optimizer`'s steps; `hooks=False` when a global hook already delivers them."""
@@ -191,7 +199,7 @@ class Session:
         step.backwards += 1
         for name, ref in self._registry.params.items():
             param = ref()
-            grad = None if param is None else param.grad
+            grad = None if param is None or param.grad is None else local(param.grad)
             values = None if grad is None else summarize(grad)
             if values is not None:  # the latest backward's (accumulated) gradient wins
                 step.grads[name] = (grad.numel(), values)

@@ -14,9 +14,11 @@ import weakref
 
 import torch
 
+from .shards import local
+
 
 def _sample_view(p: torch.Tensor, size: int) -> torch.Tensor:
-    flat = p.detach().reshape(-1)
+    flat = local(p).detach().reshape(-1)  # a sharded parameter: this rank's shard
     stride = max(1, -(-flat.numel() // size))
     return flat[::stride][:size]
 
@@ -33,6 +35,7 @@ class ParamTracker:
     def add(self, name: str, param: torch.Tensor) -> bool:
         """Track `param`; returns whether only a sample of its elements is tracked."""
         self._params[name] = weakref.ref(param)
+        param = local(param)
         if param.numel() > 0 and param.device.type != "meta":
             self._last[name] = _sample_view(param, self.size).clone()
         return param.numel() > self.size

@@ -22,6 +22,7 @@ import torch
 from ..data import StepData
 from ..record.writer import StepSnapshot
 from .batch import RowBatch
+from .shards import local
 from .stats import summarize
 
 
@@ -81,7 +82,7 @@ class OpenStep:
             if values is not None:
                 batch.add("hist", [name], [self.grads[name][0]], values)
         for name, ref in params.items() if self.full else ():
-            param = ref()
+            param = None if ref() is None else local(ref())  # a sharded one: this rank's shard
             values = None if param is None else summarize(param)
             if values is not None:
                 batch.add("weight", [(name, 0, "")], [param.numel()], values)

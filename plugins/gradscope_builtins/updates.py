@@ -115,6 +115,9 @@ class ParamWithoutGrad:
         findings = []
         for name in sorted(run.optimized() - self._had_grad):
             param = run.parameters.get(name, {})
+            layout = run.placement(name)
+            if layout and 0 in layout["local_shape"]:
+                continue  # a sharded parameter of which this rank holds no element
             if param.get("requires_grad"):
                 findings.append(Finding(
                     "param-without-grad", "warning", name, step,
