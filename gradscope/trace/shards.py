@@ -23,8 +23,12 @@ def is_sharded(t) -> bool:
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    """The part of `t` this rank holds: a DTensor's local shard, else `t` itself."""
-    return t.to_local() if is_sharded(t) else t
+    """The part of `t` this rank holds: a DTensor's local shard, else `t` itself. Taken with
+    autograd off, so that no backward node is made for a parameter's shard."""
+    if not is_sharded(t):
+        return t
+    with torch.no_grad():
+        return t.to_local()
 
 
 def _name(p) -> str:
