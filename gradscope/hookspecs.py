@@ -92,7 +92,7 @@ def gradscope_ranks(records):
     (or None).
 
     `records` maps each rank to its `gradscope.Record` (every rank whose record was given; a
-    rank may be missing). Called by ``gradscope report`` with several records, in the process
-    that writes the report, after the runs ended: the place for cross-rank checks when the ranks
-    ran on machines that do not share a filesystem.
+    rank may be missing). Called by ``gradscope report`` with several records, on the main
+    thread of the process that writes the report, after the runs ended: the place for cross-rank
+    checks when the ranks ran on machines that do not share a filesystem.
     """
