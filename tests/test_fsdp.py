@@ -16,6 +16,7 @@ from torch import nn
 
 import gradscope
 from gradscope.distributed import combine
+from gradscope.tui.state import read_details
 
 STEPS = 6
 LR = 0.05
@@ -129,6 +130,8 @@ def test_fsdp_records_every_step_on_every_rank_with_the_unsharded_figures(tmp_pa
         params = {p["name"]: p["shape"] for p in record.parameters()}
         assert params == dict(zip(NAMES, SHAPES))
         layouts = record.run()["placements"]
+        assert {p["name"]: p["placement"] for p in record.parameters()} == dict(layouts, scale=None)
+        assert read_details(record, "param", "body.0.weight", STEPS - 1).info["placement"] == layouts["body.0.weight"]
         assert sorted(layouts) == sorted(NAMES[:-1])  # scale is an ordinary (replicated) parameter
         assert layouts["body.0.weight"]["placements"] == ["Shard(0)"]
         assert layouts["body.0.weight"]["mesh"] == [2] and layouts["body.0.weight"]["coordinate"] == [rank]

@@ -100,8 +100,10 @@ class Record:
         for opt in self.optimizers():
             for name in opt.params:
                 holders.setdefault(name, []).append(opt.index)
+        layouts = self.run().get("placements") or {}
         return [
-            dataclasses.replace(p, optimizers=holders.get(p.name, []), in_optimizer=p.name in holders)
+            dataclasses.replace(p, optimizers=holders.get(p.name, []), in_optimizer=p.name in holders,
+                                placement=layouts.get(p.name))
             for p in self._select(schema.PARAMETERS, "ORDER BY rowid")
         ]
 

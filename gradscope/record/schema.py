@@ -195,7 +195,8 @@ class ModuleRow(Row):
 class ParameterRow(Row):
     """A watched parameter (`module` is None for one known only from an optimizer); `sampled`
     when update auditing follows a sample of its elements. `optimizers` (their indices) and
-    `in_optimizer` come from the optimizers table."""
+    `in_optimizer` come from the optimizers table; `placement`, the layout of a sharded
+    parameter (FSDP2's DTensors, else None), from the run's ``placements``."""
 
     name: str
     module: str | None
@@ -207,6 +208,7 @@ class ParameterRow(Row):
     sampled: bool
     optimizers: list = derived(list)
     in_optimizer: bool = derived(bool)
+    placement: dict | None = derived(lambda: None)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
+from ...distributed import describe
 from ..state import Details
 
 BARS = " ▁▂▃▄▅▆▇█"
@@ -61,6 +62,8 @@ class DetailsPanel(VerticalScroll):
         if details.kind == "param" and info:
             head.append(f"\nshape {info.get('shape')}  {info.get('dtype')}  on {info.get('device')}"
                         f"  requires_grad={info.get('requires_grad')}  in optimizer: {info.get('in_optimizer')}")
+            if info.get("placement"):
+                head.append(f"\n{describe(info['placement'])}; statistics of this rank's shard")
         if details.kind == "module" and info:
             head.append(f"\ntype {info.get('type')}  own parameters {info.get('params')}")
             for call in details.calls[:3]:
