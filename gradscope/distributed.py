@@ -15,12 +15,17 @@ parameter's (`combine`); ranks whose copies of a parameter should be identical a
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 _RANKED = re.compile(r"^(?P<base>.*)-rank(?P<rank>\d+)$")
+_STAMPED = re.compile(r"^(?P<stamp>\d{8}-\d{6})-(?P<rest>.+)$")
+#: how far apart (seconds) the ranks of one job may read the clock that names their records
+_STAMP_SPREAD = 120
 
 
 def rank_and_world() -> tuple[int, int] | None:
@@ -66,11 +71,32 @@ def run_fields() -> dict:
 
 
 def peer_paths(path: Path, world: int) -> list[Path]:
-    """The records of every rank of the job that wrote `path` (rank order)."""
+    """The records of every rank of the job that wrote `path` (rank order).
+
+    Records named by default (``<time>-<label>-<job>-rank<N>``) carry the time each rank
+    started, which may differ by a second or more between ranks: a rank whose record is not
+    under this rank's time is looked for under a nearby one (same label and job)."""
     match = _RANKED.match(path.stem)
     if match is None:
         return [path]
-    return [path.with_name(f"{match['base']}-rank{r}{path.suffix}") for r in range(world)]
+    paths = [path.with_name(f"{match['base']}-rank{r}{path.suffix}") for r in range(world)]
+    return [p if p.exists() else _restamped(p) or p for p in paths]
+
+
+def _restamped(path: Path) -> Path | None:
+    match = _STAMPED.match(path.stem)
+    if match is None:
+        return None
+    mine = time.mktime(time.strptime(match["stamp"], "%Y%m%d-%H%M%S"))
+    best = None
+    for other in path.parent.glob(f"*-{glob.escape(match['rest'])}{path.suffix}"):
+        found = _STAMPED.match(other.stem)
+        if found is None or found["rest"] != match["rest"]:
+            continue
+        gap = abs(time.mktime(time.strptime(found["stamp"], "%Y%m%d-%H%M%S")) - mine)
+        if gap <= _STAMP_SPREAD and (best is None or gap < best[0]):
+            best = (gap, other)
+    return None if best is None else best[1]
 
 
 def unwrap(module):

@@ -34,3 +34,15 @@ def test_each_rank_gets_its_own_record_and_finds_the_others(tmp_path, monkeypatc
     run = RunView(info=run_fields(), record=Path("out/r-rank0.sqlite"))
     assert run.peer_records() == [Path(f"out/r-rank{r}.sqlite") for r in range(3)]
     assert RunView(info={"rank": None}, record=Path("r.sqlite")).peer_records() == [Path("r.sqlite")]
+
+
+def test_ranks_that_started_in_different_seconds_find_each_other(tmp_path):
+    """Default record names carry each rank's start time: a second apart, still one job."""
+    for name in ("20260101-120000-train-abc-rank0.sqlite", "20260101-120001-train-abc-rank1.sqlite",
+                 "20260101-110000-train-abc-rank2.sqlite",  # an hour earlier: another run
+                 "20260101-120001-train-abcd-rank2.sqlite"):  # another job
+        (tmp_path / name).write_bytes(b"")
+    peers = peer_paths(tmp_path / "20260101-120000-train-abc-rank0.sqlite", 3)
+    assert [p.name for p in peers] == [
+        "20260101-120000-train-abc-rank0.sqlite", "20260101-120001-train-abc-rank1.sqlite",
+        "20260101-120000-train-abc-rank2.sqlite"]  # not found: the expected name
