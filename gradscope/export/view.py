@@ -1,33 +1,45 @@
 """What a diagram shows: the autograd or module graph, collapsed and folded to stay readable.
 
 A `View` is the diagram's content before any Graphviz syntax: display nodes (single ops,
-parameters, collapsed modules, folded repeats), edges between them with the tensor shape
-where it is known, and the module path each node sits in (drawn as nested clusters).
+parameters, collapsed module calls, folded repeats), edges in the direction data flows
+(producer to consumer, parameters and input towards the loss) with the tensor shape where it
+is known, and the module call each node sits in (drawn as nested clusters, one per call).
 
 Readability rules, applied in this order:
 1. repeated calls: a module called more than `fold_calls` times (an RNN cell unrolled over
    time) becomes one node "name (Type) xN", with everything inside it;
-2. depth: with `depth` K, modules K levels down become single nodes;
-3. repeated siblings: sibling modules of one type with the same ops (48 identical transformer
-   blocks) become one node "first ... last (Type) xN";
-4. size: without `depth`, the smallest depth that brings the diagram under `max_nodes` is used.
+2. depth: with `depth` K, module calls K levels down become single nodes;
+3. repeated siblings: sibling module calls of one type with the same ops (48 identical
+   transformer blocks) become one node "first ... last (Type) xN";
+4. repeated ops: ops outside folded modules that repeat with the same structure (the same op
+   in the same module, fed by the same kinds of nodes a few levels back) more than
+   `fold_calls` times become one node "Op xN": a per-sample loss written as a Python loop, a
+   functional recurrence;
+5. size: without `depth`, the smallest depth that brings the diagram under `max_nodes` is used.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import takewhile
 
 from ..trace.autograd import GraphData
+from .scopes import CallPath, call_counts, call_paths
+
+#: Rounds of structural refinement when looking for repeated ops: chains whose last few links
+#: agree are one pattern.
+_ROUNDS = 3
 
 
 @dataclass
 class Node:
     id: str
-    kind: str  # op, custom, param, leaf, module, fold
+    kind: str  # op, custom, param, leaf, module, fold, input, loss
     title: str
     lines: list[str] = field(default_factory=list)
-    cluster: str | None = None  # module path of the cluster the node is drawn in
+    cluster: CallPath = ()  # the module calls the node is drawn inside, outermost first
     subjects: set[str] = field(default_factory=set)  # names findings may refer to
 
 
@@ -35,9 +47,10 @@ class Node:
 class View:
     title: str
     nodes: dict[str, Node] = field(default_factory=dict)
+    #: (producer, consumer) -> {"count": tensors passed, "shapes": their shapes}
     edges: dict[tuple[str, str], dict] = field(default_factory=dict)
     module_types: dict[str, str] = field(default_factory=dict)
-    roots: set[str] = field(default_factory=lambda: {""})  # modules with no parent
+    calls: dict[str, int] = field(default_factory=dict)  # calls per module, for cluster labels
 
 
 def _depth(scope: str | None) -> int:
@@ -46,14 +59,6 @@ def _depth(scope: str | None) -> int:
 
 def _prefix(scope: str, k: int) -> str:
     return ".".join(scope.split(".")[:k])
-
-
-def _ancestors(scope: str | None):
-    """`scope` and its enclosing modules, outermost first ('' is the root)."""
-    if scope is None:
-        return []
-    parts = scope.split(".") if scope else []
-    return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))] if scope else [""]
 
 
 def _fmt(shape) -> str:
@@ -67,24 +72,66 @@ def _output_shape(info: dict):
     return result.get("shape") if isinstance(result, dict) else None
 
 
+def before(path: CallPath, module: str) -> CallPath:
+    """The calls enclosing `module`'s call in `path`."""
+    return tuple(takewhile(lambda p: p[0] != module, path))
+
+
+def call_title(module: str, call: int, types: dict[str, str], calls: dict[str, int]) -> str:
+    """"name (Type)", with the call number when the module was called more than once."""
+    title = f"{module or types.get(module, 'model')} ({types.get(module, 'module')})"
+    return title + (f" call {call + 1}" if calls.get(module, 1) > 1 else "")
+
+
+def fold_repeated_ops(data: GraphData, keys: dict[str, tuple], fold_calls: int) -> dict[str, tuple]:
+    """Rule 4: give ops (and leaf tensors) still shown one by one that repeat with the same
+    structure more than `fold_calls` times one shared key ("ops", pattern)."""
+    producers: dict[str, list[str]] = defaultdict(list)
+    for src, dst, _, _ in data.edges:
+        producers[src].append(dst)
+    interned: dict = {}
+    base: dict[str, int] = {}
+    candidates = []
+    for info in data.nodes:
+        nid, key = info["id"], keys[info["id"]]
+        if key[0] == "node" and info.get("kind") in ("op", "custom", "leaf"):
+            shape = tuple(info.get("shape") or ()) if info.get("kind") == "leaf" else ()
+            base[nid] = interned.setdefault((info["op"], info.get("function"), info.get("scope"), shape),
+                                            len(interned))
+            candidates.append(nid)
+        else:
+            base[nid] = interned.setdefault(("shown as", key), len(interned))
+    pattern = dict(base)
+    for _ in range(_ROUNDS):
+        refined = dict(base)
+        for nid in candidates:
+            inputs = tuple(sorted(pattern[p] for p in producers[nid]))
+            refined[nid] = interned.setdefault((base[nid], inputs), len(interned))
+        pattern = refined
+    groups: dict[int, list[str]] = defaultdict(list)
+    for nid in candidates:
+        groups[pattern[nid]].append(nid)
+    out = dict(keys)
+    for number, members in groups.items():
+        if len(members) > fold_calls:
+            for nid in members:
+                out[nid] = ("ops", number)
+    return out
+
+
 class _Grouper:
-    def __init__(self, data: GraphData, module_types: dict[str, str], fold_calls: int):
-        self.data = data
-        self.types = module_types
-        calls: dict[str, set] = defaultdict(set)
-        for info in data.nodes:
-            if info.get("call") is not None:
-                calls[info.get("scope")].add(info["call"])
-        self.calls = {s: len(c) for s, c in calls.items()}
+    def __init__(self, data: GraphData, paths: dict[str, CallPath], fold_calls: int):
+        self.paths = paths
+        self.calls = call_counts(data)
         self.folded = {s for s, n in self.calls.items() if n > fold_calls}
 
     def key(self, info: dict, depth: int | None) -> tuple:
-        scope = info.get("scope")
-        for anc in _ancestors(scope):
-            if anc in self.folded:
-                return ("fold", anc)
-        if depth is not None and scope is not None and _depth(scope) >= depth >= 1:
-            return ("module", _prefix(scope, depth))
+        path = self.paths[info["id"]]
+        for module, _ in path:
+            if module in self.folded:
+                return ("fold", module)
+        if depth is not None and depth >= 1 and len(path) > depth:
+            return ("module", *path[depth])
         return ("node", info["id"])
 
 
@@ -93,7 +140,10 @@ def autograd_view(data: GraphData, *, module_types: dict[str, str] | None = None
                   max_nodes: int = 1500, title: str = "autograd graph") -> View:
     """The display content of an autograd graph (see the module docstring for the rules)."""
     types = module_types or {}
-    grouper = _Grouper(data, types, fold_calls)
+    roots = roots or {""}
+    modules = set(types) | {info.get("scope") for info in data.nodes if info.get("call") is not None}
+    paths = call_paths(data, roots, modules)
+    grouper = _Grouper(data, paths, fold_calls)
     chosen = depth
     if chosen is None:
         for k in [None, *range(6, 0, -1)]:
@@ -101,8 +151,9 @@ def autograd_view(data: GraphData, *, module_types: dict[str, str] | None = None
             if len({grouper.key(i, k) for i in data.nodes}) <= max_nodes:
                 break
     keys = {info["id"]: grouper.key(info, chosen) for info in data.nodes}
-    keys = _fold_siblings(data, keys, types)
-    view = View(title, module_types=types, roots=roots or {""})
+    keys = _fold_siblings(data, keys, types, paths)
+    keys = fold_repeated_ops(data, keys, fold_calls)
+    view = View(title, module_types=types, calls=grouper.calls)
     members: dict[tuple, list[dict]] = defaultdict(list)
     for info in data.nodes:
         members[keys[info["id"]]].append(info)
@@ -111,10 +162,10 @@ def autograd_view(data: GraphData, *, module_types: dict[str, str] | None = None
         view.nodes[ids[key]] = _display(ids[key], key, infos, grouper, types)
     by_id = {info["id"]: info for info in data.nodes}
     for src, dst, _, _ in data.edges:
-        a, b = ids[keys[src]], ids[keys[dst]]
-        if a == b:
+        consumer, producer = ids[keys[src]], ids[keys[dst]]
+        if consumer == producer:
             continue
-        edge = view.edges.setdefault((a, b), {"count": 0, "shapes": set()})
+        edge = view.edges.setdefault((producer, consumer), {"count": 0, "shapes": set()})
         edge["count"] += 1
         shape = _output_shape(by_id[dst])
         if shape is not None:
@@ -122,70 +173,79 @@ def autograd_view(data: GraphData, *, module_types: dict[str, str] | None = None
     return view
 
 
-def _fold_siblings(data: GraphData, keys: dict, types: dict[str, str]) -> dict:
-    """Merge collapsed sibling modules of one type with identical ops into one fold group."""
-    ops: dict[str, Counter] = defaultdict(Counter)
+def _fold_siblings(data: GraphData, keys: dict, types: dict[str, str], paths: dict) -> dict:
+    """Rule 3: merge collapsed calls of sibling modules of one type with identical ops."""
+    ops: dict[tuple, Counter] = defaultdict(Counter)
+    where: dict[tuple, CallPath] = {}
     for info in data.nodes:
         key = keys[info["id"]]
         if key[0] == "module":
-            ops[key[1]][info["op"]] += 1
-    families: dict[tuple, list[str]] = defaultdict(list)
-    for module, counts in ops.items():
-        parent = module.rpartition(".")[0]
-        families[(parent, types.get(module), frozenset(counts.items()))].append(module)
+            ops[key][info["op"]] += 1
+            where.setdefault(key, before(paths[info["id"]], key[1]))
+    families: dict[tuple, list[tuple]] = defaultdict(list)
+    for key, counts in ops.items():
+        families[(where[key], types.get(key[1]), frozenset(counts.items()))].append(key)
     merged = {}
-    for (_, _, _), modules in families.items():
-        if len(modules) >= 3:
-            group = ("siblings", tuple(sorted(modules, key=_natural)))
-            for module in modules:
-                merged[("module", module)] = group
+    for members in families.values():
+        if len({m for _, m, _ in members}) == len(members) >= 3:
+            group = ("siblings", tuple(sorted(members, key=lambda k: _natural(k[1]))))
+            for key in members:
+                merged[key] = group
     return {nid: merged.get(key, key) for nid, key in keys.items()}
 
 
 def _natural(name: str):
-    return [int(p) if p.isdigit() else p for p in name.split(".")]
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
+
+
+def _summary(infos: list[dict]) -> str:
+    ops = Counter(i["op"] for i in infos)
+    text = f"{len(infos)} nodes: " + ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.most_common(3))
+    return text + (", ..." if len(ops) > 3 else "")
 
 
 def _display(nid: str, key: tuple, infos: list[dict], grouper: _Grouper, types: dict) -> Node:
     kind = key[0]
+    path = grouper.paths[infos[0]["id"]]
     if kind == "node":
         info = infos[0]
-        node = Node(nid, info["kind"], info["op"], cluster=info.get("scope"))
+        node = Node(nid, info["kind"], info["op"], cluster=path)
         if info["kind"] in ("param", "leaf"):
             node.title = info.get("param") or "tensor"
             node.lines.append(f"{_fmt(info['shape'])} {info.get('dtype', '')}".strip())
             if info.get("param"):
                 node.subjects.add(info["param"])
-            node.cluster = info.get("scope")
         elif info["kind"] == "custom":
             node.lines.append(info.get("function", ""))
             node.subjects.add(info.get("function", "").rpartition(".")[2])
         node.subjects.add(info["op"])
         return node
-    ops = Counter(i["op"] for i in infos)
-    summary = f"{len(infos)} nodes: " + ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.most_common(3))
-    if len(ops) > 3:
-        summary += ", ..."
     params = sorted(i["param"] for i in infos if i.get("param"))
+    if kind == "ops":
+        info = infos[0]
+        title = info.get("param") or ("tensor" if info["kind"] == "leaf" else info["op"])
+        cluster = tuple(os.path.commonprefix([grouper.paths[i["id"]] for i in infos]))
+        node = Node(nid, "fold", f"{title} x{len(infos)}", ["repeated with the same inputs"], cluster=cluster)
+        node.subjects.add(info["op"])
+        return node
     if kind == "fold":
         module = key[1]
         calls = grouper.calls.get(module, 0)
         title = f"{module or types.get(module, 'model')} ({types.get(module, 'module')}) x{calls}"
-        node = Node(nid, "fold", title, [summary], cluster=module.rpartition(".")[0] if module else None)
+        node = Node(nid, "fold", title, [_summary(infos)], cluster=before(path, module))
         node.subjects |= {module, *params}
         return node
     if kind == "module":
-        module = key[1]
-        node = Node(nid, "module", f"{module} ({types.get(module, 'module')})", [summary],
-                    cluster=module.rpartition(".")[0] if "." in module else "")
+        _, module, call = key
+        node = Node(nid, "module", call_title(module, call, types, grouper.calls), [_summary(infos)],
+                    cluster=before(path, module))
         node.subjects |= {module, *params}
         return node
-    modules = key[1]
-    first, last = modules[0], modules[-1]
-    title = f"{first} ... {last} ({types.get(first, 'module')}) x{len(modules)}"
-    node = Node(nid, "fold", title, [f"{len(infos) // len(modules)} nodes each"],
-                cluster=first.rpartition(".")[0] if "." in first else "")
-    node.subjects |= {*modules, *params}
+    calls = key[1]
+    first, last = calls[0][1], calls[-1][1]
+    title = f"{first} ... {last} ({types.get(first, 'module')}) x{len(calls)}"
+    node = Node(nid, "fold", title, [f"{len(infos) // len(calls)} nodes each"], cluster=before(path, first))
+    node.subjects |= {*(m for _, m, _ in calls), *params}
     return node
 
 
@@ -196,7 +256,7 @@ def module_view(modules: list[dict], calls: dict[str, list[dict]], *, depth: int
     shapes, three or more) fold into one node."""
     types = {m["name"]: m["type"] for m in modules}
     roots = {m["name"] for m in modules if m["name"] == m["root"]}
-    view = View(title, module_types=types, roots=roots)
+    view = View(title, module_types=types)
     shown = [m for m in modules if depth is None or _depth(m["name"]) <= depth]
     hidden = Counter(_prefix(m["name"], depth) for m in modules if depth is not None and _depth(m["name"]) > depth)
 
