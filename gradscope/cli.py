@@ -99,17 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", metavar="PATH", default="-", help="output file (default: stdout)")
 
     export = sub.add_parser(
-        "export", help="draw a record's autograd or module graph with Graphviz",
-        description="Write a diagram of RECORD: the autograd graph of a step (ops, parameters "
-        "with shapes and gradient norms, tensor shapes on edges, module clusters, findings in "
-        "colour) or the module tree. Large graphs are collapsed by module depth and repeated "
-        "structure (an unrolled RNN cell, identical blocks) is folded into one node. dot output "
-        "needs nothing else; svg, png and pdf need Graphviz's dot.",
+        "export", help="draw a record's data flow, autograd graph or charts",
+        description="Write a diagram of RECORD. --graph modules (or flow): the data flow between "
+        "module calls in call order, tensor shapes on the edges, functional ops between modules "
+        "as small nodes, nested modules as clusters. --graph autograd (the default): ops, "
+        "parameters with shapes and gradient norms, one cluster per module call, findings in "
+        "colour. --graph tree: what module contains what. --chart grad-flow: per-layer gradient "
+        "magnitude in forward order; --chart loss: loss and learning rate over the steps. Large "
+        "graphs collapse by module depth and repeated structure (an unrolled RNN cell, identical "
+        "blocks, a loss summed in a loop) folds into one node. dot output and svg charts need "
+        "nothing else; other svg, png and pdf need Graphviz's dot.",
     )
     export.add_argument("record", metavar="RECORD", help="a record file")
     export.add_argument("-o", "--output", metavar="FILE", required=True, help="output file")
     export.add_argument("--step", type=int, metavar="N", help="the step to draw (default: the last)")
-    export.add_argument("--graph", choices=("autograd", "modules"), default="autograd")
+    export.add_argument("--graph", choices=("autograd", "flow", "modules", "tree"), default="autograd",
+                        help="the diagram (default: autograd; modules is the same as flow)")
     export.add_argument("--depth", type=_positive, metavar="K",
                         help="collapse modules K levels down into single nodes (default: as needed)")
     export.add_argument("--format", choices=("dot", "svg", "png", "pdf"),

@@ -85,7 +85,7 @@ def test_seed_tutorial_autograd_diagram_parses_back(run_cli, tmp_path):
 @needs_dot
 def test_module_diagram_and_cli_formats(run_cli, tmp_path):
     _seed_record(run_cli, tmp_path)
-    proc = run_cli("export", "seed.sqlite", "--graph", "modules", "-o", "m.dot", check=0)
+    proc = run_cli("export", "seed.sqlite", "--graph", "tree", "-o", "m.dot", check=0)
     assert "wrote m.dot" in proc.stderr
     labels, edges = parse((tmp_path / "m.dot").read_text())
     text = "\n".join(labels.values())
@@ -177,7 +177,7 @@ def test_hostile_module_names_give_valid_dot(tmp_path):
     with gradscope.watch(wrap, record=tmp_path / "r.sqlite", checks=False):
         wrap(torch.randn(3, 2)).sum().backward()  # different shapes: nothing folds
     record = gradscope.open_record(tmp_path / "r.sqlite")
-    for graph in ("autograd", "modules"):
+    for graph in ("autograd", "flow", "tree"):
         export_record(record, tmp_path / f"{graph}.dot", graph=graph)
         labels, _ = parse((tmp_path / f"{graph}.dot").read_text())
         text = "\n".join(labels.values())
@@ -304,9 +304,9 @@ def test_every_readable_record_exports(run_cli, script, tmp_path, name, text):
     run_cli("run", "--headless", "--record", "r.sqlite", "train.py", check=0)
     run_cli("report", "r.sqlite", "-o", "r.json", check=0)
     has_graph = gradscope.open_record(tmp_path / "r.sqlite").graph() is not None
-    for graph in ("autograd", "modules"):
+    for graph in ("autograd", "flow", "tree"):
         proc = run_cli("export", "r.sqlite", "--graph", graph, "-o", f"{graph}.svg")
-        if graph == "autograd" and not has_graph:
+        if graph != "tree" and not has_graph:
             assert proc.returncode == 2 and "no autograd graph" in proc.stderr
             continue
         assert proc.returncode == 0, proc.stderr

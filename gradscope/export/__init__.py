@@ -1,6 +1,6 @@
-"""Graphviz export of the autograd and module graphs (see `view` for what is shown, `render`
-for the syntax). `export_record` is what ``gradscope export`` runs; `autograd_digraph` turns
-any gradscope autograd graph into a `graphviz.Digraph`."""
+"""Diagrams of a record: the autograd graph and the module tree (`view`), the module data flow
+(`flow`), drawn with Graphviz (`render`). `export_record` is what ``gradscope export`` runs;
+`autograd_digraph` turns any gradscope autograd graph into a `graphviz.Digraph`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ from ..errors import GradscopeError
 from ..record.reader import Record
 from ..trace.autograd import GraphData
 from .render import FORMATS, render, to_digraph
+from .scopes import up
+from .flow import flow_view
 from .view import autograd_view, module_view
 
-__all__ = ["FORMATS", "autograd_digraph", "export_record"]
+__all__ = ["FORMATS", "GRAPHS", "autograd_digraph", "export_record"]
+
+#: What ``--graph`` accepts: "modules" is the data flow between module calls, "tree" what
+#: contains what.
+GRAPHS = ("autograd", "flow", "modules", "tree")
 
 
 def _graph_data(graph) -> GraphData:
@@ -51,25 +57,43 @@ def export_record(record: Record, out: str | Path, *, step: int | None = None,
     if step is not None and step not in steps:
         raise GradscopeError(f"{record.path}: no step {step} (steps {steps[0]}..{steps[-1]})")
     at = steps[-1] if step is None else step
-    types = {m["name"]: m["type"] for m in record.modules()}
+    modules = record.modules()
+    types = {m["name"]: m["type"] for m in modules}
+    roots = {m["name"] for m in modules if m["name"] == m["root"]}
     findings = record.findings()
     name = record.run().get("target", record.path.name)
-    if graph == "autograd":
+    grads = {}
+    if graph in ("autograd", "flow", "modules"):
         data = record.graph(at)
         if data is None:
             raise GradscopeError(f"{record.path}: no autograd graph recorded up to step {at} (was --graph-every 0?)")
-        roots = {m["name"] for m in record.modules() if m["name"] == m["root"]}
+        drawn = record.graph_step(at)
+    if graph == "autograd":
         view = autograd_view(data, module_types=types, roots=roots, depth=depth,
-                             title=f"{name}: autograd graph, step {at}")
-        grads = {s.subject: s.norm for s in record.stats(step=at, kind="grad")}
-    elif graph == "modules":
+                             title=f"{name}: autograd graph, step {drawn}")
+        grads = {s.subject: s.norm for s in record.stats(step=drawn, kind="grad")}
+    elif graph in ("flow", "modules"):
+        view = flow_view(data, module_types=types, roots=roots, calls=record.calls(step=drawn),
+                         param_counts=_param_counts(record, roots), depth=depth,
+                         title=f"{name}: data flow, step {drawn}")
+    elif graph == "tree":
         calls: dict[str, list[dict]] = {}
         for c in record.calls(step=at):
             calls.setdefault(c["module"], []).append(c)
-        view = module_view(record.modules(), calls, depth=depth, title=f"{name}: modules, step {at}")
-        grads = {}
+        view = module_view(modules, calls, depth=depth, title=f"{name}: modules, step {at}")
     else:
-        raise GradscopeError(f"unknown graph {graph!r}: choose autograd or modules")
+        raise GradscopeError(f"unknown graph {graph!r}: choose one of {', '.join(GRAPHS)}")
     data = render(to_digraph(view, grads=grads, findings=findings), fmt)
     Path(out).write_bytes(data)
     return fmt
+
+
+def _param_counts(record: Record, roots: set[str]) -> dict[str, int]:
+    """module -> parameter elements in it and its submodules."""
+    counts: dict[str, int] = {}
+    for p in record.parameters():
+        module = p.get("module")
+        while module is not None:
+            counts[module] = counts.get(module, 0) + p["numel"]
+            module = up(module, roots)
+    return counts

@@ -23,7 +23,7 @@ from ..findings import severity_rank
 from .view import View, call_title
 
 STYLE = {
-    "input": {"fillcolor": "#e3f1e3", "shape": "box"},
+    "input": {"fillcolor": "#e4e4e4", "shape": "box"},
     "op": {"fillcolor": "#eef2f7"},
     "fn": {"fillcolor": "#eef2f7", "shape": "ellipse", "fontsize": "10", "margin": "0.05,0.02",
            "height": "0.3"},
@@ -65,9 +65,8 @@ def _title(title: str, kinds: list[str], severities: list[str]) -> str:
             f'<td align="left"><font point-size="10">{_text(text)}</font></td>'
             for fill, edge, width, text in items[start:start + _LEGEND_ROW])
         rows.append(f"<tr>{cells}</tr>")
-    span = 2 * min(max(len(items), 1), _LEGEND_ROW)
-    return (f'<<table border="0" cellborder="0" cellspacing="3"><tr><td colspan="{span}">'
-            f"<b>{_text(title)}</b></td></tr>{''.join(rows)}</table>>")
+    legend = f'<tr><td><table border="0" cellspacing="3">{"".join(rows)}</table></td></tr>' if rows else ""
+    return f'<<table border="0" cellborder="0"><tr><td><b>{_text(title)}</b></td></tr>{legend}</table>>'
 
 
 def to_digraph(view: View, *, grads: dict[str, float] | None = None,

@@ -173,8 +173,10 @@ def autograd_view(data: GraphData, *, module_types: dict[str, str] | None = None
     return view
 
 
-def _fold_siblings(data: GraphData, keys: dict, types: dict[str, str], paths: dict) -> dict:
-    """Rule 3: merge collapsed calls of sibling modules of one type with identical ops."""
+def _fold_siblings(data: GraphData, keys: dict, types: dict[str, str], paths: dict,
+                   same=lambda module, call: None) -> dict:
+    """Rule 3: merge collapsed calls of sibling modules of one type with identical ops (and
+    equal `same(module, call)`, which a caller may use to ask for more)."""
     ops: dict[tuple, Counter] = defaultdict(Counter)
     where: dict[tuple, CallPath] = {}
     for info in data.nodes:
@@ -184,7 +186,7 @@ def _fold_siblings(data: GraphData, keys: dict, types: dict[str, str], paths: di
             where.setdefault(key, before(paths[info["id"]], key[1]))
     families: dict[tuple, list[tuple]] = defaultdict(list)
     for key, counts in ops.items():
-        families[(where[key], types.get(key[1]), frozenset(counts.items()))].append(key)
+        families[(where[key], types.get(key[1]), frozenset(counts.items()), same(*key[1:]))].append(key)
     merged = {}
     for members in families.values():
         if len({m for _, m, _ in members}) == len(members) >= 3:
@@ -244,7 +246,8 @@ def _display(nid: str, key: tuple, infos: list[dict], grouper: _Grouper, types: 
     calls = key[1]
     first, last = calls[0][1], calls[-1][1]
     title = f"{first} ... {last} ({types.get(first, 'module')}) x{len(calls)}"
-    node = Node(nid, "fold", title, [f"{len(infos) // len(calls)} nodes each"], cluster=before(path, first))
+    cluster = next((before(path, m) for _, m, _ in calls if any(p[0] == m for p in path)), path)
+    node = Node(nid, "fold", title, [f"{len(infos) // len(calls)} nodes each"], cluster=cluster)
     node.subjects |= {*(m for _, m, _ in calls), *params}
     return node
 
