@@ -27,6 +27,8 @@ examples:
   gradscope run -p no:dead-relu --set update-ratio.high=0.2 train.py
   gradscope plugins                       list the checks and other plugins loaded
   gradscope export RECORD -o graph.svg    draw the autograd graph of the last step
+  gradscope export RECORD --graph modules -o flow.svg   the data flow between modules
+  gradscope export RECORD --chart grad-flow -o g.svg    gradient magnitude per layer
 
 Records are SQLite files, one per run, under .gradscope/runs/ unless --record says otherwise.
 """
@@ -113,8 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("record", metavar="RECORD", help="a record file")
     export.add_argument("-o", "--output", metavar="FILE", required=True, help="output file")
     export.add_argument("--step", type=int, metavar="N", help="the step to draw (default: the last)")
-    export.add_argument("--graph", choices=("autograd", "flow", "modules", "tree"), default="autograd",
-                        help="the diagram (default: autograd; modules is the same as flow)")
+    what = export.add_mutually_exclusive_group()
+    what.add_argument("--graph", choices=("autograd", "flow", "modules", "tree"), default="autograd",
+                      help="the diagram (default: autograd; modules is the same as flow)")
+    what.add_argument("--chart", choices=("grad-flow", "loss"), help="a chart instead of a diagram")
+    export.add_argument("--steps", type=_step_range, metavar="A:B",
+                        help="charts: the steps to cover (grad-flow draws a band over them)")
     export.add_argument("--depth", type=_positive, metavar="K",
                         help="collapse modules K levels down into single nodes (default: as needed)")
     export.add_argument("--format", choices=("dot", "svg", "png", "pdf"),
@@ -123,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("runs", help="list the records under .gradscope/runs",
                    description="List the records under .gradscope/runs in the working directory, oldest first.")
     return parser
+
+
+def _step_range(text: str) -> tuple[int, int]:
+    first, sep, last = text.partition(":")
+    try:
+        span = (int(first), int(last))
+    except ValueError:
+        span = None
+    if not sep or span is None or span[0] > span[1]:
+        raise argparse.ArgumentTypeError(f"expected a step range A:B with A <= B, got {text!r}")
+    return span
 
 
 def _positive(text: str) -> int:
@@ -284,7 +301,7 @@ def _cmd_export(args) -> int:
 
     with open_record(args.record) as record:
         fmt = export_record(record, args.output, step=args.step, graph=args.graph,
-                            depth=args.depth, fmt=args.format)
+                            depth=args.depth, fmt=args.format, chart=args.chart, steps=args.steps)
     print(f"gradscope: wrote {args.output} ({fmt})", file=sys.stderr)
     return 0
 

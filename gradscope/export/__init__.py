@@ -1,5 +1,5 @@
 """Diagrams of a record: the autograd graph and the module tree (`view`), the module data flow
-(`flow`), drawn with Graphviz (`render`). `export_record` is what ``gradscope export`` runs;
+(`flow`), drawn with Graphviz (`render`); charts of gradient flow and loss (`charts`). `export_record` is what ``gradscope export`` runs;
 `autograd_digraph` turns any gradscope autograd graph into a `graphviz.Digraph`."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from ..record.reader import Record
 from ..trace.autograd import GraphData
 from .render import FORMATS, render, to_digraph
 from .scopes import up
+from .charts import CHARTS, grad_flow, loss_chart, render_chart
 from .flow import flow_view
 from .view import autograd_view, module_view
 
-__all__ = ["FORMATS", "GRAPHS", "autograd_digraph", "export_record"]
+__all__ = ["CHARTS", "FORMATS", "GRAPHS", "autograd_digraph", "export_record"]
 
 #: What ``--graph`` accepts: "modules" is the data flow between module calls, "tree" what
 #: contains what.
@@ -44,19 +45,23 @@ def autograd_digraph(graph, *, depth: int | None = None, fold_calls: int = 4,
 
 
 def export_record(record: Record, out: str | Path, *, step: int | None = None,
-                  graph: str = "autograd", depth: int | None = None, fmt: str | None = None) -> str:
-    """Write a diagram of `record` to `out`; returns the format used (from `fmt` or the suffix)."""
+                  graph: str = "autograd", depth: int | None = None, fmt: str | None = None,
+                  chart: str | None = None, steps: tuple[int, int] | None = None) -> str:
+    """Write a diagram (`graph`) or a `chart` of `record` to `out`; returns the format used
+    (from `fmt` or the suffix). `steps` (first, last) is the range a chart covers."""
     fmt = fmt or (Path(out).suffix.lstrip(".").lower() or "dot")
     if fmt == "gv":
         fmt = "dot"
     if fmt not in FORMATS:
         raise GradscopeError(f"cannot tell the format from {out}: use --format {'|'.join(FORMATS)}")
-    steps = record.step_numbers()
-    if not steps:
+    if chart is not None:
+        return _export_chart(record, out, chart, fmt, step, steps)
+    numbers = record.step_numbers()
+    if not numbers:
         raise GradscopeError(f"{record.path}: no steps recorded, nothing to draw")
-    if step is not None and step not in steps:
-        raise GradscopeError(f"{record.path}: no step {step} (steps {steps[0]}..{steps[-1]})")
-    at = steps[-1] if step is None else step
+    if step is not None and step not in numbers:
+        raise GradscopeError(f"{record.path}: no step {step} (steps {numbers[0]}..{numbers[-1]})")
+    at = numbers[-1] if step is None else step
     modules = record.modules()
     types = {m["name"]: m["type"] for m in modules}
     roots = {m["name"] for m in modules if m["name"] == m["root"]}
@@ -84,6 +89,19 @@ def export_record(record: Record, out: str | Path, *, step: int | None = None,
     else:
         raise GradscopeError(f"unknown graph {graph!r}: choose one of {', '.join(GRAPHS)}")
     data = render(to_digraph(view, grads=grads, findings=findings), fmt)
+    Path(out).write_bytes(data)
+    return fmt
+
+
+def _export_chart(record: Record, out, chart: str, fmt: str, step, steps) -> str:
+    title = f"{record.run().get('target', record.path.name)}: "
+    if chart == "grad-flow":
+        scene = grad_flow(record, step=step, steps=steps, title=title)
+    elif chart == "loss":
+        scene = loss_chart(record, steps=steps, title=title)
+    else:
+        raise GradscopeError(f"unknown chart {chart!r}: choose one of {', '.join(CHARTS)}")
+    data = render_chart(scene, fmt)
     Path(out).write_bytes(data)
     return fmt
 

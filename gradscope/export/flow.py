@@ -20,8 +20,8 @@ from collections import defaultdict
 
 from ..trace.autograd import GraphData
 from .scopes import call_paths, up
-from .view import (Node, View, _display, _fmt, _fold_siblings, _Grouper, _output_shape, before,
-                   call_title, fold_repeated_ops)
+from .view import (Node, View, _display, _fmt, _fold_siblings, _Grouper, _keys_at_depth, _output_shape,
+                   before, call_title)
 
 #: Without `depth`, the deepest expansion with at most this many nodes is drawn.
 MAX_NODES = 150
@@ -68,13 +68,7 @@ def flow_view(data: GraphData, *, module_types: dict[str, str], roots: set[str],
     grouper = _Grouper(data, paths, fold_calls)
     containers = {parent for m in types if (parent := up(m, roots)) is not None}
     keyer = _Keys(grouper, containers)
-    chosen = depth
-    if chosen is None:
-        for k in [None, *range(8, 0, -1)]:
-            chosen = k
-            if len({keyer.key(i, k) for i in data.nodes}) <= max_nodes:
-                break
-    keys = {info["id"]: keyer.key(info, chosen) for info in data.nodes}
+    keys = _keys_at_depth(data, keyer.key, depth, max_nodes, fold_calls, range(8, 0, -1))
     recorded = {(c["module"], c["call"]): c for c in calls or []}
 
     def same(module: str, call: int):
@@ -83,7 +77,6 @@ def flow_view(data: GraphData, *, module_types: dict[str, str], roots: set[str],
         return (counts.get(module), str(c.get("inputs")), str(c.get("outputs")))
 
     keys = _fold_siblings(data, keys, types, paths, same)
-    keys = fold_repeated_ops(data, keys, fold_calls)
 
     view = View(title, module_types=types, calls=grouper.calls)
     members: dict[tuple, list[dict]] = defaultdict(list)
@@ -95,6 +88,9 @@ def flow_view(data: GraphData, *, module_types: dict[str, str], roots: set[str],
         view.nodes[nid] = _flow_node(nid, key, infos, grouper, types, counts, containers)
 
     by_id = {info["id"]: info for info in data.nodes}
+    inputs: dict[str, int] = defaultdict(int)
+    for src, _, _, _ in data.edges:
+        inputs[src] += 1
 
     def passed(producer: str, consumer: str) -> str | None:
         """The tensor `producer` handed to `consumer`, as text, when the record tells."""
@@ -111,7 +107,15 @@ def flow_view(data: GraphData, *, module_types: dict[str, str], roots: set[str],
         if info.get("kind") in ("param", "leaf"):
             return _tensor_text(info)
         result = info.get("saved", {}).get("result")
-        return _tensor_text(result) if isinstance(result, dict) and "shape" in result else None
+        if isinstance(result, dict) and "shape" in result:
+            return _tensor_text(result)
+        if inputs.get(consumer) == 1:  # an op of one tensor input saved that input (or its size)
+            saved = by_id[consumer].get("saved", {})
+            if isinstance(saved.get("self"), dict) and "shape" in saved["self"]:
+                return _tensor_text(saved["self"])
+            if isinstance(saved.get("self_sym_sizes"), list):
+                return _fmt(saved["self_sym_sizes"])
+        return None
 
     fed: set[str] = set()
     for src, dst, _, _ in data.edges:

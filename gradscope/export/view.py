@@ -119,6 +119,25 @@ def fold_repeated_ops(data: GraphData, keys: dict[str, tuple], fold_calls: int) 
     return out
 
 
+def _keys_at_depth(data: GraphData, key, depth: int | None, max_nodes: int, fold_calls: int,
+                   depths) -> dict[str, tuple]:
+    """Each node's key at `depth`, or at the deepest of `depths` that brings the diagram under
+    `max_nodes` (rule 5), with repeated ops folded (rule 4, found once at full depth)."""
+    repeated = fold_repeated_ops(data, {i["id"]: key(i, None) for i in data.nodes}, fold_calls)
+
+    def at(info, k):
+        shown = key(info, k)
+        return repeated[info["id"]] if shown[0] == "node" else shown
+
+    chosen = depth
+    if chosen is None:
+        for k in [None, *depths]:
+            chosen = k
+            if len({at(i, k) for i in data.nodes}) <= max_nodes:
+                break
+    return {info["id"]: at(info, chosen) for info in data.nodes}
+
+
 class _Grouper:
     def __init__(self, data: GraphData, paths: dict[str, CallPath], fold_calls: int):
         self.paths = paths
@@ -144,15 +163,8 @@ def autograd_view(data: GraphData, *, module_types: dict[str, str] | None = None
     modules = set(types) | {info.get("scope") for info in data.nodes if info.get("call") is not None}
     paths = call_paths(data, roots, modules)
     grouper = _Grouper(data, paths, fold_calls)
-    chosen = depth
-    if chosen is None:
-        for k in [None, *range(6, 0, -1)]:
-            chosen = k
-            if len({grouper.key(i, k) for i in data.nodes}) <= max_nodes:
-                break
-    keys = {info["id"]: grouper.key(info, chosen) for info in data.nodes}
+    keys = _keys_at_depth(data, grouper.key, depth, max_nodes, fold_calls, range(6, 0, -1))
     keys = _fold_siblings(data, keys, types, paths)
-    keys = fold_repeated_ops(data, keys, fold_calls)
     view = View(title, module_types=types, calls=grouper.calls)
     members: dict[tuple, list[dict]] = defaultdict(list)
     for info in data.nodes:

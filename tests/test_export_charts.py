@@ -1,0 +1,96 @@
+"""Charts (export --chart grad-flow / loss): plain SVG read back as XML, png and pdf through Graphviz."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from test_export import needs_dot
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+TRAIN = """
+import torch
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+sched = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
+for step in range(6):
+    x = torch.randn(16, 4)
+    if step == 3:
+        x[0, 0] = float("inf")
+    loss = model(x).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+"""
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One training run (loss non-finite from step 3 on) shared by the tests of this file."""
+    folder = tmp_path_factory.mktemp("charts")
+    (folder / "train.py").write_text(TRAIN)
+    subprocess.run([sys.executable, "-m", "gradscope", "run", "--headless", "--record", "r.sqlite", "train.py"],
+                   cwd=folder, check=True, capture_output=True, timeout=600)
+    return folder
+
+
+@pytest.fixture
+def record(recorded, tmp_path):
+    (tmp_path / "r.sqlite").write_bytes((recorded / "r.sqlite").read_bytes())
+    return "r.sqlite"
+
+
+def _svg(path):
+    root = ET.parse(path).getroot()
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    tips = [t.text for t in root.iter(f"{SVG}title")]
+    return root, texts, tips
+
+
+def test_grad_flow_chart_shows_layers_in_forward_order_on_a_log_axis(run_cli, record, tmp_path):
+    run_cli("export", record, "--chart", "grad-flow", "--step", "1", "-o", "flow.svg", check=0)
+    root, texts, tips = _svg(tmp_path / "flow.svg")
+    layers = [t for t in texts if t and t.endswith((".weight", ".bias"))]
+    assert layers == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert "gradient flow, step 1" in texts[0]
+    assert any(t.startswith("1e-") for t in texts)  # decades on the log axis
+    lines = [p.get("points").split() for p in root.iter(f"{SVG}polyline")]
+    assert sum(len(points) == 4 for points in lines) == 2  # rms and max, one point per layer
+    assert not any("non-finite" in (t or "") for t in tips)
+
+
+def test_grad_flow_marks_non_finite_gradients_and_findings_and_bands_a_range(run_cli, record, tmp_path):
+    run_cli("export", record, "--chart", "grad-flow", "--steps", "0:5", "-o", "flow.svg", check=0)
+    root, texts, tips = _svg(tmp_path / "flow.svg")
+    assert "steps 0..5 (6 recorded)" in texts[0]
+    bands = [t for t in tips if t and ": rms " in t]
+    assert len(bands) == 4
+    assert sum("non-finite gradient" in (t or "") for t in tips) == 4
+    assert any("error: nonfinite" in (t or "") for t in tips)
+
+
+def test_loss_chart_has_loss_lr_findings_and_non_finite_steps(run_cli, record, tmp_path):
+    run_cli("export", record, "--chart", "loss", "-o", "loss.svg", check=0)
+    root, texts, tips = _svg(tmp_path / "loss.svg")
+    assert "loss and learning rate, steps 0..5" in texts[0]
+    assert [t for t in tips if t and "non-finite loss" in t] == [f"step {s}: non-finite loss" for s in (3, 4, 5)]
+    assert any(t and "nonfinite" in t and t.startswith("steps 3") for t in tips)
+    colours = [p.get("stroke") for p in root.iter(f"{SVG}polyline")]
+    assert "#2ca02c" in colours and "#1f77b4" in colours  # learning rate and loss
+    loss_line = next(p for p in root.iter(f"{SVG}polyline") if p.get("stroke") == "#1f77b4" and p.get("stroke-width") == "2")
+    assert len(loss_line.get("points").split()) == 3  # the finite steps 0..2
+
+
+@needs_dot
+def test_charts_as_png_and_pdf_and_bad_ranges(run_cli, record, tmp_path):
+    run_cli("export", record, "--chart", "grad-flow", "-o", "flow.png", check=0)
+    assert (tmp_path / "flow.png").read_bytes()[:4] == b"\x89PNG"
+    run_cli("export", record, "--chart", "loss", "-o", "loss.pdf", check=0)
+    assert (tmp_path / "loss.pdf").read_bytes()[:4] == b"%PDF"
+    proc = run_cli("export", record, "--chart", "grad-flow", "--steps", "40:50", "-o", "x.svg")
+    assert proc.returncode == 2 and "no steps in 40:50" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("export", record, "--chart", "loss", "--steps", "5-2", "-o", "x.svg")
+    assert proc.returncode == 2 and "A:B" in proc.stderr
+    assert not (tmp_path / "x.svg").exists()
