@@ -23,7 +23,7 @@ from statistics import median
 import graphviz
 
 from ..errors import GradscopeError
-from ..findings import SEVERITIES
+from ..findings import severity_rank
 from ..record.reader import Record
 from .render import FINDING_COLOURS
 
@@ -209,8 +209,7 @@ def _draw_axis(scene: Scene, axis: _Axis, x: float, side: str, colour: str, name
 
 
 def _worst(findings: list[dict]) -> str:
-    return min((f["severity"] for f in findings),
-               key=lambda s: SEVERITIES.index(s) if s in SEVERITIES else len(SEVERITIES))
+    return min((f["severity"] for f in findings), key=severity_rank)
 
 
 def _legend(scene: Scene, x: float, y: float, entries: list[tuple[str, str]]):
