@@ -58,14 +58,18 @@ def _title(title: str, kinds: list[str], severities: list[str]) -> str:
     """The diagram's title with the legend under it: swatches for the kinds present."""
     items = [(STYLE[k]["fillcolor"], "#555555", "1", KIND_NAMES[k]) for k in kinds]
     items += [(FINDING_FILL[s], FINDING_COLOURS[s], "2", f"{s} finding") for s in severities]
-    rows = []
+    rows, widths = [], []
     for start in range(0, len(items), _LEGEND_ROW):
+        chunk = items[start:start + _LEGEND_ROW]
         cells = "".join(
             f'<td bgcolor="{fill}" color="{edge}" border="{width}" width="14" height="10" fixedsize="true"></td>'
             f'<td align="left"><font point-size="10">{_text(text)}</font></td>'
-            for fill, edge, width, text in items[start:start + _LEGEND_ROW])
+            for fill, edge, width, text in chunk)
         rows.append(f"<tr>{cells}</tr>")
-    legend = f'<tr><td><table border="0" cellspacing="3">{"".join(rows)}</table></td></tr>' if rows else ""
+        widths.append(sum(30 + 6.5 * len(text) for *_, text in chunk))
+    # A table of fixed size: Graphviz would otherwise stretch its columns to the title's width.
+    legend = (f'<tr><td><table border="0" cellspacing="3" fixedsize="true" width="{max(widths):.0f}" '
+              f'height="{20 * len(rows) + 4}">{"".join(rows)}</table></td></tr>') if rows else ""
     return f'<<table border="0" cellborder="0"><tr><td><b>{_text(title)}</b></td></tr>{legend}</table>>'
 
 
