@@ -50,3 +50,38 @@ def label(name: str, run) -> str:
 def finite(step) -> bool:
     """Whether every statistic of the step is finite (nonfinite reports the rest)."""
     return not any(s.nonfinite for s in step.stats)
+
+
+#: Backward ops of tensor views and copies that leave values as they are (view, reshape,
+#: squeeze/unsqueeze, flatten, permute/transpose, contiguous, select/index/slice, expand, casts).
+VIEW_OPS = frozenset({
+    "View", "UnsafeView", "ReshapeAlias", "Squeeze", "Unsqueeze", "Permute", "T", "Transpose",
+    "Clone", "Select", "Index", "Slice", "Expand", "ToCopy", "Split", "SplitWithSizes", "Unbind",
+    "AsStrided", "Alias", "UnsafeSplit", "Narrow",
+})
+
+
+def is_view(op: str) -> bool:
+    base, _, version = op.rpartition("Backward")
+    return version.isdigit() and base in VIEW_OPS
+
+
+def children(graph, node) -> list:
+    """The ops that produced `node`'s inputs, in input order."""
+    return sorted(graph.successors(node), key=lambda c: graph.edges[node, c]["index"])
+
+
+def through_views(graph, node) -> list:
+    """The first ops below `node` that are not views: what feeds `node`, looking through view-like
+    ops (a softmax followed by ``view(-1, C)`` still feeds the loss)."""
+    found, stack, seen = [], list(reversed(children(graph, node))), set()
+    while stack:
+        child = stack.pop()
+        if child in seen:
+            continue
+        seen.add(child)
+        if is_view(graph.nodes[child]["op"]):
+            stack.extend(reversed(children(graph, child)))
+        else:
+            found.append(child)
+    return found

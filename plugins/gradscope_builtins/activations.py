@@ -7,7 +7,10 @@ judged on the units of the Linear (last dim) or convolution (dim 1) layer feedin
 rise above zero.
 
 saturation: a Sigmoid or Tanh module with more than `fraction` (0.5) of its inputs at
-``abs >= 5`` (counted on its outputs, beyond sigmoid(±5) and tanh(±5)), `patience` steps.
+``abs >= 5`` (counted on its outputs, beyond sigmoid(±5) and tanh(±5)), `patience` steps. A
+Sigmoid whose output feeds a probability loss (``BCELoss``, through view-like ops) is left
+alone: confident, correct predictions sit in its tails, and the loss's gradient does not pass
+through the flat sigmoid derivative alone.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 import gradscope
 from gradscope import DeadUnits, Finding, TailCount
 
-from ._util import Streak, finite
+from ._util import Streak, finite, through_views
 
 RELU_TYPES = ("ReLU", "ReLU6")
 FEEDS_RELU_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Bilinear")
@@ -85,11 +88,13 @@ SATURATED = (
     TailCount("saturated-tanh", ("Tanh",), -math.tanh(5), math.tanh(5)),
     TailCount("saturated-sigmoid", ("Sigmoid",), SIGMOID_TAIL, 1 - SIGMOID_TAIL),
 )
+PROBABILITY_LOSSES = ("BinaryCrossEntropyBackward0",)
 
 
 class Saturation:
     def __init__(self):
         self._streak = Streak()
+        self._feeds_loss: set[str] = set()  # Sigmoid modules whose output is a probability loss's input
 
     @gradscope.hookimpl
     def gradscope_configure(self, config):
@@ -101,13 +106,21 @@ class Saturation:
         return list(SATURATED)
 
     @gradscope.hookimpl
+    def gradscope_graph(self, graph):
+        for node, data in graph.nodes(data=True):
+            if data["op"] in PROBABILITY_LOSSES:
+                for child in through_views(graph, node):
+                    if graph.nodes[child]["op"] == "SigmoidBackward0" and graph.nodes[child].get("scope"):
+                        self._feeds_loss.add(graph.nodes[child]["scope"])
+
+    @gradscope.hookimpl
     def gradscope_step(self, step, run):
         if not finite(step):
             return None
         findings = []
         names = {t.name for t in SATURATED}
         for (module, call, name), (count, total) in step.tails.items():
-            if name not in names or call != 0 or not total:
+            if name not in names or call != 0 or not total or module in self._feeds_loss:
                 continue
             share = count / total
             if self._streak.update(module, share > self.fraction) < self.patience:

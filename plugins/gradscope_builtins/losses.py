@@ -4,7 +4,9 @@
   (an ``ExpandBackward0`` between the loss and its input): ``MSELoss`` on [B, 1] vs [B]
   compares every prediction with every target.
 - softmax-before-ce: cross-entropy fed with softmax probabilities (``NllLossBackward0 <-
-  LogSoftmaxBackward0 <- SoftmaxBackward0``), or BCE-with-logits fed with sigmoid outputs.
+  LogSoftmaxBackward0 <- SoftmaxBackward0``), or BCE-with-logits fed with sigmoid outputs,
+  looking through view-like ops in between (``softmax -> view(-1, C) -> cross_entropy``,
+  ``sigmoid -> squeeze(1) -> binary_cross_entropy_with_logits``).
 """
 
 from __future__ import annotations
@@ -12,14 +14,12 @@ from __future__ import annotations
 import gradscope
 from gradscope import Finding
 
+from ._util import children, through_views
+
 LOSS_OPS = {
     "MseLossBackward0", "L1LossBackward0", "SmoothL1LossBackward0", "HuberLossBackward0",
     "BinaryCrossEntropyBackward0", "SoftMarginLossBackward0",
 }
-
-
-def _children(graph, node):
-    return sorted(graph.successors(node), key=lambda c: graph.edges[node, c]["index"])
 
 
 def _where(graph, node) -> str:
@@ -34,7 +34,7 @@ class LossBroadcast:
         for node, data in graph.nodes(data=True):
             if data["op"] not in LOSS_OPS:
                 continue
-            expanded = [c for c in _children(graph, node) if graph.nodes[c]["op"] == "ExpandBackward0"]
+            expanded = [c for c in children(graph, node) if graph.nodes[c]["op"] == "ExpandBackward0"]
             if not expanded:
                 continue
             saved = data.get("saved", {})
@@ -57,14 +57,14 @@ class SoftmaxBeforeCE:
         findings = []
         for node, data in graph.nodes(data=True):
             if data["op"] == "NllLossBackward0":
-                for log in _children(graph, node):
+                for log in through_views(graph, node):
                     if graph.nodes[log]["op"] != "LogSoftmaxBackward0":
                         continue
-                    for prob in _children(graph, log):
+                    for prob in through_views(graph, log):
                         if graph.nodes[prob]["op"] == "SoftmaxBackward0":
                             findings.append(self._finding(step, graph, prob, "cross_entropy", "softmax"))
             elif data["op"] == "BinaryCrossEntropyWithLogitsBackward0":
-                for prob in _children(graph, node):
+                for prob in through_views(graph, node):
                     if graph.nodes[prob]["op"] == "SigmoidBackward0":
                         findings.append(self._finding(step, graph, prob, "binary_cross_entropy_with_logits", "sigmoid"))
         return findings

@@ -2,15 +2,20 @@
 
 - missing-zero-grad: `window` (3) optimizer steps in a row with a backward and no zero_grad
   (of the optimizer or the model) while gradients keep growing.
-- param-not-in-optimizer: a trainable parameter gets gradients but no optimizer holds it.
-- param-without-grad: an optimizer holds a trainable parameter that got no gradient in the
-  first `window` (3) steps with a backward (or in the whole run, if shorter).
-- update-ratio: median |Δw|/|w| over the optimizer's weight matrices outside [`low`, `high`]
-  (1e-5, 1e-1; Karpathy's ~1e-3 rule of thumb) for `patience` (2) steps in a row.
+- param-not-in-optimizer: a trainable parameter gets gradients but no optimizer holds it, for
+  `patience` (3) steps in a row with an optimizer step.
+- param-without-grad: an optimizer holds a trainable parameter (``requires_grad``) that got no
+  gradient in the first `window` (50) steps with a backward (or in the whole run, if shorter):
+  a head trained on one batch in four is fine, frozen parameters are not judged.
+- update-ratio: median |Δw|/|w| outside [`low`, `high`] (1e-5, 1e-1; Karpathy's ~1e-3 rule of
+  thumb) for `patience` (5) judged steps in a row, after `warmup` (5) optimizer steps. Judged
+  over the weight matrices that got a gradient in the step and whose learning rate is not 0
+  (frozen layers, a warming-up group at lr=0), for optimizers that pick their own step size
+  by line search (LBFGS) never.
 - out-of-step-update: a parameter an optimizer holds changed between steps outside
   ``optimizer.step()`` (through ``.data``, ``copy_``, a manual update...).
-- eval-mode-training: an optimizer steps while dropout or trained batch-norm modules are in
-  eval mode.
+
+eval-mode-training lives in `modes`.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import statistics
 import gradscope
 from gradscope import Finding
 
-from ._util import Streak, finite, label
+from ._util import Streak, finite
 
-DROPOUT_TYPES = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"}
-NORM_TYPES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"}
+#: Optimizers whose step size comes from a line search, not from the learning rate.
+LINE_SEARCH = {"LBFGS"}
 
 
 def _grad_names(step) -> set[str]:
@@ -65,15 +70,24 @@ class MissingZeroGrad:
 
 
 class ParamNotInOptimizer:
+    def __init__(self):
+        self._streak = Streak()
+
+    @gradscope.hookimpl
+    def gradscope_configure(self, config):
+        self.patience = config.get("param-not-in-optimizer", "patience", 3)
+
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
-        if not run.optimizers:
+        if not run.optimizers or not step.optimizer_steps:
             return None
         held = run.optimized()
         findings = []
-        for name in sorted(_grad_names(step) - held):
-            param = run.parameters.get(name, {})
-            if param.get("requires_grad") and param.get("module") is not None:
+        grads = _grad_names(step)
+        for name in sorted(set(run.parameters) - held):
+            param = run.parameters[name]
+            lacking = name in grads and param.get("requires_grad") and param.get("module") is not None
+            if self._streak.update(name, bool(lacking)) >= self.patience:
                 findings.append(Finding(
                     "param-not-in-optimizer", "warning", name, step.step,
                     f"{name} gets gradients but no optimizer holds it, so it never trains",
@@ -93,7 +107,7 @@ class ParamWithoutGrad:
 
     @gradscope.hookimpl
     def gradscope_configure(self, config):
-        self.window = config.get("param-without-grad", "window", 3)
+        self.window = config.get("param-without-grad", "window", 50)
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
@@ -130,32 +144,62 @@ class ParamWithoutGrad:
         return findings
 
 
+def learning_rates(step, run) -> dict[str, float | None]:
+    """The learning rate of each parameter an optimizer holds, from its group (None: unknown)."""
+    lrs = {}
+    for index, opt in run.optimizers.items():
+        groups, rates = opt.get("groups", []), step.lrs.get(f"optimizer{index}", [])
+        sizes = [g.get("size") for g in groups]
+        if len(rates) == len(sizes) and None not in sizes and sum(sizes) == len(opt["params"]):
+            names = iter(opt["params"])
+            for size, lr in zip(sizes, rates):
+                for _ in range(size):
+                    lrs[next(names)] = lr
+        elif len(set(rates)) == 1:  # one learning rate for every group
+            lrs.update(dict.fromkeys(opt["params"], rates[0]))
+    return lrs
+
+
 class UpdateRatio:
     def __init__(self):
         self._streak = Streak()
+        self._judged = 0
 
     @gradscope.hookimpl
     def gradscope_configure(self, config):
         self.low = config.get("update-ratio", "low", 1e-5)
         self.high = config.get("update-ratio", "high", 1e-1)
-        self.patience = config.get("update-ratio", "patience", 2)
+        self.patience = config.get("update-ratio", "patience", 5)
+        self.warmup = config.get("update-ratio", "warmup", 5)
+
+    def _ratios(self, step, run) -> dict[str, float]:
+        grads = _grad_names(step)
+        lrs = learning_rates(step, run)
+        ratios = {}
+        for name, update in step.updates.items():
+            if update.optimizer is None or not update.weight or name not in grads:
+                continue
+            if run.optimizers.get(update.optimizer, {}).get("type") in LINE_SEARCH:
+                continue
+            lr = lrs.get(name)
+            if lr == 0 or (lr is None and update.delta == 0):
+                continue  # not meant to move (a group at lr=0)
+            ratios[name] = update.ratio if math.isfinite(update.delta) else math.inf
+        matrices = {n: r for n, r in ratios.items() if len(run.parameters.get(n, {}).get("shape", [])) >= 2}
+        return matrices or ratios
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
         if not finite(step):
             return None
-        ratios = {}
-        for name, update in step.updates.items():
-            if update.optimizer is None or not update.weight:
-                continue
-            ratio = update.ratio if math.isfinite(update.delta) else math.inf
-            ratios[name] = ratio
-        matrices = {n: r for n, r in ratios.items() if len(run.parameters.get(n, {}).get("shape", [])) >= 2}
-        ratios = matrices or ratios
+        ratios = self._ratios(step, run)
         if not ratios:
             return None
+        self._judged += 1
         median = statistics.median(ratios.values())
         too_high, too_low = not median <= self.high, median < self.low
+        if self._judged <= self.warmup:  # the first updates after initialisation are not typical
+            too_high = too_low = False
         high_run = self._streak.update("high", too_high)
         low_run = self._streak.update("low", too_low)
         if high_run < self.patience and low_run < self.patience:
@@ -163,17 +207,21 @@ class UpdateRatio:
         pick = max if too_high else min
         subject = pick(ratios, key=ratios.get)
         lrs = step.lrs
+        steps = max(high_run, low_run)
         if too_high:
             message = (f"updates are too large: median |Δw|/|w| is {median:.3g} (healthy "
-                       f"{self.low:g}..{self.high:g}), {subject} moves by {ratios[subject]:.3g} of its size")
+                       f"{self.low:g}..{self.high:g}) for {steps} steps, {subject} moves by "
+                       f"{ratios[subject]:.3g} of its size")
             hint = "The learning rate is too high: lower it (try 10x smaller) or use warm-up."
         else:
             message = (f"updates are too small: median |Δw|/|w| is {median:.3g} (healthy "
-                       f"{self.low:g}..{self.high:g}); {subject} moves by {ratios[subject]:.3g} of its size")
-            hint = ("The learning rate is too low (or zero), or gradients are tiny: raise the "
-                    "learning rate or check the scheduler.")
+                       f"{self.low:g}..{self.high:g}) for {steps} steps; {subject} moves by "
+                       f"{ratios[subject]:.3g} of its size")
+            hint = ("The learning rate is too low, or gradients are tiny: raise the learning "
+                    "rate or check the scheduler.")
         return [Finding("update-ratio", "warning", subject, step.step, message,
-                        {"median_ratio": median, "ratio": ratios[subject], "lrs": lrs}, hint)]
+                        {"median_ratio": median, "ratio": ratios[subject], "steps": steps, "lrs": lrs},
+                        hint)]
 
 
 class OutOfStepUpdate:
@@ -194,33 +242,3 @@ class OutOfStepUpdate:
                 "deliberate edits in torch.no_grad() and expect this warning.",
             ))
         return findings
-
-
-class EvalModeTraining:
-    @gradscope.hookimpl
-    def gradscope_step(self, step, run):
-        if not step.optimizer_steps or not step.eval_modules:
-            return None
-        held = run.optimized()
-        offending = []
-        for name in step.eval_modules:
-            kind = run.modules.get(name, {}).get("type")
-            if kind in DROPOUT_TYPES:
-                offending.append(name)
-            elif kind in NORM_TYPES:
-                own = [p for p, row in run.parameters.items() if row.get("module") == name]
-                if any(p in held and run.parameters[p].get("requires_grad") for p in own):
-                    offending.append(name)
-        if not offending:
-            return None
-        order = {m: i for i, m in enumerate(run.forward_order)}
-        offending.sort(key=lambda m: order.get(m, len(order)))
-        first = offending[0]
-        return [Finding(
-            "eval-mode-training", "warning", first, step.step,
-            f"optimizer{step.optimizer_steps[0]} stepped while {len(offending)} dropout/batch-norm "
-            f"module(s) were in eval mode, first {label(first, run)}",
-            {"modules": offending},
-            "Call model.train() before training steps (model.eval() for validation only); "
-            "freeze batch-norm on purpose by also freezing its parameters.",
-        )]
