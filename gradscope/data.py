@@ -68,6 +68,8 @@ class StepData:
     time: float
     backwards: int = 0
     optimizer_steps: list[int] = field(default_factory=list)
+    #: optimizers whose step a ``GradScaler`` skipped (overflowing gradients), live runs only
+    skipped: list[int] = field(default_factory=list)
     zero_grad: list[dict] = field(default_factory=list)
     eval_modules: list[str] = field(default_factory=list)
     lrs: dict[str, list] = field(default_factory=dict)

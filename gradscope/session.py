@@ -81,6 +81,7 @@ class Session:
         self._failures: set[tuple[str, str]] = set()
         self._closed = False
         self._placements: dict[str, dict] = {}  # sharded parameter -> its layout (a run field)
+        self._scaler_open = None  # (open step, its optimizer steps) when GradScaler.step began
         self.step = 0
         self.open = self._new_step(want_graph=self._schedule.walk_graph(0, None))
         patches.add_listener(self)
@@ -235,6 +236,25 @@ class Session:
         if rows is not None:
             self.open.batch.add("update", [(n, entry.index) for n in names], [1] * len(names), rows)
         self.open.optimizer_steps.append(entry.index)
+        self.boundary("optimizer", primary=self._optimizers.is_primary(entry))
+
+    # -- GradScaler (via trace.patches) ----------------------------------------------------
+    @guarded
+    def before_scaler_step(self, optimizer):
+        self._scaler_open = (self.open, len(self.open.optimizer_steps))
+
+    @guarded
+    def after_scaler_step(self, optimizer):
+        entry = self._optimizers.get(optimizer)
+        before = self._scaler_open
+        self._scaler_open = None
+        if entry is None or before is None:
+            return
+        step, count = before
+        if step is not self.open or entry.index in step.optimizer_steps[count:]:
+            return  # the optimizer stepped
+        step.skipped.append(entry.index)
+        self._optimizers.note_step(entry)
         self.boundary("optimizer", primary=self._optimizers.is_primary(entry))
 
     # -- step boundary --------------------------------------------------------------------

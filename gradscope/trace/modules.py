@@ -97,7 +97,7 @@ class ModuleHooks:
         outputs, tensors = describe(output)
         step.calls.append({
             "module": name, "call": call, "training": module.training,
-            "inputs": inputs, "outputs": outputs,
+            "grad": torch.is_grad_enabled(), "inputs": inputs, "outputs": outputs,
         })
         if not step.full:
             if step.want_graph:

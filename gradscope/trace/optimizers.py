@@ -80,8 +80,10 @@ class Optimizers:
 
 
 def describe_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
-    """The host-side settings of each param group (numbers, flags and strings only)."""
+    """The host-side settings of each param group (numbers, flags and strings only), and its
+    `size`: how many of the optimizer's parameters, in order, belong to it."""
     return [
-        {k: v for k, v in g.items() if k != "params" and isinstance(v, (bool, int, float, str))}
+        {**{k: v for k, v in g.items() if k != "params" and isinstance(v, (bool, int, float, str))},
+         "size": len(g["params"])}
         for g in optimizer.param_groups
     ]

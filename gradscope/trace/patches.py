@@ -1,9 +1,11 @@
-"""The three places torch offers no hook, wrapped while at least one session is attached.
+"""The places torch offers no hook, wrapped while at least one session is attached.
 
 - ``torch.autograd.backward`` (``Tensor.backward`` calls it): which tensor backward ran on (the
   loss), the graph before backward frees it, and parameter gradients right after.
 - ``torch.optim.Optimizer.zero_grad`` and ``torch.nn.Module.zero_grad``: whether and how
   gradients were cleared during a step.
+- ``torch.amp.GradScaler.step``: whether the scaler let the optimizer step or skipped the step
+  because the scaled gradients overflowed (mixed precision does that by design).
 
 The wrappers call the original first or last and never change arguments or results. They are
 installed by the first session and restored by the last one to leave; each listener's failure
@@ -47,10 +49,25 @@ def _zero_grad(original):
     return zero_grad
 
 
+def _scaler_step(original):
+    @functools.wraps(original)
+    def step(self, optimizer, *args, **kwargs):
+        listeners = list(_listeners)
+        for listener in listeners:
+            listener.before_scaler_step(optimizer)
+        result = original(self, optimizer, *args, **kwargs)
+        for listener in listeners:
+            listener.after_scaler_step(optimizer)
+        return result
+
+    return step
+
+
 _TARGETS = (
     (torch.autograd, "backward", _backward),
     (torch.optim.Optimizer, "zero_grad", _zero_grad),
     (torch.nn.Module, "zero_grad", _zero_grad),
+    (torch.amp.GradScaler, "step", _scaler_step),
 )
 
 

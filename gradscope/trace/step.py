@@ -2,8 +2,9 @@
 
 A step ends in one of three ways, decided by `ends_step` alone:
 
-- ``"optimizer"``: the primary optimizer (the first that ever stepped) finished ``step()``;
-  other optimizers' updates belong to the step that is open when they run;
+- ``"optimizer"``: the primary optimizer (the first that ever stepped) finished ``step()``, or
+  a ``GradScaler`` skipped its step; other optimizers' updates belong to the step that is open
+  when they run;
 - ``"forward"``: while no optimizer is watched yet, a watched root module starts a forward
   after a backward ran (``gradscope run`` learns about optimizers at their first step);
 - ``"close"``: the session closes with anything recorded in the open step.
@@ -55,11 +56,12 @@ class OpenStep:
     hists: dict[str, torch.Tensor | None] = field(default_factory=dict)
     zero_grads: list[dict] = field(default_factory=list)
     optimizer_steps: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # optimizers whose step a GradScaler skipped
     backwards: int = 0
     graph: object = None
 
     def active(self) -> bool:
-        return bool(self.calls or self.backwards or self.optimizer_steps)
+        return bool(self.calls or self.backwards or self.optimizer_steps or self.skipped)
 
     def signature(self) -> tuple:
         """The shape of the step's module calls: a new signature means a new graph to walk."""
@@ -91,6 +93,7 @@ class OpenStep:
             time=self.started,
             backwards=self.backwards,
             optimizer_steps=self.optimizer_steps,
+            skipped=self.skipped,
             zero_grad=self.zero_grads,
             eval_modules=eval_modules,
             lrs=lrs,

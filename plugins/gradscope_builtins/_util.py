@@ -85,3 +85,56 @@ def through_views(graph, node) -> list:
         else:
             found.append(child)
     return found
+
+
+def finite_before_update(step) -> bool:
+    """Whether everything the step computed before its update was finite (weights may not be)."""
+    return not any(s.nonfinite for s in step.stats if s.kind != "weight")
+
+
+def blowup(step, run, limit: float = 1.0) -> dict | None:
+    """Where a step whose gradients were finite blew the weights up: the parameter an optimizer
+    moved the most relative to its size, when it moved by more than `limit` times its size
+    (or to a non-finite value). None when no update was that large."""
+    worst, worst_ratio = None, 0.0
+    for name, update in step.updates.items():
+        if update.optimizer is None or update.delta is None:
+            continue
+        if not math.isfinite(update.delta):
+            ratio = math.inf
+        elif update.weight:
+            ratio = update.delta / update.weight
+        else:
+            continue
+        if ratio > worst_ratio:
+            worst, worst_ratio = name, ratio
+    if worst is None or not worst_ratio > limit:
+        return None
+    grad = next((s for s in step.stats if s.kind == "grad" and s.subject == worst), None)
+    return {"step": step.step, "param": worst, "layer": run.module_of(worst) or worst,
+            "update_ratio": worst_ratio, "grad_norm": None if grad is None else grad.norm}
+
+
+class Divergence:
+    """Follows a run step by step and, at its first non-finite step, finds the step and layer
+    where the updates blew up: that step itself when its gradients were still finite (the
+    update overflowed), else the last finite step before it."""
+
+    def __init__(self):
+        self._last = None  # the last step whose statistics were all finite
+        self.seen = False  # a non-finite step was met
+
+    def cause(self, step, run) -> dict | None:
+        """At the first non-finite step: the blow-up behind it (see `blowup`), else None; steps
+        a GradScaler skipped are not divergence."""
+        if getattr(step, "skipped", None):
+            return None
+        if finite(step):
+            self._last = step
+            return None
+        if self.seen:
+            return None
+        self.seen = True
+        if finite_before_update(step) and (found := blowup(step, run)) is not None:
+            return found
+        return None if self._last is None else blowup(self._last, run)

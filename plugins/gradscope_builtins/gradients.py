@@ -7,6 +7,11 @@ DeepDiagnosis: exploding when first/last > `ratio` (70), or when the total param
 norm grew more than `growth` (1000) times over its first recorded value; vanishing when
 first/last < `ratio` (1e-3) and the first layer's parameter gradient norm < `norm` (1e-4).
 A rule must hold `patience` (2) steps in a row.
+
+A run that goes non-finite has no second step to wait for: at its first non-finite step,
+exploding-grad names the step and layer where an update moved weights by more than their size
+(that step, when its gradients were still finite, else the last finite step), with no
+patience: that blow-up is the cause the ``nonfinite`` finding points to.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import math
 import gradscope
 from gradscope import Finding
 
-from ._util import Streak, finite, layer_gradients
+from ._util import Divergence, Streak, finite, layer_gradients
 
 
 class ExplodingGrad:
     def __init__(self):
         self._streak = Streak()
         self._first_total = None
+        self._divergence = Divergence()
 
     @gradscope.hookimpl
     def gradscope_configure(self, config):
@@ -32,6 +38,18 @@ class ExplodingGrad:
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
+        cause = self._divergence.cause(step, run)
+        if cause is not None:
+            grad = "" if cause["grad_norm"] is None else f" (gradient norm {cause['grad_norm']:.3g})"
+            return [Finding(
+                "exploding-grad", "error", cause["layer"], cause["step"],
+                f"the run diverged here: the update moved {cause['param']} by "
+                f"{cause['update_ratio']:.3g}x its size{grad}, and values turned non-finite "
+                f"at step {step.step}",
+                {**cause, "nonfinite_step": step.step},
+                "Lower the learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), or "
+                "check the initialisation scale; add warm-up for large models.",
+            )]
         layers = layer_gradients(step, run)
         if not layers or not finite(step):
             return None

@@ -2,15 +2,24 @@
 
 The subject is where non-finite values start: the model's input, else the first module in
 forward order whose output holds them, else the first module output whose gradient holds them
-in backward order, else a parameter's gradient or weight.
+in backward order, else a parameter's gradient or weight. When the run diverged (an update
+moved weights by more than their size, at the first non-finite step or the finite step
+before it), the evidence names that step and layer as the cause (``caused_by``), the one
+``exploding-grad`` reports.
+
+Steps a ``torch.amp.GradScaler`` skipped because the scaled gradients overflowed are normal in
+mixed precision: each is recorded as an ``info`` finding on the optimizer; only `skips` (10)
+skipped steps in a row (the overflow persists, the scale keeps collapsing) make a warning.
 """
 
 from __future__ import annotations
 
+import math
+
 import gradscope
 from gradscope import Finding
 
-from ._util import label
+from ._util import Divergence, label
 
 CHECK = "nonfinite"
 
@@ -19,6 +28,13 @@ class NonFinite:
     def __init__(self):
         self._graph = None
         self._bad_weights: dict[str, int] = {}  # parameter -> first step it was non-finite
+        self._divergence = Divergence()
+        self._cause: dict | None = None
+        self._skipped = 0  # steps a GradScaler skipped in a row
+
+    @gradscope.hookimpl
+    def gradscope_configure(self, config):
+        self.skips = config.get("nonfinite", "skips", 10)
 
     @gradscope.hookimpl
     def gradscope_graph(self, graph):
@@ -37,11 +53,61 @@ class NonFinite:
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
+        cause = self._divergence.cause(step, run)
+        self._cause = self._cause or cause
+        skipped = getattr(step, "skipped", None)
+        self._skipped = self._skipped + 1 if skipped else 0
+        found = self._origin(step, run)
+        if skipped:
+            return self._skip(step, skipped, found)
+        if found and self._cause:
+            cause = self._cause
+            found = [Finding(
+                f.check, f.severity, f.subject, f.step,
+                f"{f.message}; caused by updates that blew up at step {cause['step']} in "
+                f"{cause['layer']} ({cause['param']} moved {cause['update_ratio']:.3g}x its size; "
+                f"see exploding-grad)",
+                {**f.evidence, "caused_by": {"check": "exploding-grad", **cause}}, f.hint,
+            ) for f in found]
+        return found
+
+    def _skip(self, step, skipped, found):
+        optimizer = f"optimizer{skipped[0]}"
+        where = found[0] if found else None
+        evidence = {"skipped_in_a_row": self._skipped, "optimizers": skipped}
+        if where is not None:
+            evidence["first_nonfinite"] = {"subject": where.subject, **where.evidence}
+        if self._skipped < self.skips:
+            return [Finding(
+                CHECK, "info", optimizer, step.step,
+                f"GradScaler skipped {optimizer}'s step: the scaled gradients overflowed"
+                + (f" (first in {where.subject})" if where else "")
+                + "; it lowers its scale and goes on, as mixed precision does",
+                evidence,
+                "Nothing to do while it happens now and then; many skips in a row mean a real "
+                "NaN/inf, not the scale.",
+            )]
+        return [Finding(
+            CHECK, "warning", where.subject if where else optimizer, step.step,
+            f"GradScaler skipped {self._skipped} steps of {optimizer} in a row: the overflow "
+            f"persists whatever the scale"
+            + (f"; non-finite values start at {where.subject}" if where else ""),
+            evidence,
+            "The gradients hold a real NaN/inf, not a scaling overflow: check the input data and "
+            "the ops that run in float16 (use bfloat16 or keep them in float32), lower the "
+            "learning rate.",
+        )]
+
+    def _origin(self, step, run):
+        """A finding on where the step's non-finite values start (None when all are finite)."""
         bad = [s for s in step.stats if s.nonfinite]
         carried = dict(self._bad_weights)
         for s in bad:
             if s.kind == "weight":
                 self._bad_weights.setdefault(s.subject, step.step)
+        for name, update in step.updates.items():
+            if not math.isfinite(update.step_delta):  # the weight turned non-finite in this step
+                self._bad_weights.setdefault(name, step.step)
         if not bad:
             return None
         by_kind = lambda kind: next((s for s in bad if s.kind == kind), None)

@@ -8,7 +8,7 @@
   gradient in the first `window` (50) steps with a backward (or in the whole run, if shorter):
   a head trained on one batch in four is fine, frozen parameters are not judged.
 - update-ratio: median |Δw|/|w| outside [`low`, `high`] (1e-5, 1e-1; Karpathy's ~1e-3 rule of
-  thumb) for `patience` (5) judged steps in a row, after `warmup` (5) optimizer steps. Judged
+  thumb) for `patience` (10) judged steps in a row, after `warmup` (10) optimizer steps. Judged
   over the weight matrices that got a gradient in the step and whose learning rate is not 0
   (frozen layers, a warming-up group at lr=0), for optimizers that pick their own step size
   by line search (LBFGS) never.
@@ -169,8 +169,8 @@ class UpdateRatio:
     def gradscope_configure(self, config):
         self.low = config.get("update-ratio", "low", 1e-5)
         self.high = config.get("update-ratio", "high", 1e-1)
-        self.patience = config.get("update-ratio", "patience", 5)
-        self.warmup = config.get("update-ratio", "warmup", 5)
+        self.patience = config.get("update-ratio", "patience", 10)
+        self.warmup = config.get("update-ratio", "warmup", 10)
 
     def _ratios(self, step, run) -> dict[str, float]:
         grads = _grad_names(step)
