@@ -9,11 +9,13 @@ traceback); the record is closed in every case, so what was recorded before a cr
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import runpy
 import sys
 import traceback
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 
-from .distributed import record_path, run_fields
+from .distributed import record_path, run_fields, unwrap
 from .errors import GradscopeError
 from .session import Session
 
@@ -69,12 +71,58 @@ def check_target(target: Target) -> None:
         ) from None
 
 
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+
+
+def _user_frame(frame):
+    """The first frame outside torch and gradscope: the script's code that made an optimizer."""
+    while frame is not None and frame.f_code.co_filename.startswith((_TORCH_DIR, *_OWN_FILES)):
+        frame = frame.f_back
+    return frame
+
+
+def _models_in(frame) -> list[tuple[str, torch.nn.Module]]:
+    """(variable name, model) for the models with parameters a frame can see (its locals, then
+    its globals), wrappers seen through, submodules of another model left out."""
+    found: dict[int, tuple[str, torch.nn.Module]] = {}
+    if frame is None:
+        return []
+    for scope in (frame.f_locals, frame.f_globals):
+        for var, value in list(scope.items()):
+            if not isinstance(value, torch.nn.Module) or var.startswith("_"):
+                continue
+            inner = unwrap(value)
+            if id(inner) in found and found[id(inner)][1] is inner and value is not inner:
+                continue  # the model's own name wins over its wrapper's
+            if id(inner) not in found or value is inner:
+                if any(True for _ in inner.parameters()):
+                    found[id(inner)] = (var, inner)
+    models = list(found.values())
+    subs = {id(m) for _, model in models for m in model.modules() if m is not model}
+    return [(var, m) for var, m in models if id(m) not in subs]
+
+
 class _AutoAttach:
-    """Global module and optimizer hooks that attach whatever the script trains."""
+    """Global module and optimizer hooks that attach whatever the script trains.
+
+    Optimizers are known from their construction (``Optimizer.__init__`` is wrapped while the
+    script runs), so that every optimizer is watched before the first step, whichever steps
+    first. Models are named once, at the first forward or optimizer step, when the optimizers
+    built before the training loop are known: the models they train are attached first, and
+    when exactly one model is trained it gets the plain names (``fc1.weight``); otherwise each
+    model's names start with its variable name (``gen.main.0.weight``, ``disc.main.0.weight``),
+    and so do those of models no optimizer trains (a teacher, an EMA copy) when they run.
+    Models the script cannot be seen holding fall back to their class name.
+    """
 
     def __init__(self, session: Session):
         self.session = session
         self.depth = 0
+        self._optimizers: list = []  # weak references to optimizers built, not yet watched
+        self._models: dict[int, tuple[str, object]] = {}  # id(model) -> (variable, weak ref)
+        self._settled = False
+        self._init = optim_module.Optimizer.__init__
+        optim_module.Optimizer.__init__ = self._wrap_init(self._init)
         self.handles = [
             nn_module.register_module_forward_pre_hook(self._pre),
             nn_module.register_module_forward_hook(self._post, always_call=True),
@@ -82,15 +130,58 @@ class _AutoAttach:
             optim_module.register_optimizer_step_post_hook(self._opt_post),
         ]
 
+    def _wrap_init(self, original):
+        auto = self
+
+        @functools.wraps(original)
+        def __init__(optimizer, *args, **kwargs):
+            original(optimizer, *args, **kwargs)
+            try:
+                auto._built(optimizer, sys._getframe(1))
+            except Exception as exc:  # never the script's problem
+                auto.session._failed("optimizer_built", exc)
+
+        return __init__
+
+    def _built(self, optimizer, frame) -> None:
+        for var, model in _models_in(_user_frame(frame)):
+            self._models.setdefault(id(model), (var, weakref.ref(model)))
+        self._optimizers.append(weakref.ref(optimizer))
+        if self._settled:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Attach the models the known optimizers train, name them, and watch the optimizers."""
+        optimizers = [o for o in (ref() for ref in self._optimizers) if o is not None]
+        self._optimizers.clear()
+        held = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
+        models = [(var, m) for var, ref in self._models.values() if (m := ref()) is not None]
+        trained = [(var, m) for var, m in models
+                   if not self.session.knows(m) and any(id(p) in held for p in m.parameters())]
+        plain = not self._settled and len(trained) == 1
+        for var, model in trained:
+            self.session.add_model(model, name=None if plain else self.session.free_prefix(var))
+        for optimizer in optimizers:
+            self.session.add_optimizer(optimizer, hooks=False)
+        self._settled = True
+
     def _pre(self, module, args):
-        if self.depth == 0 and not self.session.knows(module):
-            self.session.attach_running(module, args)
+        if self.depth == 0:
+            if not self._settled:
+                self._settle()
+            if not self.session.knows(module):
+                known = self._models.get(id(unwrap(module)))
+                name = None
+                if known is not None and known[1]() is unwrap(module):
+                    name = self.session.free_prefix(known[0])
+                self.session.attach_running(module, args, name=name)
         self.depth += 1
 
     def _post(self, module, args, output):
         self.depth = max(0, self.depth - 1)
 
     def _opt_pre(self, optimizer, args, kwargs):
+        self._settle()
         self.session.add_optimizer(optimizer, hooks=False)
         self.session.on_optimizer_pre(optimizer)
 
@@ -98,6 +189,7 @@ class _AutoAttach:
         self.session.on_optimizer_post(optimizer)
 
     def remove(self) -> None:
+        optim_module.Optimizer.__init__ = self._init
         for handle in self.handles:
             handle.remove()
 

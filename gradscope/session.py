@@ -97,11 +97,15 @@ class Session:
         return self._registry.knows(module)
 
     @guarded
-    def attach_running(self, module: torch.nn.Module, args) -> None:
+    def attach_running(self, module: torch.nn.Module, args, name: str | None = None) -> None:
         """Watch a root module whose forward has already begun (its own pre-hook missed it)."""
-        prefix = self.add_model(module)
+        prefix = self.add_model(module, name)
         if self._registry.module_name(module) is not None:  # a wrapper's inner module has its own hooks
             self._modules._on_pre(prefix, module, args, {})
+
+    def free_prefix(self, name: str) -> str:
+        """`name`, or `name` with a number, whichever no watched model uses yet."""
+        return self._registry.free_prefix(name)
 
     def add_model(self, module: torch.nn.Module, name: str | None = None) -> str:
         """Hook `module` and its submodules and parameters; returns the prefix of their names.
@@ -267,7 +271,7 @@ class Session:
 
     def boundary(self, event: str, *, primary: bool = False) -> None:
         """An event that may end the open step (see `gradscope.trace.step.ends_step`)."""
-        if ends_step(event, self.open, optimizers=bool(self._optimizers), primary=primary):
+        if ends_step(event, self.open, optimizers=self._optimizers.primary is not None, primary=primary):
             self._end_step()
 
     def _end_step(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .analysis import Analyzer
-from .distributed import record_path, run_fields
+from .distributed import record_path, run_fields, unwrap
 from .plugins import Config, check_disabled, load
 from .session import Session
 from .settings import DEFAULTS, Settings
@@ -82,6 +82,8 @@ def watch(
             name, module = item if isinstance(item, tuple) else (None, item)
             if not isinstance(module, torch.nn.Module):
                 raise TypeError(f"gradscope.watch: expected a torch.nn.Module, got {type(module).__name__}")
+            if name is None and len(models) > 1:  # several models: each name says whose it is
+                name = session.free_prefix(type(unwrap(module)).__name__)
             session.add_model(module, name)
         for opt in optimizers:
             if not isinstance(opt, torch.optim.Optimizer):

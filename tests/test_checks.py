@@ -226,13 +226,56 @@ def test_param_without_grad(tmp_path):
     assert sorted(f["subject"] for f in found) == ["unused.bias", "unused.weight"]
 
 
+class AuxHead(TwoLayers):
+    def forward(self, x, aux=False):
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h) + (self.unused(h).sum(1, keepdim=True) if aux else 0)
+
+
+def test_param_without_grad_judges_a_long_window(tmp_path):
+    def loop(model, opt, step):  # the extra head trains on one batch in four
+        x = torch.randn(16, 8)
+        opt.zero_grad()
+        F.mse_loss(model(x, aux=step % 4 == 3), x.sum(1, keepdim=True)).backward()
+        opt.step()
+
+    build = lambda: (m := AuxHead(), sgd(m, 0.01))
+    assert serious(findings_of(tmp_path, build, loop, steps=8)) == []
+
+    def build():  # frozen, but handed to the optimizer
+        model = TwoLayers()
+        model.unused.requires_grad_(False)
+        return model, sgd(model, 0.01)
+
+    assert only(findings_of(tmp_path, build, regression_step(), steps=4), "param-without-grad") == []
+
+
 def test_update_ratio_too_high_and_too_low(tmp_path):
-    build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)), sgd(m, 3.0))
-    found = only(findings_of(tmp_path, build, regression_step(), steps=3), "update-ratio")
-    assert found and "too large" in found[0]["message"]
-    build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)), sgd(m, 0.0))
-    found = only(findings_of(tmp_path, build, regression_step(), steps=3), "update-ratio")
-    assert found and "too small" in found[0]["message"] and found[0]["evidence"]["median_ratio"] == 0
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)),
+                     torch.optim.Adam(m.parameters(), lr=2.0))
+    found = only(findings_of(tmp_path, build, regression_step(), steps=25), "update-ratio")
+    assert found and "too large" in found[0]["message"] and found[0]["step"] >= 10  # after warm-up
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)), sgd(m, 1e-8))
+    found = only(findings_of(tmp_path, build, regression_step(), steps=25), "update-ratio")
+    assert found and "too small" in found[0]["message"] and found[0]["evidence"]["median_ratio"] < 1e-5
+
+
+def test_update_ratio_short_excursions_and_still_parameters_are_quiet(tmp_path):
+    def loop(model, opt, step):
+        opt.param_groups[0]["lr"] = 2.0 if step in (12, 13) else 1e-3  # two wild steps
+        regression_step()(model, opt, step)
+
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)),
+                     torch.optim.Adam(m.parameters(), lr=1e-3))
+    assert only(findings_of(tmp_path, build, loop, steps=30), "update-ratio") == []
+
+    def build():  # a group at lr=0 and frozen parameters, both inside the optimizer
+        model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 1))
+        model[0].requires_grad_(False)
+        return model, torch.optim.Adam([{"params": [*model[0].parameters(), *model[1].parameters()], "lr": 0.0},
+                                        {"params": model[2].parameters(), "lr": 1e-3}])
+
+    assert only(findings_of(tmp_path, build, regression_step(), steps=30), "update-ratio") == []
 
 
 def test_out_of_step_update(tmp_path):
@@ -254,6 +297,116 @@ def test_eval_mode_training(tmp_path):
 
     found = only(findings_of(tmp_path, build, regression_step(), steps=2), "eval-mode-training")
     assert found and found[0]["subject"] == "1"
+
+
+class Probe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Dropout(0.5))
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+def test_eval_mode_of_a_frozen_encoder_is_not_eval_mode_training(tmp_path):
+    def build():  # linear probing: the encoder is frozen and kept in eval mode
+        model = Probe()
+        model.encoder.requires_grad_(False)
+        model.encoder.eval()
+        return model, sgd(model.head, 0.01)
+
+    assert serious(findings_of(tmp_path, build, regression_step(), steps=4)) == []
+
+    def build():  # the same encoder trained while in eval mode is the bug
+        model = Probe()
+        model.encoder.eval()
+        return model, sgd(model, 0.01)
+
+    found = only(findings_of(tmp_path, build, regression_step(), steps=2), "eval-mode-training")
+    assert found and found[0]["subject"] == "encoder.1" and found[0]["evidence"]["modules"] == ["encoder.1", "encoder.2"]
+
+
+# -- dropout-at-eval --------------------------------------------------------------------------
+
+def test_dropout_at_eval(tmp_path):
+    def loop(model, opt, step):
+        regression_step()(model, opt, step)
+        with torch.no_grad():  # validation that forgot model.eval()
+            model(torch.randn(4, 8))
+
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 1)), sgd(m, 0.01))
+    found = only(findings_of(tmp_path, build, loop, steps=3), "dropout-at-eval")
+    assert [(f["subject"], f["severity"]) for f in found] == [("1", "warning")]
+
+    def loop(model, opt, step):
+        model.train()
+        regression_step()(model, opt, step)
+        model.eval()
+        with torch.no_grad():
+            model(torch.randn(4, 8))
+
+    assert only(findings_of(tmp_path, build, loop, steps=3), "dropout-at-eval") == []
+
+
+# -- no-optimizer-step ------------------------------------------------------------------------
+
+def test_no_optimizer_step(tmp_path):
+    def loop(model, opt, step):
+        opt.zero_grad()
+        F.mse_loss(model(torch.randn(4, 8)), torch.zeros(4, 1)).backward()
+        if step < 0:  # unreachable
+            opt.step()
+
+    build = lambda: (m := nn.Linear(8, 1), sgd(m, 0.01))
+    found = only(findings_of(tmp_path, build, loop, steps=8), "no-optimizer-step")
+    assert found and found[0]["severity"] == "error" and found[0]["subject"] == "optimizer0"
+    assert found[0]["step"] == 4
+
+    def by_hand(model, opt, step):
+        model.zero_grad()
+        F.mse_loss(model(torch.randn(4, 8)), torch.zeros(4, 1)).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.01 * p.grad
+
+    build = lambda: (nn.Linear(8, 1), None)
+    assert serious(findings_of(tmp_path, build, by_hand, steps=8)) == []
+
+
+# -- no-progress ------------------------------------------------------------------------------
+
+def classify(shuffled):
+    centers = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)) * 3
+
+    def loop(model, opt, step):
+        g = torch.Generator().manual_seed(step)
+        y = torch.randint(0, 4, (32,), generator=g)
+        x = centers[y] + torch.randn(32, 8, generator=g)
+        if shuffled:  # labels shuffled apart from their inputs
+            y = y[torch.randperm(32, generator=g)]
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return loop
+
+
+def test_no_progress(tmp_path):
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)),
+                     torch.optim.Adam(m.parameters(), lr=1e-2))
+    found = only(findings_of(tmp_path, build, classify(shuffled=True), steps=120), "no-progress")
+    assert found and "chance" in found[0]["message"] and found[0]["evidence"]["classes"] == 4
+    assert serious(findings_of(tmp_path, build, classify(shuffled=False), steps=120)) == []
+
+    def fixed_batch(model, opt, step):
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        F.mse_loss(model(x), x.sum(1, keepdim=True)).backward()
+        opt.step()
+
+    build = lambda: (m := nn.Linear(8, 1), sgd(m, 1e-9))  # the loss cannot move
+    found = only(findings_of(tmp_path, build, fixed_batch, steps=110), "no-progress")
+    assert found and found[0]["subject"] == "loss" and "not improved" in found[0]["message"]
 
 
 # -- losses read from the graph ---------------------------------------------------------------
@@ -281,6 +434,120 @@ def test_softmax_before_cross_entropy(tmp_path):
     build = lambda: (m := nn.Sequential(nn.Linear(8, 4), nn.Softmax(-1)), sgd(m, 0.01))
     found = only(findings_of(tmp_path, build, loop, steps=2), "softmax-before-ce")
     assert found and found[0]["subject"] == "1"
+
+
+class Flat(nn.Module):
+    def forward(self, x):
+        return x.view(-1, x.shape[-1])
+
+
+def test_softmax_before_cross_entropy_through_views(tmp_path):
+    def loop(model, opt, step):  # softmax -> view(-1, C) -> cross_entropy
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(2, 3, 8)), torch.randint(0, 4, (6,))).backward()
+        opt.step()
+
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 4), nn.Softmax(-1), Flat()), sgd(m, 0.01))
+    found = only(findings_of(tmp_path, build, loop, steps=2), "softmax-before-ce")
+    assert [f["subject"] for f in found] == ["1"]
+
+    def loop(model, opt, step):  # sigmoid -> squeeze(1) -> binary_cross_entropy_with_logits
+        opt.zero_grad()
+        out = model(torch.randn(8, 8)).squeeze(1)
+        F.binary_cross_entropy_with_logits(out, torch.randint(0, 2, (8,)).float()).backward()
+        opt.step()
+
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 1), nn.Sigmoid()), sgd(m, 0.01))
+    found = only(findings_of(tmp_path, build, loop, steps=2), "softmax-before-ce")
+    assert [f["subject"] for f in found] == ["1"] and found[0]["evidence"]["op"] == "SigmoidBackward0"
+
+
+def test_confident_sigmoid_output_feeding_bce_is_not_saturation(tmp_path):
+    def build():
+        model = nn.Sequential(nn.Linear(8, 1), nn.Sigmoid())
+        with torch.no_grad():
+            model[0].weight.mul_(40)  # confident from the start
+        return model, sgd(model, 1e-4)
+
+    def loop(model, opt, step):
+        x = torch.randn(16, 8)
+        opt.zero_grad()
+        F.binary_cross_entropy(model(x), (x @ model[0].weight.detach().T > 0).float()).backward()
+        opt.step()
+
+    assert only(findings_of(tmp_path, build, loop, steps=5), "saturation") == []
+
+
+# -- mixed precision --------------------------------------------------------------------------
+
+def amp_loop(bad_input=False):
+    def loop(model, state, step):
+        opt, scaler = state
+        x = torch.randn(8, 8)
+        if bad_input:
+            x[0, 0] = float("inf")
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.mse_loss(model(x).float(), x.sum(1, keepdim=True))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return loop
+
+
+def amp_run(tmp_path, bad_input, steps):
+    import gradscope
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = sgd(model, 0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 30)  # overflows at first
+    path = tmp_path / "amp.sqlite"
+    with gradscope.watch(model, opt, record=path):
+        for step in range(steps):
+            amp_loop(bad_input)(model, (opt, scaler), step)
+    return gradscope.open_record(path).findings()
+
+
+def test_gradscaler_skipped_steps_are_recorded_not_errors(tmp_path):
+    found = amp_run(tmp_path, bad_input=False, steps=20)
+    assert serious(found) == []
+    skipped = only(found, "nonfinite")
+    assert [(f["severity"], f["subject"]) for f in skipped] == [("info", "optimizer0")]
+    assert skipped[0]["count"] >= 2 and "GradScaler skipped" in skipped[0]["message"]
+
+
+def test_gradscaler_persistent_overflow_warns(tmp_path):
+    found = only(amp_run(tmp_path, bad_input=True, steps=12), "nonfinite")
+    warned = [f for f in found if f["severity"] == "warning"]
+    assert warned and warned[0]["step"] == 9 and warned[0]["subject"] == "input"
+    assert [f for f in found if f["severity"] == "error"] == []
+
+
+# -- causes before effects --------------------------------------------------------------------
+
+def test_divergence_names_the_explosion_before_the_nan(tmp_path):
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                                        nn.Linear(32, 1)), sgd(m, 3.0))
+    found = findings_of(tmp_path, build, regression_step(), steps=6)
+    first_bad = min(f["step"] for f in only(found, "nonfinite"))
+    explosion = [f for f in only(found, "exploding-grad") if "diverged" in f["message"]]
+    assert len(explosion) == 1 and explosion[0]["step"] == first_bad - 1
+    assert explosion[0]["evidence"]["update_ratio"] > 1
+    cause = only(found, "nonfinite")[0]["evidence"]["caused_by"]
+    assert (cause["step"], cause["layer"]) == (explosion[0]["step"], explosion[0]["subject"])
+
+
+def test_nonfinite_since_names_the_step_that_broke_the_weights(tmp_path):
+    def loop(model, opt, step):
+        regression_step()(model, opt, step)
+        if step == 2:
+            with torch.no_grad():
+                model[0].weight[0, 0] = float("nan")
+
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)), sgd(m, 0.01))
+    found = [f for f in only(findings_of(tmp_path, build, loop, steps=6), "nonfinite") if "since" in f["evidence"]]
+    assert found and found[0]["evidence"]["since"] == 2
 
 
 # -- custom backward --------------------------------------------------------------------------
@@ -327,8 +594,15 @@ def test_gradcheck_mismatch(tmp_path, fn, fires):
 
 
 def test_every_finding_is_complete(tmp_path):
-    build = lambda: (m := TwoLayers(), torch.optim.SGD([*m.fc1.parameters(), *m.unused.parameters()], lr=5.0))
-    found = findings_of(tmp_path, build, regression_step(), steps=4)
+    def loop(model, opt, step):
+        x = torch.randn(16, 8)
+        x[0, 0] = float("nan") if step == 4 else x[0, 0]
+        opt.zero_grad()
+        F.mse_loss(model(x), x.sum(1, keepdim=True)).backward()
+        opt.step()
+
+    build = lambda: (m := TwoLayers(), torch.optim.SGD([*m.fc1.parameters(), *m.unused.parameters()], lr=0.01))
+    found = findings_of(tmp_path, build, loop, steps=6)
     assert len({f["check"] for f in found}) >= 3
     for f in found:
         assert f["severity"] in ("error", "warning", "info")

@@ -17,6 +17,7 @@ class Registry:
         self._modules: dict[int, tuple[weakref.ref, str]] = {}
         self._wrappers: list[weakref.ref] = []
         self._prefixes: set[str] = set()
+        self._prefixed_models = False  # a root with parameters was given a prefix by name
         self._param_ids: dict[int, str] = {}
         self.params: dict[str, weakref.ref] = {}  # qualified name -> parameter
 
@@ -33,18 +34,26 @@ class Registry:
         self._wrappers.append(weakref.ref(wrapper))
 
     def new_prefix(self, module: torch.nn.Module, name: str | None) -> str:
-        """The name prefix of a new root: '' for the first one with parameters (so names read
-        ``fc1.weight``), else its class name (``MSELoss``, ``Discriminator2``), or `name`."""
+        """The name prefix of a new root: `name` when given; else '' for the first one with
+        parameters while no other root with parameters has a prefix (so names read
+        ``fc1.weight``), else its class name (``MSELoss``, ``Discriminator2``)."""
+        has_params = any(True for _ in module.parameters())
         if name is None:
-            has_params = any(True for _ in module.parameters())
-            if has_params and "" not in self._prefixes:
+            if has_params and "" not in self._prefixes and not self._prefixed_models:
                 name = ""
             else:
-                base, n, name = type(module).__name__, 1, type(module).__name__
-                while name in self._prefixes:
-                    n += 1
-                    name = f"{base}{n}"
+                name = self.free_prefix(type(module).__name__)
+        elif has_params and name:
+            self._prefixed_models = True
         self._prefixes.add(name)
+        return name
+
+    def free_prefix(self, base: str) -> str:
+        """`base`, or `base` followed by a number, whichever no root uses yet."""
+        n, name = 1, base
+        while name in self._prefixes:
+            n += 1
+            name = f"{base}{n}"
         return name
 
     def add_module(self, module, name: str) -> None:
