@@ -501,7 +501,7 @@ def amp_run(tmp_path, bad_input, steps):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     opt = sgd(model, 0.01)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 30)  # overflows at first
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 22)  # overflows at first
     path = tmp_path / "amp.sqlite"
     with gradscope.watch(model, opt, record=path):
         for step in range(steps):
@@ -608,3 +608,10 @@ def test_every_finding_is_complete(tmp_path):
         assert f["severity"] in ("error", "warning", "info")
         assert f["subject"] and f["message"] and f["hint"] and f["evidence"]
         assert f["step"] is not None and f["count"] >= 1 and f["last_step"] >= f["step"]
+
+
+def test_gradscope_plugins_lists_eighteen_builtin_checks(run_cli):
+    rows = [line.split() for line in run_cli("plugins", check=0).stdout.splitlines()]
+    builtins = {row[0] for row in rows if len(row) > 2 and row[2] == "built-in"}
+    assert len(builtins) == 18
+    assert {"no-optimizer-step", "dropout-at-eval", "no-progress"} <= builtins

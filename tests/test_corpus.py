@@ -47,6 +47,16 @@ def plain_weights(tmp_path_factory):
     return {name: _weights(folder / f"{name}.pt") for name in SCRIPTS}
 
 
+#: The parameter names some scripts must get: the trained model plain, other models prefixed
+#: by their variable name, and every optimizer known from the start.
+NAMES = {
+    "gan.py": {"gen.main.0.weight", "gen.main.2.bias", "disc.main.0.weight", "disc.main.2.bias"},
+    "lbfgs.py": {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"},
+    "distillation.py": {"0.weight", "2.bias", "teacher.0.weight", "teacher.3.bias"},
+    "ema_mean_teacher.py": {"0.weight", "3.bias", "teacher.0.weight", "teacher.3.bias"},
+}
+
+
 def test_the_corpus_is_there():
     assert len(SCRIPTS) >= 18
 
@@ -61,6 +71,10 @@ def test_correct_script_is_quiet_and_unchanged(name, tmp_path, run_cli, plain_we
     serious = [f"{f['check']} {f['severity']} at step {f['step']}: {f['subject']}: {f['message']}"
                for f in report["findings"] if f["severity"] in ("error", "warning")]
     assert serious == []
+    names = {p["name"] for p in report["parameters"]}
+    assert NAMES.get(name, set()) <= names
+    assert not any(n.startswith("optimizer") for n in names)  # every parameter has its module's name
+    assert all(o["first_step"] == 0 for o in report["optimizers"])  # known before they step
     noise = [line for line in watched.stderr.splitlines() if not line.startswith("gradscope: ")]
     assert noise == []  # no warning from torch about gradscope's hooks, nothing else printed
     _assert_same(plain_weights[name], _weights(tmp_path / "watched.pt"))

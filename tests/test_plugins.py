@@ -22,7 +22,7 @@ BUILTINS = {
     "nonfinite", "exploding-grad", "vanishing-grad", "dead-relu", "saturation",
     "missing-zero-grad", "param-not-in-optimizer", "param-without-grad", "update-ratio",
     "out-of-step-update", "eval-mode-training", "loss-broadcast", "softmax-before-ce",
-    "gradcheck-mismatch", "ddp-desync",
+    "gradcheck-mismatch", "ddp-desync", "dropout-at-eval", "no-optimizer-step", "no-progress",
 }
 
 RAISING = '''
