@@ -152,6 +152,8 @@ class _AutoAttach:
 
     def _settle(self) -> None:
         """Attach the models the known optimizers train, name them, and watch the optimizers."""
+        if self._settled and not self._optimizers:
+            return
         optimizers = [o for o in (ref() for ref in self._optimizers) if o is not None]
         self._optimizers.clear()
         held = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}

@@ -540,14 +540,16 @@ def test_divergence_names_the_explosion_before_the_nan(tmp_path):
 
 def test_nonfinite_since_names_the_step_that_broke_the_weights(tmp_path):
     def loop(model, opt, step):
-        regression_step()(model, opt, step)
-        if step == 2:
-            with torch.no_grad():
-                model[0].weight[0, 0] = float("nan")
+        x = torch.randn(16, 8)
+        opt.zero_grad()
+        F.mse_loss(model(x), x.sum(1, keepdim=True)).backward()
+        if step == 23:  # the update of step 23 (no weight statistics then) writes NaN into them
+            model[0].weight.grad[0, 0] = float("nan")
+        opt.step()
 
     build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)), sgd(m, 0.01))
-    found = [f for f in only(findings_of(tmp_path, build, loop, steps=6), "nonfinite") if "since" in f["evidence"]]
-    assert found and found[0]["evidence"]["since"] == 2
+    found = [f for f in only(findings_of(tmp_path, build, loop, steps=27), "nonfinite") if "since" in f["evidence"]]
+    assert found and found[0]["evidence"]["since"] == 23 and "since step 23" in found[0]["message"]
 
 
 # -- custom backward --------------------------------------------------------------------------
