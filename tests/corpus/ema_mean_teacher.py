@@ -14,7 +14,7 @@ for p in teacher.parameters():
     p.requires_grad_(False)
 opt = torch.optim.Adam(student.parameters(), lr=3e-3)
 centers = torch.randn(3, 8) * 2
-for step in range(80):
+for step in range(150):
     y = torch.randint(0, 3, (32,))
     x = centers[y] + torch.randn(32, 8)
     logits = student(x)
