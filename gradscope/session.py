@@ -271,7 +271,7 @@ class Session:
 
     def boundary(self, event: str, *, primary: bool = False) -> None:
         """An event that may end the open step (see `gradscope.trace.step.ends_step`)."""
-        if ends_step(event, self.open, optimizers=self._optimizers.primary is not None, primary=primary):
+        if ends_step(event, self.open, optimizers=bool(self._optimizers), primary=primary):
             self._end_step()
 
     def _end_step(self) -> None:

@@ -361,7 +361,7 @@ def test_no_optimizer_step(tmp_path):
     build = lambda: (m := nn.Linear(8, 1), sgd(m, 0.01))
     found = only(findings_of(tmp_path, build, loop, steps=8), "no-optimizer-step")
     assert found and found[0]["severity"] == "error" and found[0]["subject"] == "optimizer0"
-    assert found[0]["step"] == 4
+    assert found[0]["evidence"]["backwards"] == 8
 
     def by_hand(model, opt, step):
         model.zero_grad()

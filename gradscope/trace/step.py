@@ -5,8 +5,8 @@ A step ends in one of three ways, decided by `ends_step` alone:
 - ``"optimizer"``: the primary optimizer (the first that ever stepped) finished ``step()``, or
   a ``GradScaler`` skipped its step; other optimizers' updates belong to the step that is open
   when they run;
-- ``"forward"``: while no optimizer has stepped yet, a watched root module starts a forward
-  after a backward ran (weights updated by hand, or an optimizer.step() that never comes);
+- ``"forward"``: while no optimizer is watched yet, a watched root module starts a forward
+  after a backward ran (weights updated by hand);
 - ``"close"``: the session closes with anything recorded in the open step.
 
 At the end of a step, `OpenStep.snapshot` turns everything gathered into one `StepSnapshot`
@@ -28,7 +28,7 @@ from .stats import summarize
 
 
 def ends_step(event: str, step: "OpenStep", *, optimizers: bool, primary: bool = False) -> bool:
-    """Whether `event` ends `step`; `optimizers` — whether any optimizer has stepped;
+    """Whether `event` ends `step`; `optimizers` — whether any optimizer is watched;
     `primary` — for ``"optimizer"``, whether the one that stepped is the primary one."""
     if event == "optimizer":
         return primary

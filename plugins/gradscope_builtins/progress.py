@@ -1,8 +1,9 @@
 """Is the run learning at all?
 
-- no-optimizer-step: `window` (5) steps in a row with a backward, no optimizer step and no
-  change to any watched parameter: ``optimizer.step()`` is forgotten or unreachable, and the
-  gradients are computed for nothing. Weights updated by hand (``p -= lr * p.grad``) change,
+- no-optimizer-step: `window` (5) backward passes in a row (over one step or several) with no
+  optimizer step and no change to any watched parameter: ``optimizer.step()`` is forgotten or
+  unreachable, and the gradients are computed for nothing. (While a watched optimizer never
+  steps, the whole run is one step: the finding comes when it is recorded.) Weights updated by hand (``p -= lr * p.grad``) change,
   so such loops stay quiet, and so do steps a ``GradScaler`` skipped.
 - no-progress: after `window` (100) steps with a loss, the median loss of the last `span` (20)
   steps is not below the median of the first `span` steps by `gain` (1 %) of its size; or a
@@ -39,7 +40,7 @@ class NoOptimizerStep:
         if step.optimizer_steps or moved or skipped or not step.updates:
             self._idle = 0
             return None
-        self._idle += 1
+        self._idle += step.backwards
         if self._idle < self.window:
             return None
         idle = [f"optimizer{i} ({o.get('type')})" for i, o in sorted(run.optimizers.items())]
@@ -47,9 +48,9 @@ class NoOptimizerStep:
         known = f"; {', '.join(idle)} never stepped in them" if idle else ""
         return [Finding(
             "no-optimizer-step", "error", subject, step.step,
-            f"{self._idle} steps in a row ran backward but no optimizer stepped and no weight "
+            f"{self._idle} backward passes in a row but no optimizer stepped and no weight "
             f"changed{known}: the gradients are computed for nothing",
-            {"steps": self._idle, "backwards": step.backwards, "optimizers": idle},
+            {"backwards": self._idle, "optimizers": idle},
             "Call optimizer.step() after loss.backward() in every training step (check that it "
             "is not inside a branch that never runs, or after an early continue/return).",
         )]
