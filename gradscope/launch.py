@@ -146,12 +146,11 @@ class _AutoAttach:
     def _built(self, optimizer, frame) -> None:
         for var, model in _models_in(_user_frame(frame)):
             self._models.setdefault(id(model), (var, weakref.ref(model)))
-        self._optimizers.append(weakref.ref(optimizer))
-        if self._settled:
-            self._settle()
+        self._optimizers.append(weakref.ref(optimizer))  # watched at the first forward or step
 
     def _settle(self) -> None:
-        """Attach the models the known optimizers train, name them, and watch the optimizers."""
+        """Attach the models the known optimizers train, name them, and watch the optimizers.
+        Optimizers built after training began are watched from their first step."""
         if self._settled and not self._optimizers:
             return
         optimizers = [o for o in (ref() for ref in self._optimizers) if o is not None]
@@ -170,7 +169,7 @@ class _AutoAttach:
     def _pre(self, module, args):
         if self.depth == 0:
             if not self._settled:
-                self._settle()
+                self._settle()  # the optimizers built before the first forward
             if not self.session.knows(module):
                 known = self._models.get(id(unwrap(module)))
                 name = None
