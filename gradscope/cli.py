@@ -6,12 +6,14 @@ Errors in the user's input print one line (``gradscope: error: ...``) and exit w
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
 from .findings import SEVERITIES
+from .terminal import inert
 
 EPILOG = """\
 examples:
@@ -56,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--headless", action="store_true",
                      help="no terminal UI: print a summary at the end (the default without a terminal)")
     run.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
-    run.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/<time>-<script>.sqlite)")
+    run.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/<time>-<script>.sqlite); "
+                     "an existing record is replaced only with --overwrite, any other file never")
+    run.add_argument("--overwrite", action="store_true", help="replace the gradscope record at --record PATH")
     run.add_argument("--report", metavar="PATH", help="also write the JSON report to PATH when the script ends")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
     _add_settings(run)
@@ -74,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive, default=200, help="training steps (default 200)")
     demo.add_argument("--bug", choices=sorted(BUGS), help="; ".join(f"{k}: {v}" for k, v in BUGS.items()))
     demo.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/...)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the gradscope record at --record PATH")
     demo.add_argument("--report", metavar="PATH", help="also write the JSON report to PATH")
     demo.add_argument("--headless", action="store_true",
                       help="no terminal UI: print progress and a summary (the default without a terminal)")
@@ -240,19 +245,34 @@ def _cmd_run(args) -> int:
     else:
         raise _UsageError("run: give a SCRIPT or -m MODULE")
     launch.check_target(target)
+    _check_paths(args)
     if not args.headless and _interactive():
         return _under_ui(args, target.label)
     analyzer = _analyzer(args)
     from .settings import Settings
 
     settings = Settings(sample=args.sample, graph_every=args.graph_every, stats_every=args.stats_every)
-    session = launch.new_session(target, args.record, settings=settings, analyzer=analyzer, control=_control(args))
-    code = launch.run(target, session)
-    report = args.report
-    if report and (ranks := rank_and_world()) is not None:
-        report = ranked(Path(report), ranks[0])  # one report per rank, like the records
-    failed = _finish(session.path, report, args.fail_on)
+    with launch.Interruptions():
+        session = launch.new_session(target, args.record, settings=settings, analyzer=analyzer,
+                                     control=_control(args))
+        code = launch.run(target, session)
+        report = args.report
+        if report and (ranks := rank_and_world()) is not None:
+            report = ranked(Path(report), ranks[0])  # one report per rank, like the records
+        failed = _finish(session.path, report, args.fail_on, session.recorder)
     return code or (3 if failed else 0)
+
+
+def _check_paths(args) -> None:
+    """Make --record and --report absolute (the script may chdir) and check them before
+    anything runs: one line and status 2 for a path that cannot be written or would replace
+    something that is not a record."""
+    from .record.paths import check_output, check_record_target
+
+    if args.record:
+        args.record = str(check_record_target(args.record, args.overwrite))
+    if args.report:
+        args.report = str(check_output(args.report, "--report"))
 
 
 def _cmd_demo(args) -> int:
@@ -261,6 +281,7 @@ def _cmd_demo(args) -> int:
     from .session import Session
 
     label = f"demo-{args.bug}" if args.bug else "demo"
+    _check_paths(args)
     if not args.headless and _interactive():
         return _under_ui(args, label)
     path = args.record or new_record_path(label)
@@ -277,32 +298,49 @@ def _cmd_demo(args) -> int:
         return session
 
     demo.train(args.steps, args.bug, progress=demo.print_progress, watch=attach)
-    return 3 if _finish(sessions[0].path, args.report, args.fail_on) else 0
+    return 3 if _finish(sessions[0].path, args.report, args.fail_on, sessions[0].recorder) else 0
 
 
-def _finish(path, report_path, fail_on=None) -> bool:
-    """Write the report, print the summary; whether a finding reaches `fail_on`."""
+def _finish(path, report_path, fail_on=None, recorder=None) -> bool:
+    """Write the report, print the summary; whether a finding reaches `fail_on`.
+
+    Runs after the script: a failure here is one line on stderr and never changes the script's
+    exit status (only `fail_on` adds status 3)."""
     from . import report, summary
+    from .errors import GradscopeError, RecordError
     from .findings import at_least
     from .record.reader import open_record
 
-    with open_record(path) as record:
+    try:
+        record = open_record(path)
+    except RecordError as exc:
+        print(inert(f"gradscope: error: {exc}; no summary or report"), file=sys.stderr)
+        return False
+    with record:
         if report_path:
-            report.write(record, report_path)
-        print(summary.summarize_record(record), file=sys.stderr)
+            try:
+                report.write(record, report_path)
+            except (OSError, GradscopeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                print(inert(f"gradscope: error: the report was not written ({reason})"), file=sys.stderr)
+        print(summary.summarize_record(record, recorder), file=sys.stderr)
         if fail_on is None:
             return False
-        return any(at_least(f.severity, fail_on) for f in record.findings())
+        found = [*record.findings(), *getattr(recorder, "unrecorded_findings", ())]
+        return any(at_least(f["severity"], fail_on) for f in found)
 
 
 def _cmd_export(args) -> int:
     from .export import export_record
     from .record.reader import open_record
 
+    from .record.paths import check_output
+
+    check_output(args.output, "-o")
     with open_record(args.record) as record:
         fmt = export_record(record, args.output, step=args.step, graph=args.graph,
                             depth=args.depth, fmt=args.format, chart=args.chart, steps=args.steps)
-    print(f"gradscope: wrote {args.output} ({fmt})", file=sys.stderr)
+    print(inert(f"gradscope: wrote {args.output} ({fmt})"), file=sys.stderr)
     return 0
 
 
@@ -316,11 +354,15 @@ def _cmd_plugins(args) -> int:
 
 def _cmd_report(args) -> int:
     from . import report
+    from .record.paths import check_output
     from .watch import make_analyzer
     from .record.reader import open_record
 
-    records = [open_record(path) for path in args.record]
+    if args.output != "-":
+        check_output(args.output, "-o")
+    records = []
     try:
+        records += [open_record(path) for path in args.record]
         if len(records) == 1:
             report.write(records[0], args.output)
         else:
@@ -347,14 +389,35 @@ def _cmd_runs(args) -> int:
             with open_record(path) as record:
                 run = record.run()
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.get("started", 0)))
-            print(f"{path}  {started}  {run.get('status', '?'):11} {run.get('steps', 0):6} steps  {run.get('target', '')}")
-        except RecordError as exc:
-            print(f"{path}  unreadable: {exc}")
+            line = f"{path}  {started}  {run.get('status', '?'):11} {run.get('steps', 0):6} steps  {run.get('target', '')}"
+        except (RecordError, *_DOCTORED) as exc:
+            line = f"{path}  unreadable: {_doctored(path, exc)}"
+        print(inert(line))
     return 0
+
+
+#: What a doctored record can make reading raise (bad JSON, nesting too deep, wrong types).
+_DOCTORED = (ValueError, RecursionError, TypeError, KeyError, IndexError, AttributeError, sqlite3.Error)
+
+
+def _doctored(path, exc: BaseException):
+    from .errors import RecordError
+
+    if isinstance(exc, RecordError):
+        return exc
+    return RecordError(f"{path}: corrupt record ({type(exc).__name__}: {str(exc)[:200]})")
 
 
 class _UsageError(Exception):
     """Wrong arguments: argparse prints the usage and the message, and exits 2."""
+
+
+_READERS = ("report", "export", "runs", "view")
+
+
+def _records(args) -> list[str]:
+    record = getattr(args, "record", None) or ["record"]
+    return record if isinstance(record, list) else [record]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,10 +437,21 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         parser.error(str(exc))
     except GradscopeError as exc:
-        print(f"gradscope: error: {exc}", file=sys.stderr)
+        print(inert(f"gradscope: error: {exc}"), file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # an output that could not be written after all (disk full...)
+        if args.command not in ("report", "export"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(inert(f"gradscope: error: {where}{exc.strerror or exc}"), file=sys.stderr)
+        return 2
+    except _DOCTORED as exc:
+        if args.command not in _READERS:
+            raise
+        print(inert(f"gradscope: error: {_doctored(' '.join(_records(args)), exc)}"), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("gradscope: interrupted", file=sys.stderr)
         return 130

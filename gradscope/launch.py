@@ -5,6 +5,11 @@ The script sees the ``sys.argv`` and ``sys.path[0]`` python would give it and ru
 module called while no other module is running) and every optimizer that steps. The script's
 exit status and traceback come through unchanged (gradscope's own frames are cut from the
 traceback); the record is closed in every case, so what was recorded before a crash stays.
+
+Signals (`Interruptions`): Ctrl-C ends the script as under python (status ``interrupted``);
+SIGTERM ends it too (status ``killed``) instead of killing the process outright, so the record
+is closed and the report written; the process then dies of SIGTERM as it would have. While
+gradscope finishes, further Ctrl-C and SIGTERM wait for it (finishing is bounded).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import functools
 import importlib.util
 import os
 import runpy
+import signal
 import sys
+import threading
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -212,6 +219,65 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived while the script ran (raised in the main thread like KeyboardInterrupt)."""
+
+
+class Interruptions:
+    """Signal handling for the whole of ``gradscope run``: the script, then the finishing.
+
+    A handler tells the two phases apart by the stack: while runpy's frame is on it the script
+    is running and the signal interrupts it; afterwards gradscope is closing the record and
+    writing the report, and the signal is noted, not obeyed (so a second Ctrl-C cannot leave
+    the record ``running``)."""
+
+    def __init__(self):
+        self.terminated = False
+        self._noticed = False
+        self._saved: dict[int, object] = {}
+
+    def __enter__(self) -> "Interruptions":
+        if threading.current_thread() is threading.main_thread():
+            self._saved[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._saved[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._saved.items():
+            if signal.getsignal(signum) in (self._on_sigint, self._on_sigterm):
+                signal.signal(signum, handler)
+        if self.terminated:  # die of SIGTERM as python would have, now that the record is safe
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    @staticmethod
+    def _script_running(frame) -> bool:
+        while frame is not None:
+            if frame.f_code is runpy._run_code.__code__:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _finishing(self) -> None:
+        if not self._noticed:
+            self._noticed = True
+            print("gradscope: finishing the record and report (this takes a moment)", file=sys.stderr)
+
+    def _on_sigint(self, signum, frame):
+        if self._script_running(frame):
+            raise KeyboardInterrupt
+        self._finishing()
+
+    def _on_sigterm(self, signum, frame):
+        self.terminated = True
+        if self._script_running(frame):
+            raise Terminated
+        self._finishing()
+
+
 def run(target: Target, session: Session) -> int:
     """Run `target` under `session`; returns the exit status python would have returned."""
     saved_argv, saved_path0 = sys.argv, sys.path[0]
@@ -233,6 +299,8 @@ def run(target: Target, session: Session) -> int:
     except KeyboardInterrupt as exc:
         traceback.print_exception(type(exc), exc, _user_traceback(exc.__traceback__))
         status, code = "interrupted", 130
+    except Terminated:
+        status, code = "killed", 128 + signal.SIGTERM
     except BaseException as exc:  # the script's own error: shown as python shows it
         traceback.print_exception(type(exc), exc, _user_traceback(exc.__traceback__))
         status, code = "crashed", 1

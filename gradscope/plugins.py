@@ -51,8 +51,11 @@ class Config:
 
     def __init__(self, values: dict[str, dict] | None = None):
         self.values = values or {}
+        self.given: set[tuple[str, str]] = set()  # set with --set: checked against what plugins read
+        self.read: set[tuple[str, str]] = set()  # what plugins asked for: their declared keys
 
     def get(self, check: str, key: str, default):
+        self.read.add((check, key))
         value = self.values.get(check, {}).get(key, default)
         if isinstance(value, str) and not isinstance(default, str) and default is not None:
             return _coerce(f"{check}.{key}", value, default)
@@ -62,13 +65,28 @@ class Config:
     def load(cls, sets: list[str] | None = None, start: Path | None = None) -> "Config":
         """Settings from the nearest pyproject.toml's [tool.gradscope], then `sets` on top."""
         values = _pyproject_settings(start or Path.cwd())
+        given = set()
         for item in sets or []:
             name, sep, value = item.partition("=")
             check, dot, key = name.partition(".")
             if not sep or not dot or not check or not key:
                 raise GradscopeError(f"--set {item!r}: expected CHECK.KEY=VALUE, e.g. dead-relu.fraction=0.8")
             values.setdefault(check, {})[key] = value
-        return cls(values)
+            given.add((check, key))
+        config = cls(values)
+        config.given = given
+        return config
+
+    def check_known(self) -> None:
+        """Refuse a ``--set`` that no plugin reads (after ``gradscope_configure``): a misspelt
+        key would otherwise be ignored in silence. The error lists the keys plugins read."""
+        checks = sorted({c for c, _ in self.read})
+        for check, key in sorted(self.given - self.read):
+            keys = sorted(k for c, k in self.read if c == check)
+            if keys:
+                raise GradscopeError(f"--set {check}.{key}: no such setting; {check} has: {', '.join(keys)}")
+            raise GradscopeError(f"--set {check}.{key}: no check {check!r} with settings is loaded; "
+                                 f"checks with settings: {', '.join(checks) or 'none'}")
 
 
 def _coerce(name: str, text: str, default):

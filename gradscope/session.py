@@ -63,6 +63,7 @@ class Session:
         run = dict(run or {})
         run.setdefault("torch", torch.__version__)
         self._writer = RecordWriter(self.path, run, analyzer)
+        self.path = self._writer.path  # a generated name taken meanwhile moves on to a free one
         self._control = control  # gradscope.control.Control when a terminal UI drives the run
         tails: dict[str, list] = {}
         for request in analyzer.tail_requests if analyzer is not None else ():
@@ -299,6 +300,11 @@ class Session:
             self._writer.send("finding", _internal_finding(where, exc, self.step))
         except Exception:
             pass
+
+    @property
+    def recorder(self) -> RecordWriter:
+        """The record's writer: whether recording stopped and which steps were dropped."""
+        return self._writer
 
     def annotate(self, **fields) -> None:
         """Store extra fields in the record's run table (e.g. the exit status)."""

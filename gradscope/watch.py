@@ -21,7 +21,9 @@ def make_analyzer(disabled: set[str], settings: dict | None = None, sets: list[s
     for check, values in (settings or {}).items():
         config.values.setdefault(check, {}).update(values)
     pm, _ = load(disabled)
-    return Analyzer(pm, config)
+    analyzer = Analyzer(pm, config)
+    config.check_known()
+    return analyzer
 
 
 def _as_list(value, kind) -> list:

@@ -217,7 +217,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     proc = run_cli("run", "--record", "r.sqlite", path)
     assert proc.returncode != 0
     report = json.loads(run_cli("report", "r.sqlite", check=0).stdout)
-    assert len(report["steps"]) == 3 and report["run"]["status"] == "running"
+    assert len(report["steps"]) == 3 and report["run"]["status"] == "killed"
 
 
 def test_view_and_export_reject_bad_records_in_one_line(run_cli, tmp_path):

@@ -40,5 +40,5 @@ class GradscopeCallback(Callback):
 
     def _close(self, status: str) -> None:
         if self.session is not None:
-            self.session.close(status)
-            self.session = None
+            session, self.session = self.session, None
+            session.close(status)

@@ -8,6 +8,7 @@ in the file: values are SQLite scalars and JSON.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from ..data import Stat, StepData, Update
 from ..errors import RecordError
 from ..trace.autograd import GraphData
 from . import schema
+
+try:
+    import fcntl
+except ImportError:  # Windows: no liveness lock
+    fcntl = None
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -24,8 +30,71 @@ def open_record(path: str | Path) -> "Record":
     return Record(path)
 
 
+def _writer_alive(path: Path) -> bool:
+    """Whether a writer holds `path` (its shared ``flock``; see `gradscope.record.writer`)."""
+    if fcntl is None:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _recover(path: Path) -> None:
+    """Fold the ``-wal`` of a record whose writer is gone back into the file (best effort: on
+    read-only storage the record is read as it is)."""
+    if not Path(f"{path}-wal").exists() or _writer_alive(path):
+        return
+    try:
+        conn = sqlite3.connect(path, timeout=2)
+        try:
+            row = conn.execute("SELECT value FROM run WHERE key = 'status'").fetchone()
+            if row is not None and row[0] == '"running"':
+                conn.execute("INSERT OR REPLACE INTO run (key, value) VALUES ('status', '\"killed\"')")
+                conn.commit()
+            conn.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        pass
+
+
+def _required_columns() -> dict[str, set[str]]:
+    """Table -> the columns every record of this schema has (those without a default)."""
+    return {t.name: {c.name for c in t.scope + t.columns if c.default is dataclasses.MISSING}
+            for t in schema.TABLES}
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A read-only connection that creates no file: ``mode=ro``, else ``immutable=1`` (storage
+    that cannot even take a lock, or a WAL record with no ``-shm`` on read-only storage)."""
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+        conn.execute("PRAGMA application_id").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        if Path(f"{path}-wal").exists() and _writer_alive(path):
+            raise
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+
 class Record:
-    """Read access to one record."""
+    """Read access to one record.
+
+    Opening never leaves files behind and works on read-only storage: a finished record is one
+    file opened read-only (``immutable`` where the storage cannot even take a lock); a record
+    whose writer died (its data partly in ``-wal``, no writer holding its lock) is first folded
+    back into one file, with status ``killed`` when it still said ``running``."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -33,15 +102,19 @@ class Record:
             raise RecordError(f"{path}: no such record")
         if self.path.is_dir():
             raise RecordError(f"{path}: is a directory, not a record")
+        if not self.path.is_file():
+            raise RecordError(f"{path}: not a gradscope record (not a regular file)")
         try:
             with open(self.path, "rb") as fh:
-                header = fh.read(len(_SQLITE_MAGIC))
+                header = fh.read(72)
         except OSError as exc:
             raise RecordError(f"{path}: cannot read ({exc.strerror})") from None
-        if header != _SQLITE_MAGIC:
+        if header[: len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
             raise RecordError(f"{path}: not a gradscope record (not an SQLite file)")
+        if len(header) == 72 and int.from_bytes(header[68:72], "big") == schema.APPLICATION_ID:
+            _recover(self.path)
         try:
-            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            self._conn = _connect(self.path)
             app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
@@ -54,6 +127,16 @@ class Record:
                 f"reads up to {schema.VERSION}); upgrade gradscope to open it"
             )
         try:
+            odd = self._conn.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger')"
+            ).fetchone()
+            if odd is not None:  # a doctored file: a view could recurse forever on every read
+                raise RecordError(f"{path}: not a gradscope record (unexpected {odd[0]} {odd[1]!r})")
+            for table, columns in _required_columns().items():
+                have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                if not columns <= have:
+                    missing = ", ".join(sorted(columns - have))
+                    raise RecordError(f"{path}: corrupt record (table {table} lacks {missing})")
             self._conn.execute("SELECT count(*) FROM steps").fetchone()
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"{path}: corrupt record ({exc})") from None

@@ -59,7 +59,8 @@ class Row(Mapping):
 
 
 def _dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=True)
+    # anything JSON cannot hold is stored as its type name: it loses only itself
+    return json.dumps(value, separators=(",", ":"), allow_nan=True, default=lambda v: f"<{type(v).__name__}>")
 
 
 def _same(value):

@@ -1,17 +1,34 @@
 """The recorder thread: turns step snapshots into host data, runs the analyzers, writes SQLite.
 
-Only this thread touches the database connection. The training thread hands over messages
-through a bounded queue and never waits: when the queue is full a step is dropped and counted
-(``dropped_steps`` in the run table). Each step is committed on its own, and the database runs in
-WAL mode, so readers can follow a record that is still being written and a crash loses at most
-the step in flight.
+Only this thread touches the database connection. The training thread hands over messages and
+never waits for the recorder:
+
+- a step is dropped (and counted, with the reason) when `MAX_PENDING` steps are already queued;
+- metadata messages (modules, parameters, findings, run fields) always fit;
+- `close` waits for the queue to drain only while the recorder makes progress, and gives up
+  after `STALL_SECONDS` without any.
+
+A write error that persists (a full disk, storage gone read-only, an I/O error) stops the
+recording with one line on stderr; the recorder goes on judging steps in memory (`stopped`,
+`unrecorded_findings`) and training goes on. One value the database cannot store (a name with
+a lone surrogate) is stored escaped instead of failing its step.
+
+What a crash can lose: each step is committed on its own in WAL mode, so a process that dies
+loses the steps still queued (none when the recorder keeps up, at most `MAX_PENDING`) and the
+step in progress. The record of a killed process is recovered by its first reader. On close
+the record is checkpointed and switched out of WAL, so a finished record is one
+self-contained file. While the writer lives it holds a shared ``flock`` on the record file:
+readers tell a live record from a crashed one by it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import sqlite3
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -20,7 +37,21 @@ from pathlib import Path
 
 from ..data import KINDS, Stat, StepData, Update
 from ..trace.batch import FrozenBatch
-from . import schema
+from . import paths, schema
+
+try:
+    import fcntl
+except ImportError:  # Windows: no liveness lock; readers treat every -wal as live
+    fcntl = None
+
+#: Steps waiting for the recorder at most; one more is dropped and counted.
+MAX_PENDING = 256
+#: How long `close` (and the start) waits for a recorder that makes no progress at all.
+STALL_SECONDS = 30.0
+
+DROP_BEHIND = "the recorder fell behind"
+DROP_FAILED = "the step could not be written"
+DROP_STOPPED = "recording stopped"
 
 
 @dataclass
@@ -56,28 +87,167 @@ def decode(snapshot: StepSnapshot) -> StepData:
     return data
 
 
+def _storable(value):
+    """`value` with every string SQLite cannot encode (lone surrogates) escaped."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_storable(v) for v in value)
+    return value
+
+
+class _Connection:
+    """The recorder's connection: a parameter SQLite cannot encode is escaped and retried, so
+    one bad name loses nothing but its exact spelling. The common path costs nothing."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.raw = conn
+
+    def execute(self, sql, params=()):
+        try:
+            return self.raw.execute(sql, params)
+        except UnicodeEncodeError:
+            return self.raw.execute(sql, _storable(params))
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        done = 0
+
+        def counted():
+            nonlocal done
+            for done, row in enumerate(rows, 1):
+                yield row
+
+        try:
+            return self.raw.executemany(sql, counted())
+        except UnicodeEncodeError:
+            # rows before the one that failed are in; the rest go in escaped
+            return self.raw.executemany(sql, [_storable(r) for r in rows[max(done - 1, 0):]])
+
+    def commit(self):
+        self.raw.commit()
+
+    def rollback(self):
+        self.raw.rollback()
+
+    def close(self):
+        self.raw.close()
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    """Errors of the storage rather than of one message: they will happen again."""
+    return isinstance(exc, (OSError, sqlite3.OperationalError)) or type(exc) is sqlite3.DatabaseError
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _place(fresh: Path, path: Path, rename: bool) -> Path:
+    """Move the freshly built record to `path` without clobbering anything that is not a record.
+
+    A new path is taken exclusively (`os.link` fails when the name exists); a generated name
+    that another run took meanwhile becomes ``<name>-2`` and so on; an existing gradscope record
+    is replaced (its stale ``-wal``/``-shm`` go first, or SQLite would replay them into the new
+    file); anything else is refused."""
+    candidate, n = path, 1
+    while True:
+        try:
+            _take(fresh, candidate)
+            _remove_sidecars(candidate)
+            return candidate
+        except FileExistsError:
+            if rename:
+                n += 1
+                candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+                continue
+            if not is_record_file(candidate):
+                raise OSError(f"{candidate} exists and is not a gradscope record; not replacing it") from None
+            _remove_sidecars(candidate)
+            os.replace(fresh, candidate)
+            return candidate
+
+
+def _take(fresh: Path, path: Path) -> None:
+    """Move `fresh` to `path`, failing with `FileExistsError` when `path` exists."""
+    try:
+        os.link(fresh, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # no hard links here: reserve the name by exclusive create, then move the record in
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.replace(fresh, path)
+        return
+    fresh.unlink()
+
+
+def _remove_sidecars(path: Path) -> None:
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def is_record_file(path: Path) -> bool:
+    """Whether `path` is a regular file carrying gradscope's SQLite application id."""
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        with open(path, "rb") as fh:
+            header = fh.read(72)
+    except OSError:
+        return False
+    return (header[:16] == b"SQLite format 3\x00" and len(header) == 72
+            and int.from_bytes(header[68:72], "big") == schema.APPLICATION_ID)
+
+
 class RecordWriter:
-    """Owns the record file and the thread that writes it."""
+    """Owns the record file and the thread that writes it.
+
+    `path` is where the record goes; a name from `paths.new_record_path` that is taken by the
+    time the record is created becomes the next free one (`path` then says which)."""
 
     def __init__(self, path: Path, run: dict, analyzer=None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            self.path.unlink()
-        self._queue: queue.Queue = queue.Queue(maxsize=256)
+        self._rename = paths.is_generated(self.path)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._analyzer = analyzer  # gradscope.analysis.Analyzer, or None for no checks
-        self._dropped = 0
+        self._sent = 0  # steps queued (training thread only)
+        self._taken = 0  # steps taken off the queue (recorder thread only)
+        self._behind = 0  # steps dropped because the queue was full (training thread only)
+        self._failed_steps = 0  # steps whose write failed (recorder thread only)
+        self._unrecorded = 0  # steps judged after the recording stopped (recorder thread only)
+        self._written_drops = 0
         #: set once a non-finite statistic was recorded (read by the training thread, no lock)
         self.alarm = False
         #: set once an error finding was recorded (for break-on-error; read the same way)
         self.error_seen = False
+        #: why the recording stopped (a persistent write error), or None while it goes on
+        self.stopped: str | None = None
+        #: the step at which the recording stopped
+        self.stopped_at: int | None = None
+        #: findings judged after the recording stopped (kept in memory, shown by the summary)
+        self.unrecorded_findings: list[dict] = []
         self._findings: dict[tuple[str, str], int] = {}
+        self._memory: dict[tuple[str, str], dict] = {}
         self._error: str | None = None
+        self._lock_fd: int | None = None
+        self._progress = time.monotonic()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="gradscope-recorder", daemon=True)
-        self._run = dict(run, started=time.time(), status="running")
+        self._run = dict(run, started=time.time(), status="running", steps=0, dropped_steps=0)
         self._thread.start()
-        self._ready.wait()
+        if not self._ready.wait(STALL_SECONDS):
+            self._error = f"cannot write the record {self.path}: no answer from the storage in {STALL_SECONDS:g} s"
         if self._error:
             raise OSError(self._error)
 
@@ -88,34 +258,79 @@ class RecordWriter:
 
     def send_step(self, snapshot: StepSnapshot) -> None:
         """Queue a step; drop it (and count it) instead of waiting when the recorder lags."""
-        try:
-            self._queue.put_nowait(("step", snapshot))
-        except queue.Full:
-            self._dropped += 1
+        if self._sent - self._taken >= MAX_PENDING:
+            self._behind += 1
+            return
+        self._sent += 1
+        self._queue.put(("step", snapshot))
+
+    @property
+    def steps(self) -> int:
+        """Steps recorded, or judged in memory once the recording stopped."""
+        return self._run.get("steps", 0)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Steps not in the record, by reason."""
+        counts = {DROP_BEHIND: self._behind, DROP_FAILED: self._failed_steps, DROP_STOPPED: self._unrecorded}
+        return {reason: n for reason, n in counts.items() if n}
 
     def close(self, **run_fields) -> None:
-        """Finish writing: every queued step is written before this returns."""
+        """Finish writing: every queued step is written before this returns, as long as the
+        recorder makes progress; after `STALL_SECONDS` without any, it is left behind."""
         self._queue.put(("close", run_fields))
-        self._thread.join()
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.1)
+            if time.monotonic() - self._progress > STALL_SECONDS and self._thread.is_alive():
+                self._stop(f"no progress writing for {STALL_SECONDS:g} s")
+                return
 
     # -- recorder thread -------------------------------------------------------------------
+    def _stop(self, reason: str) -> None:
+        if self.stopped is not None:
+            return
+        self.stopped = reason
+        self.stopped_at = self._run.get("steps", 0)
+        try:
+            print(f"gradscope: record {self.path}: {reason}; recording stopped, training continues",
+                  file=sys.stderr, flush=True)
+        except Exception:
+            pass
+
+    def _create(self) -> _Connection:
+        """Build the empty record under a temporary name, then move it into place: a reader
+        polling for the file never sees one without its schema."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
+        os.close(fd)
+        fresh = Path(name)
+        try:
+            conn = sqlite3.connect(fresh)
+            try:
+                schema.create(conn)
+                self._set_run(conn, self._run)
+                conn.commit()
+            finally:
+                conn.close()
+            self.path = _place(fresh, self.path, self._rename)
+        finally:
+            fresh.unlink(missing_ok=True)
+        if fcntl is not None:
+            # before any WAL file exists: a reader must never take this record for a crashed one
+            self._lock_fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=2000")
+        return _Connection(conn)
+
     def _main(self) -> None:
         try:
-            # Build the empty record under a temporary name, then move it into place: a reader
-            # polling for the file never sees one without its schema.
-            fresh = self.path.with_name(f".{self.path.name}.new")
-            fresh.unlink(missing_ok=True)
-            conn = sqlite3.connect(fresh)
-            schema.create(conn)
-            self._set_run(conn, self._run)
-            conn.commit()
-            conn.close()
-            os.replace(fresh, self.path)
-            conn = sqlite3.connect(self.path, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = self._create()
         except (OSError, sqlite3.Error) as exc:
-            self._error = f"cannot write the record {self.path}: {exc}"
+            self._error = f"cannot write the record {self.path}: {_reason(exc)}"
+            self._release()
             self._ready.set()
             return
         self._ready.set()
@@ -123,23 +338,136 @@ class RecordWriter:
             self._analyzer.start(self.path, self._run)
         while True:
             kind, payload = self._queue.get()
+            if kind == "step":
+                self._taken += 1
+            if kind == "close":
+                self._finish(conn, payload)
+                break
+            if self.stopped is None:
+                self._write(conn, kind, payload)
+            else:
+                self._judge(kind, payload)
+            self._progress = time.monotonic()
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+        self._release()
+
+    def _write(self, conn: _Connection, kind: str, payload) -> None:
+        try:
+            getattr(self, f"_on_{kind}")(conn, payload)
+            if self._analyzer is not None and kind in ("modules", "parameters", "optimizer", "run"):
+                self._analyzer.observe(kind, payload)
+            self._note_drops(conn)
+            conn.commit()
+            if kind == "step":
+                self._run["steps"] = payload.data.step + 1
+        except Exception as exc:  # the record must survive whatever one message does
+            self._failed(conn, kind, exc)
+            if kind == "step" and self.stopped is None:
+                self._failed_steps += 1
+            elif kind == "step":
+                self._unrecorded += 1
+
+    def _note_drops(self, conn) -> None:
+        """Keep ``dropped_steps`` current in the record (the UI shows it while the run goes on)."""
+        dropped = self._behind + self._failed_steps
+        if dropped != self._written_drops:
+            self._set_run(conn, {"dropped_steps": dropped, "dropped": self.dropped})
+            self._written_drops = dropped
+
+    def _failed(self, conn: _Connection, kind: str, exc: Exception) -> None:
+        try:
+            conn.rollback()
+        except sqlite3.Error:
+            pass
+        if _is_write_error(exc):
+            self._stop(_reason(exc))
+            return
+        try:
+            self._on_finding(conn, _internal_finding(f"recorder ({kind})", exc))
+            conn.commit()
+        except Exception as again:  # even the finding cannot be written: the storage is gone
             try:
-                if kind == "close":
-                    if self._analyzer is not None:
-                        for finding in self._analyzer.finish():
-                            self._on_finding(conn, finding)
-                    self._set_run(conn, dict(payload, finished=time.time(), dropped_steps=self._dropped))
-                    conn.commit()
-                    break
-                getattr(self, f"_on_{kind}")(conn, payload)
-                if self._analyzer is not None and kind in ("modules", "parameters", "optimizer", "run"):
-                    self._analyzer.observe(kind, payload)
-                conn.commit()
-            except Exception as exc:  # the record must survive whatever one message does
                 conn.rollback()
-                self._on_finding(conn, _internal_finding(f"recorder ({kind})", exc))
+            except sqlite3.Error:
+                pass
+            self._stop(_reason(again))
+
+    def _judge(self, kind: str, payload) -> None:
+        """After the recording stopped: follow the run and judge its steps in memory."""
+        try:
+            if kind == "step":
+                self._unrecorded += 1
+                data = decode(payload)
+                if not self.alarm and any(s.nonfinite for s in data.stats):
+                    self.alarm = True
+                self._run["steps"] = data.step + 1
+                for finding in self._analyzer.step(data) if self._analyzer is not None else ():
+                    self._remember(finding)
+            elif kind == "finding":
+                self._remember(payload)
+            elif self._analyzer is not None and kind in ("modules", "parameters", "optimizer", "run"):
+                self._analyzer.observe(kind, payload)
+        except Exception:
+            pass  # nothing more can be lost here
+
+    def _remember(self, finding: dict) -> None:
+        if finding["severity"] == "error":
+            self.error_seen = True
+        key = (finding["check"], finding["subject"])
+        known = self._memory.get(key)
+        if known is not None:
+            known["count"] += 1
+            known["last_step"] = finding.get("step")
+            return
+        row = dict(finding, count=1, last_step=finding.get("step"))
+        self._memory[key] = row
+        self.unrecorded_findings.append(row)
+
+    def _finish(self, conn: _Connection, fields: dict) -> None:
+        findings = []
+        if self._analyzer is not None:
+            try:
+                findings = self._analyzer.finish()
+            except Exception as exc:
+                findings = [_internal_finding("recorder (finish)", exc)]
+        fields = dict(fields, finished=time.time(), dropped_steps=sum(self.dropped.values()),
+                      dropped=self.dropped)
+        if self.stopped is not None:
+            for finding in findings:
+                self._remember(finding)
+            fields.update(recording_stopped=self.stopped, recording_stopped_at=self.stopped_at)
+            try:  # the storage may have recovered: the record then says how it ends
+                self._set_run(conn, fields)
                 conn.commit()
-        conn.close()
+            except Exception:
+                return
+        else:
+            try:
+                for finding in findings:
+                    self._on_finding(conn, finding)
+                self._set_run(conn, fields)
+                conn.commit()
+            except Exception as exc:
+                self._failed(conn, "close", exc)
+                return
+        self._seal(conn)
+
+    def _seal(self, conn: _Connection) -> None:
+        """Fold the WAL into the file and leave WAL mode: one self-contained file, no -wal/-shm.
+        A reader holding the file open can keep it in WAL mode; the next reader seals it then."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error:
+            pass
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _set_run(self, conn, fields: dict) -> None:
         schema.RUN.insert(conn, [schema.RunField(k, v) for k, v in fields.items()], replace=True)
