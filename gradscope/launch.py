@@ -226,8 +226,8 @@ class Terminated(BaseException):
 class Interruptions:
     """Signal handling for the whole of ``gradscope run``: the script, then the finishing.
 
-    A handler tells the two phases apart by the stack: while runpy's frame is on it the script
-    is running and the signal interrupts it; afterwards gradscope is closing the record and
+    A handler tells the two phases apart by the stack: while `run` is running the script
+    through runpy, the script is running and the signal interrupts it; afterwards gradscope is closing the record and
     writing the report, and the signal is noted, not obeyed (so a second Ctrl-C cannot leave
     the record ``running``)."""
 
@@ -255,9 +255,13 @@ class Interruptions:
 
     @staticmethod
     def _script_running(frame) -> bool:
+        """Whether runpy's frame sits between `frame` and `run`'s (``python -m gradscope``
+        itself runs under runpy, further down)."""
+        seen_runpy = False
         while frame is not None:
-            if frame.f_code is runpy._run_code.__code__:
-                return True
+            if frame.f_code is run.__code__:
+                return seen_runpy
+            seen_runpy = seen_runpy or frame.f_code is runpy._run_code.__code__
             frame = frame.f_back
         return False
 
@@ -297,7 +301,14 @@ def run(target: Target, session: Session) -> int:
         code = _exit_code(exc)
         status = "finished" if code == 0 else "failed"
     except KeyboardInterrupt as exc:
-        traceback.print_exception(type(exc), exc, _user_traceback(exc.__traceback__))
+        shown = traceback.TracebackException(type(exc), exc, _user_traceback(exc.__traceback__))
+        part, seen = shown, set()
+        while part is not None and id(part) not in seen:  # drop the signal handler's frames
+            seen.add(id(part))
+            while part.stack and part.stack[-1].filename == __file__:
+                part.stack.pop()
+            part = part.__cause__ or part.__context__
+        print("".join(shown.format()), end="", file=sys.stderr)
         status, code = "interrupted", 130
     except Terminated:
         status, code = "killed", 128 + signal.SIGTERM
