@@ -272,7 +272,7 @@ def _check_paths(args) -> None:
     if args.record:
         args.record = str(check_record_target(args.record, args.overwrite))
     if args.report:
-        args.report = str(check_output(args.report, "--report"))
+        args.report = str(check_output(args.report, "the report"))
 
 
 def _cmd_demo(args) -> int:
@@ -336,7 +336,7 @@ def _cmd_export(args) -> int:
 
     from .record.paths import check_output
 
-    check_output(args.output, "-o")
+    check_output(args.output, "the diagram")
     with open_record(args.record) as record:
         fmt = export_record(record, args.output, step=args.step, graph=args.graph,
                             depth=args.depth, fmt=args.format, chart=args.chart, steps=args.steps)
@@ -359,7 +359,7 @@ def _cmd_report(args) -> int:
     from .record.reader import open_record
 
     if args.output != "-":
-        check_output(args.output, "-o")
+        check_output(args.output, "the report")
     records = []
     try:
         records += [open_record(path) for path in args.record]

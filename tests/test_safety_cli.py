@@ -59,14 +59,14 @@ def test_an_existing_record_is_replaced_only_with_overwrite(run_cli, script, tmp
 def test_unwritable_paths_are_refused_before_the_script_runs(run_cli, script, tmp_path):
     path = script(TRAIN.format(tail=""))
     missing = tmp_path / "no" / "such"
-    _one_error_line(run_cli("run", "--headless", "--report", missing / "r.json", path), "--report", "no such folder")
+    _one_error_line(run_cli("run", "--headless", "--report", missing / "r.json", path), "cannot write the report", "no such folder")
     _one_error_line(run_cli("run", "--headless", "--report", tmp_path, path), "is a directory")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     _one_error_line(run_cli("run", "--headless", "--record", blocker / "r.sqlite", path), "--record")
     run_cli("run", "--headless", "--record", "r.sqlite", path, check=0)
-    _one_error_line(run_cli("report", "r.sqlite", "-o", missing / "r.json"), "-o", "no such folder")
-    _one_error_line(run_cli("export", "r.sqlite", "-o", missing / "g.dot"), "-o", "no such folder")
+    _one_error_line(run_cli("report", "r.sqlite", "-o", missing / "r.json"), "cannot write the report", "no such folder")
+    _one_error_line(run_cli("export", "r.sqlite", "-o", missing / "g.dot"), "cannot write the diagram", "no such folder")
 
 
 def test_report_that_fails_at_the_end_keeps_the_script_status(run_cli, script, tmp_path):

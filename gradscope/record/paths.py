@@ -79,18 +79,22 @@ def check_record_target(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
-def check_output(path: str | Path, option: str) -> Path:
-    """The absolute path of an output file (`--report`, ``-o``), checked before anything runs."""
+def check_output(path: str | Path, what: str) -> Path:
+    """The absolute path of an output file (`what`: "the report", "the diagram"), checked
+    before anything runs; `GradscopeError` (one line) when it cannot be written."""
     from ..errors import GradscopeError
 
-    path = Path(os.path.abspath(path))
+    given, path = path, Path(os.path.abspath(path))
+    problem = None
     if path.is_dir():
-        raise GradscopeError(f"{option} {path}: is a directory")
-    if path.exists():
+        problem = "is a directory"
+    elif path.exists():
         if not os.access(path, os.W_OK):
-            raise GradscopeError(f"{option} {path}: not writable")
+            problem = "not writable"
     elif not path.parent.is_dir():
-        raise GradscopeError(f"{option} {path}: no such folder {path.parent}")
+        problem = f"no such folder {path.parent}"
     elif not os.access(path.parent, os.W_OK | os.X_OK):
-        raise GradscopeError(f"{option} {path}: cannot create files in {path.parent}")
+        problem = f"cannot create files in {path.parent}"
+    if problem:
+        raise GradscopeError(f"cannot write {what} {given}: {problem}")
     return path

@@ -26,9 +26,9 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import secrets
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import KINDS, Stat, StepData, Update
+from ..terminal import inert
 from ..trace.batch import FrozenBatch
 from . import paths, schema
 
@@ -97,8 +98,10 @@ def _storable(value):
             return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {k: _storable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_storable(v) for v in value)
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_storable(v) for v in value)
     return value
 
 
@@ -292,7 +295,7 @@ class RecordWriter:
         self.stopped = reason
         self.stopped_at = self._run.get("steps", 0)
         try:
-            print(f"gradscope: record {self.path}: {reason}; recording stopped, training continues",
+            print(inert(f"gradscope: record {self.path}: {reason}; recording stopped, training continues"),
                   file=sys.stderr, flush=True)
         except Exception:
             pass
@@ -301,9 +304,8 @@ class RecordWriter:
         """Build the empty record under a temporary name, then move it into place: a reader
         polling for the file never sees one without its schema."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
-        os.close(fd)
-        fresh = Path(name)
+        # a name no other run can pick; SQLite creates it with the user's usual permissions
+        fresh = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.new")
         try:
             conn = sqlite3.connect(fresh)
             try:
