@@ -355,8 +355,8 @@ def _cmd_plugins(args) -> int:
 def _cmd_report(args) -> int:
     from . import report
     from .record.paths import check_output
-    from .watch import make_analyzer
     from .record.reader import open_record
+    from .watch import make_analyzer
 
     if args.output != "-":
         check_output(args.output, "the report")
