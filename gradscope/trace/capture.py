@@ -1,0 +1,274 @@
+"""Fused capture: statistics of many tensors in a constant number of kernel launches.
+
+Per-tensor reductions cost a few small kernels each; with hundreds of parameters that is
+thousands of launches per step, which on a GPU costs more than the step itself. Everything here
+works on a whole list of tensors at once:
+
+* `norms` — the every-step figures of gradients: the L2 norm and the largest magnitude of each
+  tensor, two multi-tensor (``torch._foreach_norm``) launches per (device, dtype) group. A tensor
+  holds a NaN or an infinity exactly when its largest magnitude is not finite, so non-finite
+  detection comes with it (the L2 norm alone can overflow on finite values).
+* `summaries` — the full statistics of `stats.FIELDS` (and optionally histograms) for statistics
+  steps: small tensors are packed into chunks and reduced per segment (``torch.segment_reduce``),
+  a few launches per chunk whatever the number of tensors; a tensor larger than a chunk is
+  reduced piece by piece, so no full-size float copy of it is ever made.
+
+Everything stays on the tensors' devices (results are small device tensors); nothing reads a
+value back to the host. Index tensors that describe a chunk's layout are built once per layout
+and cached (on CUDA through pinned memory and a non-blocking copy, so building them never waits
+for the device either).
+
+What is summarized of a tensor (`local_values`): a DTensor's local shard (no collective), a
+sparse tensor's stored values (coalesced first, so duplicates are summed as torch would), the
+magnitude of a complex tensor, integer and bool tensors as float32.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+
+#: Elements reduced in one pass over a chunk. The transient extra memory of `summaries` is a
+#: small multiple of this (a float32 and a float64 copy of the chunk, masks and bin indices):
+#: about 30 bytes per element, 30 MB, whatever the size of the largest tensor.
+CHUNK = 1 << 20
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _dtensor_type():
+    # A DTensor can only exist once its module is imported; never import it here (slow, and
+    # absent from builds without distributed support).
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def local_values(t: torch.Tensor) -> torch.Tensor | None:
+    """The dense, detached tensor whose elements gradscope summarizes for `t`, or None when `t`
+    has no values to summarize (meta, empty, or a layout without stored values)."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(t, dtensor):
+        t = t.to_local()
+    t = t.detach()
+    if t.layout == torch.sparse_coo:
+        t = (t if t.is_coalesced() else t.coalesce())._values()
+    elif t.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        t = t.values()
+    elif t.layout != torch.strided:
+        return None
+    if t.device.type == "meta" or t.numel() == 0:
+        return None
+    return t
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a floating tensor: magnitudes of complex values, integers and bools as float32."""
+    if t.is_complex():
+        return t.abs()
+    if not t.is_floating_point():
+        return t.float()
+    return t
+
+
+# -- every step: norms ------------------------------------------------------------------------
+def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+    """Per (device, dtype) group: the positions in `tensors` and a device tensor [k, 2] of
+    (L2 norm, largest magnitude) of those tensors. `tensors` must hold values (`local_values`).
+
+    Two multi-tensor launches and one stack per group; half-precision tensors are reduced in
+    float32 so that a norm above 65504 is not reported as infinite."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    out = []
+    for (_, dtype), positions in groups.items():
+        xs = [tensors[i] if dtype.is_floating_point or dtype.is_complex else _real(tensors[i])
+              for i in positions]
+        extra = {"dtype": torch.float32} if dtype in _LOW_PRECISION else {}
+        two = torch._foreach_norm(xs, 2, **extra)
+        top = torch._foreach_norm(xs, math.inf, **extra)
+        out.append((positions, torch.stack(two + top).reshape(2, -1).t()))
+    return out
+
+
+# -- statistics steps: full summaries -----------------------------------------------------------
+class _Layouts:
+    """Device tensors describing a chunk's segments, built once per (device, lengths)."""
+
+    LIMIT = 512
+
+    def __init__(self):
+        self._cache: dict[tuple, tuple] = {}
+
+    def get(self, device: torch.device, lengths: tuple[int, ...], bins: int) -> tuple:
+        key = (device, lengths, bins)
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= self.LIMIT:
+                self._cache.clear()
+            host = (
+                torch.tensor(lengths, dtype=torch.int64),
+                torch.tensor(lengths, dtype=torch.float64),
+                torch.arange(len(lengths), dtype=torch.int64) * bins,
+            )
+            found = tuple(_to_device(h, device) for h in host) + (host,)
+            self._cache[key] = found
+        return found[:3]
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cpu":
+        return host
+    if device.type == "cuda":  # pinned source: a truly asynchronous copy (no sync)
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+_layouts = _Layouts()
+
+
+def _segments(x: torch.Tensor, lengths: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Raw per-segment reductions of a flat floating `x`: rows of (sum, sum of squares, min,
+    max, zeros, non-finite), float64, [segments, 6]."""
+    wide = x.double()
+    reduce = lambda values, how: torch.segment_reduce(values, how, lengths=lengths, unsafe=True)
+    total = reduce(wide, "sum")
+    squares = reduce(wide * wide, "sum")
+    low = reduce(x, "min").double()
+    high = reduce(x, "max").double()
+    zeros = reduce((x == 0).double(), "sum")
+    nonfinite = counts - reduce(torch.isfinite(x).double(), "sum")
+    return torch.stack((total, squares, low, high, zeros, nonfinite), 1)
+
+
+def _finish(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """`stats.FIELDS` rows from raw rows: mean, population std, min, max, norm, zeros, non-finite."""
+    total, squares, low, high, zeros, nonfinite = raw.unbind(1)
+    mean = total / counts
+    std = (squares / counts - mean * mean).clamp(min=0).sqrt()
+    return torch.stack((mean, std, low, high, squares.sqrt(), zeros, nonfinite), 1)
+
+
+def _bin_index(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int) -> torch.Tensor:
+    """Bin of each element given its tensor's range (`low`/`high` broadcast to `x`); the same
+    arithmetic as `stats.histogram`, so the counts agree exactly."""
+    width = (high - low).clamp(min=torch.finfo(torch.float32).tiny) / bins
+    return ((x - low) / width).nan_to_num(0.0).floor().clamp(0, bins - 1).long()
+
+
+@dataclass
+class Summary:
+    """Statistics of some of the tensors given to `summaries`, all on one device."""
+
+    positions: list[int]  # into the list given to `summaries`
+    rows: torch.Tensor  # float64 [k, len(stats.FIELDS)]
+    hists: torch.Tensor | None  # float64 [k, 2 + bins]: low, high, bin counts (or None)
+
+
+def summaries(tensors: list[torch.Tensor], *, bins: int = 0, chunk: int = CHUNK) -> list[Summary]:
+    """Full statistics (`stats.FIELDS`) of every tensor, and with `bins` > 0 a histogram of each
+    (low, high, counts of `bins` equal-width bins, as `stats.histogram`). `tensors` must hold
+    values (`local_values`). One `Summary` per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    return [_device_summaries(tensors, positions, device, bins, chunk)
+            for device, positions in by_device.items()]
+
+
+def _device_summaries(tensors, positions, device, bins, chunk) -> Summary:
+    order: list[int] = []  # positions in the order their rows are produced
+    raws: list[torch.Tensor] = []
+    counts: list[torch.Tensor] = []
+    hists: list[torch.Tensor] = []
+    pack: list[int] = []
+    size = 0
+
+    def flush():
+        nonlocal pack, size
+        if not pack:
+            return
+        flat = [_flat(tensors[i]) for i in pack]
+        x = torch.cat(flat) if len(flat) > 1 else flat[0]
+        lengths, sizes, offsets = _layouts.get(device, tuple(f.numel() for f in flat), bins)
+        raw = _segments(x, lengths, sizes)
+        raws.append(raw)
+        counts.append(sizes)
+        order.extend(pack)
+        if bins:
+            x32 = x.float()
+            low, high = raw[:, 2].float(), raw[:, 3].float()
+            spread = lambda v: torch.repeat_interleave(v, lengths, output_size=x32.numel())
+            index = _bin_index(x32, spread(low), spread(high), bins) + spread(offsets)
+            found = torch.zeros(len(pack) * bins, dtype=torch.float32, device=device)
+            found.index_add_(0, index, torch.ones((), device=device).expand(x32.numel()))
+            hists.append(torch.cat((low.double()[:, None], high.double()[:, None],
+                                    found.double().reshape(len(pack), bins)), 1))
+        pack, size = [], 0
+
+    for i in positions:
+        n = tensors[i].numel()
+        if n > chunk:
+            raw, hist = _large(tensors[i], device, bins, chunk)
+            raws.append(raw)
+            counts.append(_layouts.get(device, (n,), 0)[1])
+            order.append(i)
+            if bins:
+                hists.append(hist)
+            continue
+        if size + n > chunk:
+            flush()
+        pack.append(i)
+        size += n
+    flush()
+    join = lambda parts: torch.cat(parts) if len(parts) > 1 else parts[0]
+    hist = join(hists) if bins else None
+    return Summary(order, _finish(join(raws), join(counts)), hist)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """`t` as one flat floating tensor. Statistics do not depend on the order of elements, so a
+    permuted tensor (a transposed activation) is flattened in memory order, without a copy."""
+    t = _real(t)
+    if not t.is_contiguous() and t.dim() > 1:
+        order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+        permuted = t.permute(order)
+        if permuted.is_contiguous():
+            return permuted.view(-1)
+    return t.reshape(-1)
+
+
+def _large(t: torch.Tensor, device, bins: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raw row [1, 6] (and histogram [1, 2 + bins]) of a tensor larger than a chunk, reduced
+    piece by piece with plain reductions (no float copy; the non-finite mask of a piece is a
+    thirty-second of the tensor at most), binned chunk by chunk."""
+    flat = _flat(t)
+    n = flat.numel()
+    step = max(chunk, -(-n // 32))
+    parts = []
+    for start in range(0, n, step):
+        piece = flat[start:start + step]
+        low, high = torch.aminmax(piece)
+        parts.append(torch.stack((
+            piece.sum(dtype=torch.float64),
+            torch.linalg.vector_norm(piece, dtype=torch.float32).double().square(),
+            low.double(), high.double(),
+            (piece.numel() - torch.count_nonzero(piece)).double(),
+            (piece.numel() - torch.count_nonzero(torch.isfinite(piece))).double(),
+        )))
+    total, squares, low, high, zeros, nonfinite = (torch.stack(parts) if len(parts) > 1 else parts[0][None]).unbind(1)
+    raw = torch.stack((total.sum(), squares.sum(), low.amin(), high.amax(), zeros.sum(), nonfinite.sum()))
+    raw = raw.reshape(1, 6)
+    if not bins:
+        return raw, None
+    low, high = raw[0, 2].float(), raw[0, 3].float()
+    found = torch.zeros(bins, dtype=torch.float32, device=device)
+    one = torch.ones((), device=device)
+    for start in range(0, n, chunk):
+        x32 = flat[start:start + chunk].float()
+        found.index_add_(0, _bin_index(x32, low, high, bins), one.expand(x32.numel()))
+    hist = torch.cat((low.double().reshape(1), high.double().reshape(1), found.double()))
+    return raw, hist.reshape(1, -1)

@@ -1,0 +1,260 @@
+"""Fused statistics agree with torch's own per-tensor reductions, make no full-size copies, and
+handle DTensor shards and sparse gradients."""
+
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gradscope.trace.capture import local_values, norms, summaries
+from gradscope.trace.params import ParamTracker
+from gradscope.trace.stats import FIELDS, histogram
+
+
+def oracle(t):
+    x = t.detach().double()
+    return {
+        "mean": x.mean().item(), "std": x.std(correction=0).item(), "min": x.min().item(),
+        "max": x.max().item(), "norm": torch.linalg.vector_norm(x).item(),
+        "zeros": int((x == 0).sum()), "nonfinite": int((~torch.isfinite(x)).sum()),
+    }
+
+
+def mixed_tensors():
+    torch.manual_seed(0)
+    zeros = torch.randn(7, 13)
+    zeros[0, :5] = 0
+    return [
+        zeros, torch.randn(5, dtype=torch.float64), torch.randn(3000) * 100 + 7,
+        torch.randn(10).half(), torch.randn(33).bfloat16(), torch.tensor([2.5]),
+        torch.randint(-3, 5, (6,)), torch.tensor([True, False, True]),
+        torch.tensor([3 + 4j, 0j]), torch.randn(64, 3, 3, 3).permute(0, 2, 3, 1),
+    ]
+
+
+def rows_by_position(results, width):
+    got = {}
+    for s in results:
+        for j, i in enumerate(s.positions):
+            got[i] = (s.rows[j].tolist(), None if s.hists is None else s.hists[j].tolist())
+    assert all(len(r) == width for r, _ in got.values())
+    return got
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 100, 7])
+def test_summaries_match_torch_per_tensor(chunk):
+    tensors = mixed_tensors()
+    got = rows_by_position(summaries(tensors, chunk=chunk), len(FIELDS))
+    assert sorted(got) == list(range(len(tensors)))
+    for i, t in enumerate(tensors):
+        want = oracle(t.abs() if t.is_complex() else t.float() if t.dtype == torch.bool else t)
+        row = dict(zip(FIELDS, got[i][0]))
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (i, key)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 50])
+def test_histograms_match_the_single_tensor_histogram(chunk):
+    torch.manual_seed(1)
+    tensors = [torch.randn(1000), torch.randn(3, 4) * 10, torch.tensor([1.0, 1.0]),
+               torch.randn(77).half(), torch.tensor([0.5, -float("inf"), 3.0])]
+    got = rows_by_position(summaries(tensors, bins=16, chunk=chunk), len(FIELDS))
+    for i, t in enumerate(tensors):
+        assert got[i][1] == histogram(t).tolist(), i
+        assert sum(got[i][1][2:]) == t.numel()
+
+
+def test_nonfinite_values_are_counted_and_propagate():
+    t = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0])
+    for chunk in (1 << 20, 2):
+        row = dict(zip(FIELDS, summaries([torch.ones(3), t], chunk=chunk)[0].rows[-1].tolist()))
+        assert row["nonfinite"] == 3 and row["zeros"] == 1
+        assert math.isnan(row["mean"]) and math.isnan(row["min"]) and math.isnan(row["max"])
+
+
+def test_norms_match_torch_vector_norm_per_group():
+    torch.manual_seed(2)
+    tensors = [torch.randn(40, 3), torch.randn(5).double(), torch.randn(8).half(), torch.randn(9) * 3,
+               torch.randn(4).bfloat16()]
+    results = norms(tensors)
+    assert len(results) == 4  # one per (device, dtype)
+    seen = set()
+    for positions, rows in results:
+        for j, i in enumerate(positions):
+            seen.add(i)
+            x = tensors[i].float() if tensors[i].dtype in (torch.float16, torch.bfloat16) else tensors[i]
+            assert rows[j, 0].item() == pytest.approx(torch.linalg.vector_norm(x).item(), rel=1e-3)
+            assert rows[j, 1].item() == x.abs().max().item()
+    assert seen == set(range(len(tensors)))
+
+
+def test_norms_tell_overflow_from_nonfinite_values():
+    big = torch.full((10,), 60000.0).half()  # finite, but its norm overflows float16
+    bad = torch.tensor([1.0, float("nan")])
+    inf = torch.tensor([1.0, float("inf")])
+    huge = torch.full((4,), 1e30)  # norm overflows float32, as torch's own norm does
+    got = {}
+    for positions, rows in norms([big, bad, inf, huge]):
+        for j, i in enumerate(positions):
+            got[i] = rows[j].tolist()
+    assert math.isfinite(got[0][0]) and got[0][1] == 60000.0
+    assert math.isnan(got[1][1]) and got[2][1] == math.inf
+    assert got[3][0] == torch.linalg.vector_norm(huge).item() and math.isfinite(got[3][1])
+
+
+class LargestOutput(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in [] if func.is_view else out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_a_large_tensor_is_reduced_in_chunks_without_a_full_copy():
+    t = torch.randn(1001, 999).t()  # a transposed view: flattened without a copy
+    t[5, 3] = 0
+    with LargestOutput() as mode:
+        result = summaries([t], bins=16, chunk=10_000)[0]
+    assert mode.largest <= t.numel() // 20  # the largest temporary is a small piece of t
+    row = dict(zip(FIELDS, result.rows[0].tolist()))
+    for key, value in oracle(t).items():
+        assert row[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert result.hists[0].tolist() == histogram(t).tolist()
+
+
+def test_sparse_gradients_are_summarized_by_their_values():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    emb(torch.tensor([1, 1, 3])).sum().backward()  # index 1 twice: uncoalesced duplicates
+    grad = emb.weight.grad
+    assert grad.is_sparse
+    values = local_values(grad)
+    assert values.shape == (2, 4) and torch.equal(values, grad.coalesce().values())
+    row = dict(zip(FIELDS, summaries([values])[0].rows[0].tolist()))
+    assert row["norm"] == pytest.approx(torch.linalg.vector_norm(grad.to_dense()).item())
+    assert row["max"] == 2.0 and row["nonfinite"] == 0
+    emb.weight.grad = None
+    emb(torch.tensor([2])).mul(float("nan")).sum().backward()
+    positions, rows = norms([local_values(emb.weight.grad)])[0]
+    assert math.isnan(rows[0, 1].item())
+
+
+def test_tensors_without_values():
+    assert local_values(torch.empty(0)) is None
+    assert local_values(torch.empty(3, device="meta")) is None
+
+
+def test_dtensor_is_summarized_on_its_local_shard(tmp_path):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch built without distributed")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        full = torch.randn(6, 4)
+        d = distribute_tensor(full, mesh, [Shard(0)])
+        local = local_values(d)
+        assert type(local) is torch.Tensor and torch.equal(local, d.to_local())
+        positions, rows = norms([local])[0]
+        assert rows[0, 0].item() == pytest.approx(torch.linalg.vector_norm(full).item())
+        tracker = ParamTracker(8)
+        param = torch.nn.Parameter(d)
+        tracker.add("w", param)
+        tracker.end_step()
+        with torch.no_grad():
+            param.add_(1.0)
+        (names, rows), = tracker.end_step()
+        assert names == ["w"] and rows[0, 0].item() == pytest.approx(math.sqrt(8))
+    finally:
+        dist.destroy_process_group()
+
+
+def sample_oracle(t, size):
+    flat = t.detach().reshape(-1)
+    stride = max(1, -(-flat.numel() // size))
+    return flat[::stride][:size].clone()
+
+
+def test_update_auditing_matches_torch_on_the_samples():
+    torch.manual_seed(3)
+    params = {"a": torch.nn.Parameter(torch.randn(100, 30)), "b": torch.nn.Parameter(torch.randn(5)),
+              "c": torch.nn.Parameter(torch.randn(50).double())}
+    tracker = ParamTracker(64)
+    assert [tracker.add(n, p) for n, p in params.items()] == [True, False, False]
+    last = {n: sample_oracle(p, 64) for n, p in params.items()}
+    with torch.no_grad():
+        params["a"].mul_(1.5)  # a change outside the optimizer
+    before = {n: sample_oracle(p, 64) for n, p in params.items()}
+    tracker.before_step(["a", "b"])
+    with torch.no_grad():
+        for p in params.values():
+            p.sub_(0.25)
+    after = {n: sample_oracle(p, 64) for n, p in params.items()}
+    got = {n: row for names, rows in tracker.after_step(["a", "b"]) for n, row in zip(names, rows.tolist())}
+    assert sorted(got) == ["a", "b"]
+    for n, row in got.items():
+        want = [torch.linalg.vector_norm(after[n] - before[n]), torch.linalg.vector_norm(before[n]),
+                torch.linalg.vector_norm(before[n] - last[n])]
+        assert row == pytest.approx([w.item() for w in want], rel=1e-6)
+    assert tracker.after_step(["a", "b"]) == []  # nothing new since
+    got = {n: row for names, rows in tracker.end_step() for n, row in zip(names, rows.tolist())}
+    assert sorted(got) == ["a", "b", "c"]
+    for n, row in got.items():
+        want = [torch.linalg.vector_norm(after[n] - last[n]), torch.linalg.vector_norm(last[n])]
+        assert row == pytest.approx([w.item() for w in want], rel=1e-6)
+
+
+def test_replaced_parameter_data_is_sampled_afresh():
+    p = torch.nn.Parameter(torch.zeros(10))
+    tracker = ParamTracker(4)
+    tracker.add("p", p)
+    tracker.end_step()
+    p.data = torch.full((10,), 2.0)  # new storage: the cached view no longer follows p
+    (names, rows), = tracker.end_step()
+    assert rows[0].tolist() == [4.0, 0.0]  # |2 - 0| over the 4 sampled elements; |w| then was 0
+    with torch.no_grad():
+        p.add_(1.0)
+    (names, rows), = tracker.end_step()
+    assert rows[0].tolist() == [2.0, 4.0]
+
+
+class OpCount(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("what", ["norms", "summaries", "tracker"])
+def test_launches_do_not_grow_with_the_number_of_tensors(what):
+    def count(n):
+        tensors = [torch.randn(8) for _ in range(n)]
+        tracker = ParamTracker(4)
+        for i, t in enumerate(tensors):
+            tracker.add(str(i), torch.nn.Parameter(t))
+        tracker.end_step()
+        with OpCount() as mode:
+            if what == "norms":
+                norms(tensors)
+            elif what == "summaries":
+                summaries(tensors, bins=8)
+            else:
+                names = [str(i) for i in range(n)]
+                tracker.before_step(names)
+                tracker.after_step(names)
+                tracker.end_step()
+        return mode.ops
+
+    assert count(200) == count(10)
