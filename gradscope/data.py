@@ -16,7 +16,9 @@ class Stat:
     """Statistics of one tensor: a root module's input, an activation, an output gradient, a
     parameter's gradient or weight, or the loss. `kind` is one of `KINDS`; `subject` the module or parameter name (or
     ``loss``); `call` which call of the module in the step (or which backward, for the loss);
-    `path` where the tensor sits in a nested output ('' for a plain tensor)."""
+    `path` where the tensor sits in a nested output ('' for a plain tensor). Between
+    full-statistics steps a parameter gradient's row holds only `count`, `norm` and `nonfinite`
+    (1 when any element is NaN or infinite); its other fields are NaN (`zeros` None)."""
 
     kind: str
     subject: str

@@ -258,3 +258,40 @@ def test_launches_do_not_grow_with_the_number_of_tensors(what):
         return mode.ops
 
     assert count(200) == count(10)
+
+
+class Rows:
+    """A RowBatch stand-in that keeps the device rows as given (no host copy needed here)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, kind, keys, counts, values):
+        for key, count, row in zip(keys, counts, values.reshape(len(keys), -1).tolist()):
+            self.rows.append((kind, key, count, row))
+
+
+def test_staging_takes_values_when_added_and_summarizes_them_together():
+    from gradscope.trace.capture import Staging
+
+    torch.manual_seed(4)
+    staging = Staging(chunk=64)
+    batch = Rows()
+    a, b, big = torch.randn(30), torch.randn(5, 5).double(), torch.randn(100)
+    c = torch.randint(0, 3, (20,))
+    wants = {}
+    for kind, key, t in [("activation", "a", a), ("activation", "b", b), ("grad-output", "big", big),
+                         ("grad-output", "c", c), ("input", "a2", a * 2)]:
+        wants[key] = oracle(t.float() if not t.is_floating_point() else t)
+        wants[key]["count"] = t.numel()
+        staging.add(batch, kind, key, t)
+    a.relu_()  # changed in place after its hook: the statistics are of the values it had
+    staging.drain(batch)
+    assert sorted(key for _, key, _, _ in batch.rows) == sorted(wants)
+    for kind, key, count, row in batch.rows:
+        got = dict(zip(FIELDS, row))
+        assert count == wants[key].pop("count")
+        for field, value in wants[key].items():
+            assert got[field] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, field)
+    assert {key: kind for kind, key, _, _ in batch.rows} == {
+        "a": "activation", "b": "activation", "big": "grad-output", "c": "grad-output", "a2": "input"}

@@ -24,6 +24,7 @@ readers tell a live record from a crashed one by it.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import queue
 import secrets
@@ -73,6 +74,12 @@ def decode(snapshot: StepSnapshot) -> StepData:
             subject, call, path = key
             *floats, zeros, nonfinite = values
             data.stats.append(Stat(kind, subject, call, path, count, *floats, int(zeros), int(nonfinite)))
+        elif kind == "grad-norm":  # a gradient between full-statistics steps: norm and flag
+            subject, call, path = key
+            norm, largest = values
+            nan = math.nan
+            data.stats.append(Stat("grad", subject, call, path, count, nan, nan, nan, nan, norm,
+                                   None, 0 if math.isfinite(largest) else 1))
         elif kind == "update":
             name, optimizer = key
             opt_updates[name] = (optimizer, values)

@@ -272,3 +272,101 @@ def _large(t: torch.Tensor, device, bins: int, chunk: int) -> tuple[torch.Tensor
         found.index_add_(0, _bin_index(x32, low, high, bins), one.expand(x32.numel()))
     hist = torch.cat((low.double().reshape(1), high.double().reshape(1), found.double()))
     return raw, hist.reshape(1, -1)
+
+
+# -- parameters: the rows a step records --------------------------------------------------------
+def gradient_rows(named: list[tuple[str, torch.Tensor]], full: bool) -> list[tuple[str, list, list[int], torch.Tensor]]:
+    """Row blocks (kind, keys, counts, device values) for parameter gradients, `named` as
+    (parameter name, `local_values` of its gradient). Every step: ``grad-norm`` rows of (L2
+    norm, largest magnitude); with `full` statistics: ``grad`` rows of `stats.FIELDS` and
+    ``hist`` rows of histograms (`stats.HIST_BINS` bins)."""
+    from .stats import HIST_BINS
+
+    tensors = [t for _, t in named]
+    out = []
+    if not full:
+        for positions, rows in norms(tensors):
+            keys = [(named[i][0], 0, "") for i in positions]
+            out.append(("grad-norm", keys, [tensors[i].numel() for i in positions], rows))
+        return out
+    for result in summaries(tensors, bins=HIST_BINS):
+        counts = [tensors[i].numel() for i in result.positions]
+        out.append(("grad", [(named[i][0], 0, "") for i in result.positions], counts, result.rows))
+        out.append(("hist", [named[i][0] for i in result.positions], counts, result.hists))
+    return out
+
+
+def weight_rows(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, list, list[int], torch.Tensor]]:
+    """``weight`` row blocks of `stats.FIELDS` for parameters, `named` as (name, `local_values`)."""
+    tensors = [t for _, t in named]
+    return [
+        ("weight", [(named[i][0], 0, "") for i in result.positions],
+         [tensors[i].numel() for i in result.positions], result.rows)
+        for result in summaries(tensors)
+    ]
+
+
+# -- statistics steps: module tensors as they come --------------------------------------------
+class Staging:
+    """Statistics of module tensors (inputs, activations, output gradients) taken as they come,
+    summarized together.
+
+    A tensor may be changed in place right after its hook saw it (an in-place ReLU after a
+    batch-norm), so its values are taken at once: a small tensor is copied into a chunk-sized
+    staging buffer of its device (one copy kernel), a tensor larger than a chunk is summarized on
+    the spot (`summaries`, piece by piece). A full buffer, and every buffer at `drain`, is
+    summarized with one pass of segment reductions. Rows go to the `RowBatch` given to `drain`
+    (and to `add`, for what is summarized on the spot), in blocks of one kind each.
+    """
+
+    def __init__(self, chunk: int = CHUNK):
+        self.chunk = chunk
+        self._buffers: dict[tuple, torch.Tensor] = {}  # (device, dtype) -> staging buffer, reused
+        self._staged: dict[tuple, list[tuple[str, object, int]]] = {}  # (kind, key, numel) per buffer
+        self._used: dict[tuple, int] = {}
+
+    def add(self, batch, kind: str, key, t: torch.Tensor) -> None:
+        """Take `t`'s values now (its statistics reach `batch` by the next `drain` at the latest)."""
+        values = local_values(t)
+        if values is None:
+            return
+        n = values.numel()
+        if n > self.chunk:
+            result = summaries([values], chunk=self.chunk)[0]
+            batch.add(kind, [key], [n], result.rows)
+            return
+        dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+        slot = (values.device, dtype)
+        used = self._used.get(slot, 0)
+        if used + n > self.chunk:
+            self._flush(batch, slot)
+            used = 0
+        buffer = self._buffers.get(slot)
+        if buffer is None:
+            buffer = self._buffers[slot] = torch.empty(self.chunk, dtype=dtype, device=values.device)
+        buffer[used:used + n].view(values.shape).copy_(_real(values))
+        self._used[slot] = used + n
+        self._staged.setdefault(slot, []).append((kind, key, n))
+
+    def drain(self, batch) -> None:
+        """Summarize everything staged into `batch`."""
+        for slot in list(self._staged):
+            self._flush(batch, slot)
+
+    def _flush(self, batch, slot) -> None:
+        staged = self._staged.pop(slot, [])
+        used = self._used.pop(slot, 0)
+        if not staged:
+            return
+        device = slot[0]
+        lengths, counts, _ = _layouts.get(device, tuple(n for _, _, n in staged), 0)
+        rows = _finish(_segments(self._buffers[slot][:used], lengths, counts), counts)
+        start = 0
+        while start < len(staged):  # one block per run of the same kind (views of `rows`)
+            kind = staged[start][0]
+            end = start
+            while end < len(staged) and staged[end][0] == kind:
+                end += 1
+            run = staged[start:end]
+            batch.add(kind, [key for _, key, _ in run], [n for _, _, n in run], rows[start:end])
+            start = end

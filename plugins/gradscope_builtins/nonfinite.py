@@ -154,8 +154,9 @@ class NonFinite:
                 "backward); add an epsilon, or use torch.autograd.set_detect_anomaly to find the op.",
             )]
         if (stat := by_kind("grad")) is not None:
+            amount = stat.nonfinite if stat.zeros is not None else "some"  # counted on full steps
             return [self._finding(
-                step, stat.subject, f"the gradient of {stat.subject} holds {stat.nonfinite} "
+                step, stat.subject, f"the gradient of {stat.subject} holds {amount} "
                 f"non-finite values", stat,
                 "Clip gradients (torch.nn.utils.clip_grad_norm_) and lower the learning rate; "
                 "check for loss scaling problems under mixed precision.",
