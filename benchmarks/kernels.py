@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradscope
-from gradscope.session import DENSE_STEPS
+from gradscope.settings import DEFAULTS
 from models import make
 
 
@@ -59,7 +59,7 @@ def measure(model: str, steps: int, *, size: int = 0, stats_every: int = 10):
         bare_steps = train(net, opt, x, y, steps, bare)
     with tempfile.TemporaryDirectory() as folder:
         with gradscope.watch(net, opt, record=Path(folder) / "k.sqlite", stats_every=stats_every):
-            train(net, opt, x, y, DENSE_STEPS + 1)
+            train(net, opt, x, y, DEFAULTS.dense_steps + 1)
             with Count() as watched:
                 watched_steps = train(net, opt, x, y, steps, watched)
     return (sum(bare_steps) / steps, sum(watched_steps) / steps, watched_steps,

@@ -29,8 +29,9 @@ from .trace.optimizers import Optimizers, describe_groups
 from .trace.params import ParamTracker
 from .trace.registry import Registry
 from .trace.schedule import Schedule
-from .trace.shards import local, placement
-from .trace.stats import histogram, summarize
+from .trace.capture import gradient_rows, local_values
+from .trace.shards import placement
+from .trace.stats import summarize
 from .trace.step import OpenStep, ends_step
 
 
@@ -195,22 +196,26 @@ class Session:
         step = self.open
         if step.want_graph and step.graph is None and tensors.grad_fn is not None:
             step.graph = walk(tensors.grad_fn, self._registry.live_param_ids(), scopes=True)
+        key = [("loss", step.backwards, "")]
+        if tensors.numel() == 1 and tensors.layout == torch.strided and tensors.device.type != "meta":
+            step.batch.add("loss", key, [1], tensors.detach().reshape(1))  # the recorder expands it
+            return
         values = summarize(tensors)
         if values is not None:
-            step.batch.add("loss", [("loss", step.backwards, "")], [tensors.numel()], values)
+            step.batch.add("loss", key, [tensors.numel()], values)
 
     @guarded
     def after_backward(self):
         step = self.open
         step.backwards += 1
+        named = []
         for name, ref in self._registry.params.items():
             param = ref()
-            grad = None if param is None or param.grad is None else local(param.grad)
-            values = None if grad is None else summarize(grad)
-            if values is not None:  # the latest backward's (accumulated) gradient wins
-                step.grads[name] = (grad.numel(), values)
-                if step.full:
-                    step.hists[name] = histogram(grad)
+            grad = None if param is None else param.grad
+            values = None if grad is None else local_values(grad)
+            if values is not None:
+                named.append((name, values))
+        step.grads = gradient_rows(named, step.full)  # the latest backward's (accumulated) gradients
 
     @guarded
     def on_zero_grad(self, owner, set_to_none):
@@ -237,8 +242,7 @@ class Session:
         entry = self._optimizers.get(optimizer)
         if entry is None:
             return
-        names, rows = self._tracker.after_step(entry.params)
-        if rows is not None:
+        for names, rows in self._tracker.after_step(entry.params):
             self.open.batch.add("update", [(n, entry.index) for n in names], [1] * len(names), rows)
         self.open.optimizer_steps.append(entry.index)
         self.boundary("optimizer", primary=self._optimizers.is_primary(entry))

@@ -70,7 +70,12 @@ def decode(snapshot: StepSnapshot) -> StepData:
     opt_updates: dict[str, tuple[int, list[float]]] = {}
     step_updates: dict[str, list[float]] = {}
     for kind, key, count, values in snapshot.rows.read():
-        if kind in KINDS:
+        if kind in KINDS and len(values) == 1:  # a single value, sent as it is
+            subject, call, path = key
+            (v,) = values
+            data.stats.append(Stat(kind, subject, call, path, 1, v, 0.0, v, v, abs(v), int(v == 0),
+                                   int(not math.isfinite(v))))
+        elif kind in KINDS:
             subject, call, path = key
             *floats, zeros, nonfinite = values
             data.stats.append(Stat(kind, subject, call, path, count, *floats, int(zeros), int(nonfinite)))

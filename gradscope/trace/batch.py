@@ -62,12 +62,16 @@ class RowBatch:
         offsets: dict[torch.device, int] = {}
         for block, flat in self._blocks:
             device = flat.device
-            by_device.setdefault(device, []).append(flat.double())
+            if not flat.is_floating_point():  # counts: exact in float64, not in float32
+                flat = flat.double()
+            by_device.setdefault(device, []).append(flat)
             placed.append((block, device, offsets.get(device, 0)))
             offsets[device] = offsets.get(device, 0) + flat.numel()
         parts = {}
         for device, tensors in by_device.items():
-            joined = torch.cat(tensors)
+            joined = torch.cat(tensors)  # a copy (promoted to the widest dtype), never an alias
+            if joined.dtype != torch.float64:
+                joined = joined.double()
             if device.type == "cuda":
                 host = torch.empty(joined.shape, dtype=joined.dtype, pin_memory=True)
                 host.copy_(joined, non_blocking=True)

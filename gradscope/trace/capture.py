@@ -31,10 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .tails import DeadUnits, count_dead, count_outside, unit_maxima
+
 #: Elements reduced in one pass over a chunk. The transient extra memory of `summaries` is a
 #: small multiple of this (a float32 and a float64 copy of the chunk, masks and bin indices):
-#: about 30 bytes per element, 30 MB, whatever the size of the largest tensor.
-CHUNK = 1 << 20
+#: about 25 bytes per element, 50 MB, whatever the size of the largest tensor.
+CHUNK = 1 << 21
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -90,8 +92,14 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
         extra = {"dtype": torch.float32} if dtype in _LOW_PRECISION else {}
         two = torch._foreach_norm(xs, 2, **extra)
         top = torch._foreach_norm(xs, math.inf, **extra)
-        out.append((positions, torch.stack(two + top).reshape(2, -1).t()))
+        out.append((positions, rows_of(two, top)))
     return out
+
+
+def rows_of(*columns: list[torch.Tensor]) -> torch.Tensor:
+    """A [k, len(columns)] tensor from columns of k 0-d tensors, in one stack (row-major, so
+    it travels without a copy)."""
+    return torch.stack([value for row in zip(*columns) for value in row]).reshape(-1, len(columns))
 
 
 # -- statistics steps: full summaries -----------------------------------------------------------
@@ -324,6 +332,8 @@ class Staging:
         self._buffers: dict[tuple, torch.Tensor] = {}  # (device, dtype) -> staging buffer, reused
         self._staged: dict[tuple, list[tuple[str, object, int]]] = {}  # (kind, key, numel) per buffer
         self._used: dict[tuple, int] = {}
+        self._counts: list[tuple[object, int, torch.Tensor]] = []  # tail counts: key, total, 0-d
+        self._maxima: list[tuple[object, int, torch.Tensor]] = []  # dead units: key, units, maxima
 
     def add(self, batch, kind: str, key, t: torch.Tensor) -> None:
         """Take `t`'s values now (its statistics reach `batch` by the next `drain` at the latest)."""
@@ -348,10 +358,42 @@ class Staging:
         self._used[slot] = used + n
         self._staged.setdefault(slot, []).append((kind, key, n))
 
+    def add_tail(self, key, t: torch.Tensor, request) -> None:
+        """Take a plugin's tail count or dead units (`tails`) of `t` now; rows at `drain`."""
+        values = local_values(t)
+        if values is None:
+            return
+        if isinstance(request, DeadUnits):
+            maxima = unit_maxima(values, request)
+            if maxima is not None:
+                self._maxima.append((key, maxima.numel(), maxima))
+        else:
+            counted = count_outside(values, request)
+            if counted is not None:
+                self._counts.append((key, values.numel(), counted))
+
     def drain(self, batch) -> None:
         """Summarize everything staged into `batch`."""
         for slot in list(self._staged):
             self._flush(batch, slot)
+        if self._counts:
+            keys, totals, counted = zip(*self._counts)
+            batch.add("tail", list(keys), list(totals), torch.stack(counted))
+        by_device: dict[torch.device, list] = {}
+        for entry in self._maxima:
+            by_device.setdefault(entry[2].device, []).append(entry)
+        for device, entries in by_device.items():
+            keys, units, maxima = zip(*entries)
+            if len(set(units)) == 1 and len(entries) > 1:  # one shape: no segments needed
+                dead = (~(torch.stack(maxima) > 0)).sum(1)
+            elif len(entries) == 1:
+                dead = count_dead(maxima[0]).reshape(1)
+            else:
+                lengths, _, _ = _layouts.get(device, units, 0)
+                dead = torch.segment_reduce((~(torch.cat(maxima) > 0)).double(), "sum",
+                                            lengths=lengths, unsafe=True)
+            batch.add("tail", list(keys), list(units), dead)
+        self._counts, self._maxima = [], []
 
     def _flush(self, batch, slot) -> None:
         staged = self._staged.pop(slot, [])

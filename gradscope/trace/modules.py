@@ -15,9 +15,7 @@ import torch
 
 from .autograd import IN_MARK, OUT_MARK
 from .guard import guarded
-from .stats import summarize
 from .structure import describe, leaves
-from .tails import compute
 
 
 def _mark(tensor: torch.Tensor, key: str, name) -> None:
@@ -75,9 +73,7 @@ class ModuleHooks:
             return
         for path, leaf in [*leaves(args), *leaves(kwargs)]:
             if isinstance(leaf, torch.Tensor):
-                values = summarize(leaf)
-                if values is not None:
-                    step.batch.add("input", [(name, call, path)], [leaf.numel()], values)
+                step.staging.add(step.batch, "input", (name, call, path), leaf)
 
     @guarded
     def _on_post(self, name, module, args, kwargs, output):
@@ -107,13 +103,9 @@ class ModuleHooks:
         grad_enabled = torch.is_grad_enabled()
         tails = self._tails.get(type(module).__name__, ())
         for path, t in tensors:
-            values = summarize(t)
-            if values is not None:
-                step.batch.add("activation", [(name, call, path)], [t.numel()], values)
+            step.staging.add(step.batch, "activation", (name, call, path), t)
             for request in tails:
-                counted, total = compute(t, request)
-                if counted is not None:
-                    step.batch.add("tail", [(name, call, request.name)], [total], counted)
+                step.staging.add_tail((name, call, request.name), t, request)
             if grad_enabled and t.grad_fn is not None:
                 t.register_hook(functools.partial(self._on_output_grad, name, call, path))
                 if step.want_graph:
@@ -121,6 +113,5 @@ class ModuleHooks:
 
     @guarded
     def _on_output_grad(self, name, call, path, grad):
-        values = summarize(grad)
-        if values is not None:
-            self._session.open.batch.add("grad-output", [(name, call, path)], [grad.numel()], values)
+        step = self._session.open
+        step.staging.add(step.batch, "grad-output", (name, call, path), grad)

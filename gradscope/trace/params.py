@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .capture import local_values
+from .capture import local_values, rows_of
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -132,8 +132,7 @@ class ParamTracker:
             delta = torch._foreach_norm(torch._foreach_sub(views, before), 2, **extra)
             weight = torch._foreach_norm(before, 2, **extra)
             outside = torch._foreach_norm(torch._foreach_sub(before, last), 2, **extra)
-            rows = torch.stack(delta + weight + outside).reshape(3, -1).t()
-            out.append((group.names, rows))
+            out.append((group.names, rows_of(delta, weight, outside)))
         return out
 
     def end_step(self) -> list[tuple[list[str], torch.Tensor]]:
@@ -148,7 +147,7 @@ class ParamTracker:
             extra = _norm_dtype(views[0])
             delta = torch._foreach_norm(torch._foreach_sub(views, last), 2, **extra)
             weight = torch._foreach_norm(last, 2, **extra)
-            out.append((group.names, torch.stack(delta + weight).reshape(2, -1).t()))
+            out.append((group.names, rows_of(delta, weight)))
             torch._foreach_copy_(last, views)
         return out
 

@@ -18,13 +18,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from ..data import StepData
 from ..record.writer import StepSnapshot
 from .batch import RowBatch
-from .shards import local
-from .stats import summarize
+from .capture import Staging, local_values, weight_rows
 
 
 def ends_step(event: str, step: "OpenStep", *, optimizers: bool, primary: bool = False) -> bool:
@@ -52,8 +49,8 @@ class OpenStep:
     calls: list[dict] = field(default_factory=list)
     call_counts: dict[str, int] = field(default_factory=dict)
     input_calls: dict[str, int] = field(default_factory=dict)
-    grads: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
-    hists: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    grads: list[tuple] = field(default_factory=list)  # row blocks of the latest backward's gradients
+    staging: Staging = field(default_factory=Staging)  # module tensors on full-statistics steps
     zero_grads: list[dict] = field(default_factory=list)
     optimizer_steps: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # optimizers whose step a GradScaler skipped
@@ -75,19 +72,15 @@ class OpenStep:
         (its whole-step update rows); `params` — name -> weak reference of every watched
         parameter (weights on full-statistics steps)."""
         batch = self.batch
-        names, rows = tracker.end_step()
-        if rows is not None:
+        for names, rows in tracker.end_step():
             batch.add("step-update", names, [1] * len(names), rows)
-        for name, (count, values) in self.grads.items():
-            batch.add("grad", [(name, 0, "")], [count], values)
-        for name, values in self.hists.items():
-            if values is not None:
-                batch.add("hist", [name], [self.grads[name][0]], values)
-        for name, ref in params.items() if self.full else ():
-            param = None if ref() is None else local(ref())  # a sharded one: this rank's shard
-            values = None if param is None else summarize(param)
-            if values is not None:
-                batch.add("weight", [(name, 0, "")], [param.numel()], values)
+        for block in self.grads:
+            batch.add(*block)
+        self.staging.drain(batch)
+        if self.full:
+            named = [(name, local_values(p)) for name, p in ((n, r()) for n, r in params.items()) if p is not None]
+            for block in weight_rows([(name, values) for name, values in named if values is not None]):
+                batch.add(*block)
         data = StepData(
             step=self.number,
             time=self.started,

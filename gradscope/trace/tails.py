@@ -1,5 +1,7 @@
 """Statistics plugins can ask for (see the ``gradscope_statistics`` hook): tail counts and
-dead units. Both are computed on the tensor's device like every other statistic."""
+dead units. Both are computed on the tensor's device like every other statistic: a tail count is
+one reduction per tensor; for dead units each tensor gives only its per-unit maximum (one
+reduction), and the units of all tensors are judged together (`capture.Staging`)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ class TailCount:
 
 
 def count_outside(t: torch.Tensor, request: TailCount) -> torch.Tensor | None:
-    """Device tensor [1]: how many elements of `t` lie outside (low, high)."""
+    """0-d device tensor: how many elements of `t` lie outside (low, high)."""
     if not has_values(t) or not (t.is_floating_point() or t.is_complex()):
         return None
     x = t.detach()
@@ -35,7 +37,7 @@ def count_outside(t: torch.Tensor, request: TailCount) -> torch.Tensor | None:
         inside = torch.count_nonzero(x < request.high)
     else:
         inside = torch.count_nonzero((x > request.low) & (x < request.high))
-    return (x.numel() - inside).reshape(1).double()
+    return x.numel() - inside
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,15 @@ class DeadUnits:
     unit_dim: int = 1
 
 
-def count_dead(t: torch.Tensor, request: DeadUnits) -> torch.Tensor | None:
-    """Device tensor [1]: how many units of `t` never rise above zero."""
+def unit_maxima(t: torch.Tensor, request: DeadUnits) -> torch.Tensor | None:
+    """Device tensor [units]: the largest value of each unit of `t` (a unit is dead when its
+    maximum is not above zero; NaN counts as dead)."""
     if not has_values(t) or not t.is_floating_point() or t.dim() < 2:
         return None
-    x = t.detach().movedim(request.unit_dim, 0).reshape(t.shape[request.unit_dim], -1)
-    return torch.count_nonzero(~(x.amax(dim=1) > 0)).reshape(1).double()
+    unit = request.unit_dim % t.dim()
+    return t.detach().amax(dim=[d for d in range(t.dim()) if d != unit])
 
 
-def compute(t: torch.Tensor, request) -> tuple[torch.Tensor | None, int]:
-    """(device count, how many things were counted) for a `TailCount` or `DeadUnits`."""
-    if isinstance(request, DeadUnits):
-        return count_dead(t, request), (t.shape[request.unit_dim] if t.dim() >= 2 else 0)
-    return count_outside(t, request), t.numel()
+def count_dead(maxima: torch.Tensor) -> torch.Tensor:
+    """How many of the units whose maxima are given are dead."""
+    return torch.count_nonzero(~(maxima > 0))

@@ -1,0 +1,164 @@
+"""Watched training loops: what fused capture records equals torch's own numbers, the extra work
+of a step without statistics does not grow with the model, and gradscope never reads a device
+value back on the training thread."""
+
+import math
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import gradscope
+from gradscope.settings import DEFAULTS
+
+DENSE = DEFAULTS.dense_steps
+PACKAGE = str(Path(gradscope.__file__).parent)
+
+
+def from_gradscope() -> bool:
+    """Whether gradscope's code is on the calling stack (the user's own reads do not count)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(PACKAGE):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class Count(TorchDispatchMode):
+    """Non-view aten operations run on this thread, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops[func.__name__] += 1
+            if func.__name__ == "_local_scalar_dense" and from_gradscope():
+                self.ops["gradscope host read"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def mlp(tensors: int) -> nn.Module:
+    layers = []
+    for _ in range(tensors // 2):
+        layers += [nn.Linear(6, 6), nn.Tanh()]
+    return nn.Sequential(*layers[:-1])
+
+
+def step(net, opt, x, y):
+    opt.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+
+
+def extra_ops_of_a_quiet_step(tensors: int, tmp_path) -> int:
+    torch.manual_seed(0)
+    net = mlp(tensors)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(4, 6), torch.randint(0, 6, (4,))
+    step(net, opt, x, y)
+    with Count() as bare:
+        step(net, opt, x, y)
+    with gradscope.watch(net, opt, record=tmp_path / f"{tensors}.sqlite", stats_every=1000):
+        for _ in range(DENSE + 1):
+            step(net, opt, x, y)
+        with Count() as watched:
+            step(net, opt, x, y)
+    return sum(watched.ops.values()) - sum(bare.ops.values())
+
+
+def test_extra_work_of_a_step_without_statistics_does_not_grow_with_parameters(tmp_path):
+    small = extra_ops_of_a_quiet_step(10, tmp_path)
+    large = extra_ops_of_a_quiet_step(200, tmp_path)
+    assert 0 < small == large  # a constant number of multi-tensor launches, not one per tensor
+
+
+def test_no_host_reads_on_the_training_thread(tmp_path, monkeypatch):
+    """Neither `aten._local_scalar_dense` (.item(), bool(t)...) nor .tolist() runs from
+    gradscope's code on the training thread in watched steps, with and without full statistics
+    (Adam's own reads of its step counter are the user's)."""
+    trainer = threading.get_ident()
+    reads = Counter()
+    for method in ("tolist", "item"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *a, _original=original, _method=method, **k):
+            if threading.get_ident() == trainer and from_gradscope():
+                reads[_method] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3), nn.Sigmoid())
+    opt = torch.optim.Adam(net.parameters())
+    x, y = torch.randn(2, 1, 8, 8), torch.randint(0, 3, (2,))
+    with gradscope.watch(net, opt, record=tmp_path / "r.sqlite", stats_every=3):
+        with Count() as watched:
+            for _ in range(DENSE + 6):
+                step(net, opt, x, y)
+    assert watched.ops["gradscope host read"] == 0
+    assert not reads
+
+
+def test_gradients_and_updates_equal_torch_per_tensor(tmp_path):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    net.half_head = nn.Linear(3, 3).to(torch.bfloat16)  # a second dtype group
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    expected = {}
+    path = tmp_path / "r.sqlite"
+    with gradscope.watch(net, opt, record=path, stats_every=10):
+        for i in range(DENSE + 2):
+            opt.zero_grad()
+            out = net[2](net[1](net[0](x)))
+            loss = F.cross_entropy(out, y) + net.half_head(out.bfloat16()).float().sum() * 0
+            loss.backward()
+            expected[i] = {n: p.grad.clone() for n, p in net.named_parameters()}
+            opt.step()
+    record = gradscope.open_record(path)
+    for number in (DENSE - 1, DENSE + 1):  # a full-statistics step, then one without
+        data = record.step(number)
+        for name, grad in expected[number].items():
+            stat = data.stat("grad", name)
+            g = grad.double()
+            assert stat.count == grad.numel()
+            assert stat.norm == pytest.approx(torch.linalg.vector_norm(g).item(), rel=1e-3), name
+            assert stat.nonfinite == 0
+            if number < DENSE:
+                assert stat.mean == pytest.approx(g.mean().item(), rel=1e-4, abs=1e-7)
+                assert (stat.min, stat.max) == pytest.approx((g.min().item(), g.max().item()), rel=1e-3)
+                assert stat.zeros == int((g == 0).sum())
+            else:
+                assert math.isnan(stat.mean) and stat.zeros is None  # only every stats_every steps
+    assert set(record.step(DENSE + 1).updates) == {n for n, _ in net.named_parameters()}
+
+
+def test_sparse_gradients_are_recorded_and_their_nonfinite_values_found(tmp_path):
+    torch.manual_seed(2)
+    emb = nn.Embedding(20, 4, sparse=True)
+    opt = torch.optim.SparseAdam(emb.parameters())
+    path = tmp_path / "r.sqlite"
+    grads = []
+    with gradscope.watch(emb, opt, record=path, stats_every=1000):
+        for i in range(DENSE + 2):
+            opt.zero_grad()
+            scale = float("nan") if i == DENSE + 1 else 1.0
+            (emb(torch.tensor([1, 1, 5])).sum() * scale).backward()
+            grads.append(emb.weight.grad.coalesce())
+            opt.step()
+    record = gradscope.open_record(path)
+    good = record.step(DENSE).stat("grad", "weight")
+    assert good.count == 8  # two stored rows of 4
+    assert good.norm == pytest.approx(torch.linalg.vector_norm(grads[DENSE].values()).item())
+    assert good.nonfinite == 0
+    assert record.step(DENSE + 1).stat("grad", "weight").nonfinite == 1
+    assert any(f["check"] == "nonfinite" for f in record.findings())
