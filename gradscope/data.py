@@ -30,7 +30,7 @@ class Stat:
     min: float
     max: float
     norm: float
-    zeros: int
+    zeros: int | None  # None: not counted (a gradient between full-statistics steps)
     nonfinite: int
 
 

@@ -3,11 +3,14 @@
 The training thread adds device tensors (`RowBatch.add`); at the step boundary `freeze`
 concatenates them into one flat tensor per device and starts a non-blocking copy to host memory
 (pinned, with a CUDA event on GPUs). The recorder thread calls `FrozenBatch.read`, which waits
-for the copy: the training thread never waits for a device.
+for the copy by polling its event (not a synchronisation, so a user's
+``torch.cuda.set_sync_debug_mode`` never flags gradscope): the training thread never waits for a
+device.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +35,8 @@ class FrozenBatch:
         """(kind, key, count, values) for every row, in the order rows were added."""
         flat = {}
         for device, (host, event) in self._parts.items():
-            if event is not None:
-                event.synchronize()
+            while event is not None and not event.query():
+                time.sleep(0.0005)
             flat[device] = host.tolist()
         rows = []
         for block, device, offset in self._blocks:
