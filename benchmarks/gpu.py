@@ -132,7 +132,7 @@ def peak(device) -> int:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
 
 
-def watched_loop(net, opt, x, y, device, stats_every, steps, path, errors: list) -> list[float]:
+def watched_loop(net, opt, x, y, device, stats_every, steps, path, errors: list, notes: list) -> list[float]:
     """A watched run: its dense start, then `steps` timed steps. On CUDA the whole loop runs
     under sync debug mode "error"; the first synchronisation is reported, then the loop goes on
     without the mode (timings of such a run are not comparable and are marked)."""
@@ -171,8 +171,8 @@ def watched_loop(net, opt, x, y, device, stats_every, steps, path, errors: list)
     record = gradscope.open_record(path)
     recorded = len(record.steps())
     if recorded != DEFAULTS.dense_steps + steps:
-        errors.append(f"{recorded} of {DEFAULTS.dense_steps + steps} steps recorded")
-    errors += [f"internal error: {f.message}" for f in record.findings() if f.check == "internal-error"]
+        notes.append(f"stats_every={stats_every}: {recorded} of {DEFAULTS.dense_steps + steps} steps recorded")
+    notes += [f"internal error: {f.message}" for f in record.findings() if f.check == "internal-error"]
     return timed
 
 
@@ -188,7 +188,8 @@ def measure(name, net, shape, device, rounds, steps, folder):
     run_steps(net, opt, x, y, 3, device)  # warm-up: cuDNN choices, allocator
     times = {"bare": [], "default": [], "full": []}
     peaks = {"bare": 0, "default": 0, "full": 0}
-    errors: list[str] = []
+    errors: list[str] = []  # synchronisations
+    notes: list[str] = []  # steps not recorded, internal errors
     for r in range(rounds):
         peak_reset(device)
         times["bare"] += run_steps(net, opt, x, y, steps, device)
@@ -196,10 +197,10 @@ def measure(name, net, shape, device, rounds, steps, folder):
         for label, every in (("default", DEFAULTS.stats_every), ("full", 1)):
             peak_reset(device)
             times[label] += watched_loop(net, opt, x, y, device, every, steps,
-                                         Path(folder) / f"{label}{r}.sqlite", errors)
+                                         Path(folder) / f"{label}{r}.sqlite", errors, notes)
             peaks[label] = max(peaks[label], peak(device))
     bare_mean, bare_median = statistics.fmean(times["bare"]), statistics.median(times["bare"])
-    row = {"model": name, "bare_ms": bare_mean * 1e3, "errors": errors}
+    row = {"model": name, "bare_ms": bare_mean * 1e3, "errors": errors, "notes": notes}
     for label in ("default", "full"):
         row[f"{label}_mean"] = statistics.fmean(times[label]) / bare_mean
         row[f"{label}_median"] = statistics.median(times[label]) / bare_median
@@ -239,6 +240,9 @@ def main() -> int:
         print(f"| {r['model']} | {r['tensors']} | {r['bare_ms']:.1f} | x{r['default_mean']:.3f} / x{r['default_median']:.3f} "
               f"| x{r['full_mean']:.3f} / x{r['full_median']:.3f} | {pct(r['default_mem'])} / {pct(r['full_mem'])} "
               f"| {syncs} |")
+    for r in rows:
+        for note in dict.fromkeys(r["notes"]):
+            print(f"\n{r['model']}: {note}")
     return 0
 
 

@@ -7,7 +7,8 @@ Trains a model (CPU, or CUDA when present) in rounds; each round runs every cont
 hand-written forward/gradient hooks with .item(), torch.autograd.detect_anomaly, and
 TensorBoard's add_histogram of every gradient (needs the tensorboard package). Prints each
 median step time and its ratio to bare. gradscope rounds are timed after the dense start of a
-run (its first steps always get full statistics). Models: `resnet`, a small
+run (its first steps always get full statistics). Prints the ratio of median step times and
+of total (mean) step times: the total includes the every-10th statistics steps. Models: `resnet`, a small
 ResNet-style CNN (in-place ReLUs, batch-norm) on 32x32 images; `transformer`, a 4-layer
 encoder (d=128, batch 16x64); `demo`, the demo's LeNet on 32x32 images; for GPUs,
 `resnet50` (torchvision's, batch 64 of 224x224) and `transformer-large` (12 layers, d=768,
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradscope
-from gradscope.session import DENSE_STEPS
+from gradscope.settings import DEFAULTS
 from gradscope.demo import Net
 
 
@@ -199,14 +200,16 @@ def main() -> None:
             for name in chosen:
                 with CONTENDERS[name](net, opt, Path(folder) / f"{name}{r}.sqlite", args.stats_every):
                     if name.startswith("gradscope"):
-                        _steps(net, opt, x, y, DENSE_STEPS, device)  # past the dense start of a run
+                        _steps(net, opt, x, y, DEFAULTS.dense_steps, device)  # past the dense start of a run
                     times[name] += _steps(net, opt, x, y, args.steps, device)
     bare = statistics.median(times["bare"])
+    bare_mean = statistics.fmean(times["bare"])
     print(f"device {device}, {args.model}, {args.rounds}x{args.steps} steps each, "
           f"torch {torch.__version__}")
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:22} median {median * 1e3:9.3f} ms/step   ratio {median / bare:6.2f}")
+        median, mean = statistics.median(values), statistics.fmean(values)
+        print(f"{name:22} median {median * 1e3:9.3f} ms/step  ratio {median / bare:6.2f}   "
+              f"mean {mean * 1e3:9.3f} ms/step  total-time ratio {mean / bare_mean:6.2f}")
 
 if __name__ == "__main__":
     main()
