@@ -23,13 +23,13 @@ from .record.writer import RecordWriter, _internal_finding
 from .settings import DEFAULTS, Settings
 from .trace import keepalive, patches
 from .trace.autograd import walk
+from .trace.capture import gradient_rows, local_values
 from .trace.guard import guarded
 from .trace.modules import ModuleHooks
 from .trace.optimizers import Optimizers, describe_groups
 from .trace.params import ParamTracker
 from .trace.registry import Registry
 from .trace.schedule import Schedule
-from .trace.capture import gradient_rows, local_values
 from .trace.shards import placement
 from .trace.stats import summarize
 from .trace.step import OpenStep, ends_step

@@ -26,11 +26,11 @@ magnitude of a complex tensor, integer and bool tensors as float32.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
 
+from .shards import local
 from .tails import DeadUnits, count_dead, count_outside, unit_maxima
 
 #: Elements reduced in one pass over a chunk. The transient extra memory of `summaries` is a
@@ -41,19 +41,10 @@ CHUNK = 1 << 21
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _dtensor_type():
-    # A DTensor can only exist once its module is imported; never import it here (slow, and
-    # absent from builds without distributed support).
-    module = sys.modules.get("torch.distributed.tensor")
-    return getattr(module, "DTensor", None)
-
-
 def local_values(t: torch.Tensor) -> torch.Tensor | None:
     """The dense, detached tensor whose elements gradscope summarizes for `t`, or None when `t`
     has no values to summarize (meta, empty, or a layout without stored values)."""
-    dtensor = _dtensor_type()
-    if dtensor is not None and isinstance(t, dtensor):
-        t = t.to_local()
+    t = local(t)
     t = t.detach()
     if t.layout == torch.sparse_coo:
         t = (t if t.is_coalesced() else t.coalesce())._values()
