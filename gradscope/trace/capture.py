@@ -136,6 +136,8 @@ def _segments(x: torch.Tensor, lengths: torch.Tensor, counts: torch.Tensor) -> t
     reduce = lambda values, how: torch.segment_reduce(values, how, lengths=lengths, unsafe=True)
     total = reduce(wide, "sum")
     squares = reduce(wide * wide, "sum")
+    if x.dtype != torch.float64:  # torch's own norm of float32 values overflows past float32's range
+        squares = squares.float().double()
     low = reduce(x, "min").double()
     high = reduce(x, "max").double()
     zeros = reduce((x == 0).double(), "sum")
