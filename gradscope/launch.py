@@ -124,7 +124,7 @@ class _AutoAttach:
 
     def __init__(self, session: Session):
         self.session = session
-        self.depth = 0
+        self.local = threading.local()  # depth of module calls, per thread
         self._optimizers: list = []  # weak references to optimizers built, not yet watched
         self._models: dict[int, tuple[str, object]] = {}  # id(model) -> (variable, weak ref)
         self._settled = False
@@ -174,7 +174,8 @@ class _AutoAttach:
         self._settled = True
 
     def _pre(self, module, args):
-        if self.depth == 0:
+        depth = getattr(self.local, "depth", 0)
+        if depth == 0:
             if not self._settled:
                 self._settle()  # the optimizers built before the first forward
             if not self.session.knows(module):
@@ -183,10 +184,10 @@ class _AutoAttach:
                 if known is not None and known[1]() is unwrap(module):
                     name = self.session.free_prefix(known[0])
                 self.session.attach_running(module, args, name=name)
-        self.depth += 1
+        self.local.depth = depth + 1
 
     def _post(self, module, args, output):
-        self.depth = max(0, self.depth - 1)
+        self.local.depth = max(0, getattr(self.local, "depth", 0) - 1)
 
     def _opt_pre(self, optimizer, args, kwargs):
         self._settle()

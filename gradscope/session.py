@@ -13,6 +13,7 @@ guarded: an exception inside gradscope becomes an ``internal-error`` finding, ne
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -78,14 +79,17 @@ class Session:
         self._tracker = ParamTracker(self.settings.sample)
         self._registry = Registry()
         self._optimizers = Optimizers()
-        self._modules = ModuleHooks(self, max_calls=self.settings.max_calls, tails=tails)
         self._handles: list = []  # optimizer hooks
         self._failures: set[tuple[str, str]] = set()
         self._closed = False
         self._placements: dict[str, dict] = {}  # sharded parameter -> its layout (a run field)
         self._scaler_open = None  # (open step, its optimizer steps) when GradScaler.step began
+        self._threads = {threading.get_ident()}  # threads that train watched models
+        self._root_threads: dict[str, int] = {}  # root prefix -> the thread of its latest forward
+        self._param_roots: dict[str, str | None] = {}  # parameter name -> its root's prefix
         self.step = 0
         self.open = self._new_step(want_graph=self._schedule.walk_graph(0, None))
+        self._modules = ModuleHooks(self, max_calls=self.settings.max_calls, tails=tails)
         patches.add_listener(self)
 
     @property
@@ -102,8 +106,8 @@ class Session:
     def attach_running(self, module: torch.nn.Module, args, name: str | None = None) -> None:
         """Watch a root module whose forward has already begun (its own pre-hook missed it)."""
         prefix = self.add_model(module, name)
-        if self._registry.module_name(module) is not None:  # a wrapper's inner module has its own hooks
-            self._modules._on_pre(prefix, module, args, {})
+        if self._registry.module_name(module) is not None:  # a wrapper's inner module gets its own call
+            self._modules.enter(prefix, module, args)
 
     def free_prefix(self, name: str) -> str:
         """`name`, or `name` with a number, whichever no watched model uses yet."""
@@ -126,8 +130,7 @@ class Session:
             if self._registry.module_name(sub) is not None:
                 continue
             full = _join(prefix, sub_name)
-            self._registry.add_module(sub, full)
-            self._modules.attach(sub, full)
+            self._registry.add_module(sub, full, prefix)
             own = sum(1 for _ in sub.parameters(recurse=False))
             rows.append({"name": full, "type": type(sub).__name__, "root": prefix, "params": own})
         self._writer.send("modules", rows)
@@ -146,6 +149,7 @@ class Session:
             self._registry.add_param(full, param)
             if (layout := placement(param)) is not None:
                 sharded[full] = layout
+            self._param_roots[full] = prefix
             sampled = self._tracker.add(full, param)
             rows.append({
                 "name": full,
@@ -186,6 +190,32 @@ class Session:
             "groups": describe_groups(optimizer), "first_step": self.step,
         })
 
+    # -- threads ------------------------------------------------------------------------------
+    def entered_root(self, module) -> None:
+        """A watched module starts a forward in the calling thread, outside any other."""
+        ident = threading.get_ident()
+        root = self._registry.module_root(module)
+        if self._root_threads.get(root) != ident:
+            self._root_threads = {**self._root_threads, root: ident}
+            self._threads = {*self._threads, ident}
+
+    def owns_thread(self) -> bool:
+        """Whether the calling thread trains this session's models (backward events go only
+        to the sessions that own the thread)."""
+        return threading.get_ident() in self._threads
+
+    def _own_params(self):
+        """(name, weak reference) of the parameters this thread trains: all of them unless the
+        session's roots run in several threads; then those of the roots this thread ran."""
+        # copies: another thread may add parameters or roots meanwhile
+        params = list(self._registry.params.items())
+        threads = dict(self._root_threads)
+        if len(set(threads.values())) <= 1:
+            return params
+        ident = threading.get_ident()
+        mine = {root for root, thread in threads.items() if thread == ident}
+        return [(name, ref) for name, ref in params if self._param_roots.get(name) in mine]
+
     # -- autograd and zero_grad (via trace.patches) ------------------------------------------
     @guarded
     def before_backward(self, tensors):
@@ -209,7 +239,7 @@ class Session:
         step = self.open
         step.backwards += 1
         named = []
-        for name, ref in self._registry.params.items():
+        for name, ref in self._own_params():
             param = ref()
             grad = None if param is None else param.grad
             values = None if grad is None else local_values(grad)
@@ -221,6 +251,8 @@ class Session:
     def on_zero_grad(self, owner, set_to_none):
         if isinstance(owner, torch.optim.Optimizer):
             entry = self._optimizers.get(owner)
+            if entry is None and not self.owns_thread():
+                return
             who = type(owner).__name__ if entry is None else entry.name
         else:
             who = self._registry.module_name(owner)

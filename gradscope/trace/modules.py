@@ -1,20 +1,37 @@
 """Module hooks: what each watched module takes and returns in a step.
 
-A forward pre-hook and an always-called forward hook on every watched module describe each
-call (shapes, dtypes, devices, training mode) up to `max_calls` calls per module per step,
-mark the call's tensors in the autograd graph (when the step walks it) and, on full-statistics
-steps, summarize inputs of root calls, activations, requested tail counts and, through tensor
-hooks, output gradients. A root forward (depth 0) is also where a step may end.
+Design: torch's *global* module hooks (``register_module_forward_pre_hook`` and an
+always-called ``register_module_forward_hook``), dispatching through the session's weak-reference
+`Registry`, rather than hooks stored on each module. Nothing gradscope owns is stored on the
+user's modules, so ``copy.deepcopy``, ``pickle``, ``torch.save`` and ``torch.jit.script`` of a
+watched model behave as without gradscope; a copy is simply a module the registry does not know
+(``gradscope run`` watches it under its own name once it runs a forward as a root). Modules are
+never touched when attaching or detaching, so a hundred throw-away loss modules cost nothing.
+The price is one dictionary lookup for every module call in the process while a session is
+open; unwatched modules stop there. Hooks do nothing while ``torch.jit.trace`` or
+``torch.compile`` is tracing (those calls are not training, and gradscope's Python must not
+become part of a compiled graph), nor inside a backward pass (activation checkpointing
+recomputing a forward: those calls were already seen).
+
+For each watched call, up to `max_calls` calls per module per step, the hooks describe the call
+(shapes, dtypes, devices, training mode), mark its tensors in the autograd graph (when the step
+walks it) and, on full-statistics steps, summarize inputs of root calls, activations, requested
+tail counts and, through tensor hooks, output gradients. A root forward (depth 0 in its thread)
+is also where a step may end. Torch's global pre-hook gets no keyword arguments, so the tensors
+passed by keyword are read in the forward hook, which gets them.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
+from torch.nn.modules import module as nn_module
 
 from .autograd import IN_MARK, OUT_MARK
 from .guard import guarded
+from .patches import in_backward
 from .structure import describe, leaves
 
 
@@ -24,27 +41,31 @@ def _mark(tensor: torch.Tensor, key: str, name) -> None:
         fn.metadata.setdefault(key, []).append(name)
 
 
+def _tracing() -> bool:
+    """Whether torch.jit.trace or torch.compile is tracing the code that called the hook."""
+    return torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+
+
 class ModuleHooks:
-    """Hooks of one session's modules. `session` provides the open step (``session.open``),
-    the step boundary (``session.boundary``), the recorder's alarm and failure reporting."""
+    """Forward hooks of one session. `session` provides the registry, the open step
+    (``session.open``), the step boundary (``session.boundary``), the recorder's alarm and
+    failure reporting (``session._failed``)."""
 
     def __init__(self, session, *, max_calls: int, tails: dict[str, list]):
         self._session = session
+        self._registry = session._registry
         self._failed = session._failed
         self._max_calls = max_calls
         self._tails = tails  # module type name -> the plugins' TailCount requests
-        self._handles: list = []
-        self.depth = 0
+        self._local = threading.local()  # depth of watched calls, per thread
+        self._handles = [
+            nn_module.register_module_forward_pre_hook(self._on_pre),
+            nn_module.register_module_forward_hook(self._on_post, with_kwargs=True, always_call=True),
+        ]
 
-    def attach(self, module: torch.nn.Module, name: str) -> None:
-        self._handles.append(
-            module.register_forward_pre_hook(functools.partial(self._on_pre, name), with_kwargs=True)
-        )
-        self._handles.append(
-            module.register_forward_hook(
-                functools.partial(self._on_post, name), with_kwargs=True, always_call=True
-            )
-        )
+    @property
+    def depth(self) -> int:
+        return getattr(self._local, "depth", 0)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -52,33 +73,61 @@ class ModuleHooks:
         self._handles.clear()
 
     @guarded
-    def _on_pre(self, name, module, args, kwargs):
+    def _on_pre(self, module, args):
+        if _tracing():
+            return
+        name = self._registry.module_name(module)
+        if name is not None and not in_backward():  # not a recomputation by checkpointing
+            self.enter(name, module, args)
+
+    def enter(self, name: str, module, args) -> None:
+        """A watched call begins (also used for a root attached while its forward began)."""
         session = self._session
-        if self.depth == 0:
+        depth = self.depth
+        if depth == 0:
+            session.entered_root(module)
             session.boundary("forward")
             step = session.open
             step.full = step.full or session.alarm
             if step.full:
-                self._summarize_inputs(step, name, args, kwargs)
-        self.depth += 1
+                self._summarize_inputs(step, name, args, new_call=True)
+        self._local.depth = depth + 1
         if session.open.want_graph:
-            for _, leaf in leaves((args, kwargs)):
+            for _, leaf in leaves(args):
                 if isinstance(leaf, torch.Tensor):
                     _mark(leaf, IN_MARK, name)
 
-    def _summarize_inputs(self, step, name, args, kwargs) -> None:
+    def _summarize_inputs(self, step, name, args, *, new_call: bool) -> None:
         call = step.input_calls.get(name, 0)
-        step.input_calls[name] = call + 1
-        if call >= self._max_calls:
+        if new_call:
+            step.input_calls[name] = call + 1
+        else:  # keyword arguments of the call just counted
+            call -= 1
+        if not 0 <= call < self._max_calls:
             return
-        for path, leaf in [*leaves(args), *leaves(kwargs)]:
+        for path, leaf in leaves(args):
             if isinstance(leaf, torch.Tensor):
                 step.staging.add(step.batch, "input", (name, call, path), leaf)
 
     @guarded
-    def _on_post(self, name, module, args, kwargs, output):
-        self.depth = max(0, self.depth - 1)
+    def _on_post(self, module, args, *rest):
+        # (kwargs, output) normally; (output,) when torch runs always-called hooks after an error
+        kwargs, output = rest if len(rest) == 2 else ({}, rest[0])
+        if _tracing():
+            return
+        name = self._registry.module_name(module)
+        if name is None or in_backward():
+            return
+        depth = max(0, self.depth - 1)
+        self._local.depth = depth
         step = self._session.open
+        if kwargs:
+            if step.want_graph:
+                for _, leaf in leaves(kwargs):
+                    if isinstance(leaf, torch.Tensor):
+                        _mark(leaf, IN_MARK, name)
+            if depth == 0 and step.full:
+                self._summarize_inputs(step, name, kwargs, new_call=False)
         call = step.call_counts.get(name, 0)
         step.call_counts[name] = call + 1
         if call >= self._max_calls:  # counted, not described; still placed in the graph

@@ -69,7 +69,7 @@ class Optimizers:
     def learning_rates(self) -> dict[str, list]:
         """optimizerN -> the learning rate of each param group (None where it is not a number)."""
         lrs = {}
-        for entry in self._by_id.values():
+        for entry in list(self._by_id.values()):
             optimizer = entry.ref()
             if optimizer is not None:
                 lrs[entry.name] = [

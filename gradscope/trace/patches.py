@@ -7,6 +7,12 @@
 - ``torch.amp.GradScaler.step``: whether the scaler let the optimizer step or skipped the step
   because the scaled gradients overflowed (mixed precision does that by design).
 
+Only user-level backward calls are events: a backward started while another runs (reentrant
+activation checkpointing recomputes a segment and calls backward on it from inside the outer
+backward) is part of the outer one and is not delivered. A backward goes only to the listeners
+that train in the calling thread (``listener.owns_thread()``): another thread's training is not
+theirs, and reading gradients that another thread's backward is writing is not safe.
+
 The wrappers call the original first or last and never change arguments or results. They are
 installed by the first session and restored by the last one to leave; each listener's failure
 is its own (listeners guard themselves).
@@ -24,10 +30,18 @@ _listeners: list = []
 _originals: dict = {}
 
 
+def in_backward() -> bool:
+    """Whether the calling code runs inside a backward pass (an autograd node's backward)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
+
+
 def _backward(original):
     @functools.wraps(original)
     def backward(tensors, *args, **kwargs):
-        listeners = list(_listeners)
+        if not _listeners or in_backward():
+            return original(tensors, *args, **kwargs)
+        listeners = [listener for listener in list(_listeners) if listener.owns_thread()]
         for listener in listeners:
             listener.before_backward(tensors)
         result = original(tensors, *args, **kwargs)

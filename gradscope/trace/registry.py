@@ -1,7 +1,10 @@
 """What a session watches, by weak reference: modules and parameters with their qualified names.
 
 Python reuses the id of a freed object, so every lookup by id also checks that the weak
-reference still points at the very object asked about.
+reference still points at the very object asked about. A freed module's entry goes with it, and
+a parameter-free root built afresh every step (``nn.MSELoss()(out, y)`` inside the loop) takes
+over the name of a freed root of its class, so such modules never grow the registry or the
+record's module table.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import torch
 
 class Registry:
     def __init__(self):
-        self._modules: dict[int, tuple[weakref.ref, str]] = {}
+        self._modules: dict[int, tuple[weakref.ref, str, str]] = {}  # id -> (ref, name, root prefix)
         self._wrappers: list[weakref.ref] = []
+        self._roots: dict[str, tuple[weakref.ref, str, bool]] = {}  # prefix -> (ref, class, has params)
         self._prefixes: set[str] = set()
         self._prefixed_models = False  # a root with parameters was given a prefix by name
         self._param_ids: dict[int, str] = {}
@@ -26,26 +30,37 @@ class Registry:
         entry = self._modules.get(id(module))
         return entry[1] if entry is not None and entry[0]() is module else None
 
+    def module_root(self, module) -> str | None:
+        """The name prefix of the root a watched module belongs to, else None."""
+        entry = self._modules.get(id(module))
+        return entry[2] if entry is not None and entry[0]() is module else None
+
     def knows(self, module) -> bool:
         """Whether `module` is watched, or wraps a watched module (DDP, torch.compile)."""
         return self.module_name(module) is not None or any(ref() is module for ref in self._wrappers)
 
     def add_wrapper(self, wrapper) -> None:
+        self._wrappers = [ref for ref in self._wrappers if ref() is not None]
         self._wrappers.append(weakref.ref(wrapper))
 
     def new_prefix(self, module: torch.nn.Module, name: str | None) -> str:
         """The name prefix of a new root: `name` when given; else '' for the first one with
         parameters while no other root with parameters has a prefix (so names read
-        ``fc1.weight``), else its class name (``MSELoss``, ``Discriminator2``)."""
+        ``fc1.weight``), else its class name (``MSELoss``, ``Discriminator2``). A parameter-free
+        root takes the prefix of a freed parameter-free root of its class."""
         has_params = any(True for _ in module.parameters())
+        cls = type(module).__name__
         if name is None:
             if has_params and "" not in self._prefixes and not self._prefixed_models:
                 name = ""
             else:
-                name = self.free_prefix(type(module).__name__)
+                name = None if has_params else self._freed_root(cls)
+                if name is None:
+                    name = self.free_prefix(cls)
         elif has_params and name:
             self._prefixed_models = True
         self._prefixes.add(name)
+        self._roots[name] = (weakref.ref(module), cls, has_params)
         return name
 
     def free_prefix(self, base: str) -> str:
@@ -56,15 +71,32 @@ class Registry:
             name = f"{base}{n}"
         return name
 
-    def add_module(self, module, name: str) -> None:
-        self._modules[id(module)] = (weakref.ref(module), name)
+    def _freed_root(self, cls: str) -> str | None:
+        for prefix, (ref, root_cls, has_params) in self._roots.items():
+            if root_cls == cls and not has_params and ref() is None:
+                return prefix
+        return None
+
+    def add_module(self, module, name: str, root: str) -> None:
+        key = id(module)
+
+        def forget(ref, key=key, modules=self._modules):
+            entry = modules.get(key)
+            if entry is not None and entry[0] is ref:
+                del modules[key]
+
+        self._modules[key] = (weakref.ref(module, forget), name, root)
 
     def modules(self) -> Iterator[tuple[torch.nn.Module, str]]:
         """(module, name) of every watched module still alive."""
-        for ref, name in self._modules.values():
+        for ref, name, _ in list(self._modules.values()):
             module = ref()
             if module is not None:
                 yield module, name
+
+    def __len__(self) -> int:
+        """How many watched modules are alive."""
+        return len(self._modules)
 
     def param_name(self, param) -> str | None:
         name = self._param_ids.get(id(param))
@@ -76,4 +108,4 @@ class Registry:
 
     def live_param_ids(self) -> dict[int, str]:
         """id(parameter) -> name for the parameters still alive (for the autograd walk)."""
-        return {id(p): name for name, ref in self.params.items() if (p := ref()) is not None}
+        return {id(p): name for name, ref in list(self.params.items()) if (p := ref()) is not None}

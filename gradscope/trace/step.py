@@ -74,7 +74,7 @@ class OpenStep:
         batch = self.batch
         for names, rows in tracker.end_step():
             batch.add("step-update", names, [1] * len(names), rows)
-        for block in self.grads:
+        for block in list(self.grads):  # a copy: another thread may still add to this step
             batch.add(*block)
         self.staging.drain(batch)
         if self.full:

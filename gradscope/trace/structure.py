@@ -1,6 +1,9 @@
 """Describe what a module takes and returns: nested tuples, lists, dicts, dataclasses, None.
 
 Only host-side attributes are read (shape, dtype, device, layout), so describing never syncs.
+Descriptions are JSON-safe and encode as UTF-8 whatever the value: keys become text (a lone
+surrogate is escaped), sizes that are not integers (``torch.jit.trace`` hands out sizes as
+tensors) become text, so one odd value never costs the step it is in.
 """
 
 from __future__ import annotations
@@ -14,9 +17,18 @@ import torch
 MAX_LEAVES = 32
 
 
+def _text(key) -> str:
+    text = str(key)
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _size(n) -> int | str:
+    return n if type(n) is int else str(n)
+
+
 def _children(value) -> Iterator[tuple[str, object]] | None:
     if isinstance(value, dict):
-        return ((str(k), v) for k, v in value.items())
+        return ((_text(k), v) for k, v in value.items())
     if isinstance(value, (tuple, list)):
         return ((str(i), v) for i, v in enumerate(value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -39,7 +51,7 @@ def leaves(value) -> Iterator[tuple[str, object]]:
 
 def describe_tensor(t: torch.Tensor) -> dict:
     info = {
-        "shape": list(t.shape),
+        "shape": [_size(n) for n in t.shape],
         "dtype": str(t.dtype).removeprefix("torch."),
         "device": str(t.device),
     }
