@@ -14,6 +14,7 @@ guarded: an exception inside gradscope becomes an ``internal-error`` finding, ne
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import torch
@@ -38,6 +39,16 @@ from .trace.step import OpenStep, ends_step
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _process_group_gone(params) -> bool:
+    """Whether distributed (DTensor) parameters outlived their process group: the script called
+    ``destroy_process_group()`` before the session closed, and any operation on them would try
+    to reach the group."""
+    dist = torch.distributed
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    return any(type(p).__name__ == "DTensor" for ref in list(params.values()) if (p := ref()) is not None)
 
 
 class Session:
@@ -105,9 +116,10 @@ class Session:
     @guarded
     def attach_running(self, module: torch.nn.Module, args, name: str | None = None) -> None:
         """Watch a root module whose forward has already begun (its own pre-hook missed it)."""
-        prefix = self.add_model(module, name)
-        if self._registry.module_name(module) is not None:  # a wrapper's inner module gets its own call
-            self._modules.enter(prefix, module, args)
+        self.add_model(module, name)
+        name, target = self._modules.resolve(module)  # a wrapper's inner module gets its own call
+        if name is not None:
+            self._modules.enter(name, target, args)
 
     def free_prefix(self, name: str) -> str:
         """`name`, or `name` with a number, whichever no watched model uses yet."""
@@ -119,7 +131,7 @@ class Session:
         names are the inner module's (``fc1.weight``, not ``module.fc1.weight``)."""
         inner = unwrap(module)
         if inner is not module:
-            self._registry.add_wrapper(module)
+            self._registry.add_wrapper(module, inner)
             module = inner
         known = self._registry.module_name(module)
         if known is not None:
@@ -138,6 +150,8 @@ class Session:
             [(_join(prefix, n), p, n.rpartition(".")[0]) for n, p in module.named_parameters()],
             prefix,
         )
+        if self.open.pending_zero_grads:
+            self.open.book_zero_grads(self._owner_name)
         return prefix
 
     def _add_params(self, named, prefix: str | None) -> None:
@@ -177,6 +191,8 @@ class Session:
             self._handles.append(optimizer.register_step_pre_hook(lambda o, a, k: self.on_optimizer_pre(o)))
             self._handles.append(optimizer.register_step_post_hook(lambda o, a, k: self.on_optimizer_post(o)))
         self._sync_optimizer(optimizer, entry)
+        if self.open.pending_zero_grads:
+            self.open.book_zero_grads(self._owner_name)
         return entry.index
 
     def _sync_optimizer(self, optimizer, entry) -> None:
@@ -237,6 +253,8 @@ class Session:
     @guarded
     def after_backward(self):
         step = self.open
+        if step.eval_modules is None:
+            step.eval_modules = self._eval_modules()
         step.backwards += 1
         named = []
         for name, ref in self._own_params():
@@ -247,17 +265,23 @@ class Session:
                 named.append((name, values))
         step.grads = gradient_rows(named, step.full)  # the latest backward's (accumulated) gradients
 
-    @guarded
-    def on_zero_grad(self, owner, set_to_none):
+    def _owner_name(self, owner) -> str | None:
+        """How the record names the module or optimizer that called zero_grad (None: not watched)."""
         if isinstance(owner, torch.optim.Optimizer):
             entry = self._optimizers.get(owner)
-            if entry is None and not self.owns_thread():
-                return
-            who = type(owner).__name__ if entry is None else entry.name
-        else:
-            who = self._registry.module_name(owner)
-        if who is not None:
-            self.open.zero_grads.append({"by": who, "set_to_none": bool(set_to_none)})
+            return None if entry is None else entry.name
+        return self._registry.module_name(owner)
+
+    @guarded
+    def on_zero_grad(self, owner, set_to_none):
+        who = self._owner_name(owner)
+        if who is None:
+            if self.owns_thread():  # perhaps a model or optimizer this session meets later
+                step = self.open
+                step.pending_zero_grads.append((len(step.zero_grads), weakref.ref(owner), bool(set_to_none)))
+            return
+        self.boundary("zero_grad")
+        self.open.zero_grads.append({"by": who, "set_to_none": bool(set_to_none)})
 
     # -- optimizer hooks ------------------------------------------------------------------
     @guarded
@@ -274,8 +298,11 @@ class Session:
         entry = self._optimizers.get(optimizer)
         if entry is None:
             return
-        for names, rows in self._tracker.after_step(entry.params):
-            self.open.batch.add("update", [(n, entry.index) for n in names], [1] * len(names), rows)
+        try:  # a failed audit costs the audit, not the step
+            for names, rows in self._tracker.after_step(entry.params):
+                self.open.batch.add("update", [(n, entry.index) for n in names], [1] * len(names), rows)
+        except Exception as exc:
+            self._failed("on_optimizer_post", exc)
         self.open.optimizer_steps.append(entry.index)
         self.boundary("optimizer", primary=self._optimizers.is_primary(entry))
 
@@ -306,17 +333,29 @@ class Session:
             want_graph=want_graph,
         )
 
-    def boundary(self, event: str, *, primary: bool = False) -> None:
-        """An event that may end the open step (see `gradscope.trace.step.ends_step`)."""
+    def boundary(self, event: str, *, primary: bool = False, device: bool = True) -> None:
+        """An event that may end the open step (see `gradscope.trace.step.ends_step`);
+        `device=False` records the step without touching any tensor."""
         if ends_step(event, self.open, optimizers=bool(self._optimizers), primary=primary):
-            self._end_step()
+            self._end_step(device)
 
-    def _end_step(self) -> None:
+    def _eval_modules(self) -> list[str]:
+        return [name for module, name in self._registry.modules() if not module.training]
+
+    def _end_step(self, device: bool = True) -> None:
         step = self.open
-        eval_modules = [name for module, name in self._registry.modules() if not module.training]
-        self._writer.send_step(
-            step.snapshot(self._tracker, self._registry.params, eval_modules, self._optimizers.learning_rates())
-        )
+        for position, ref, set_to_none in reversed(step.pending_zero_grads):
+            owner = ref()  # an optimizer that never stepped is still named by its class
+            if isinstance(owner, torch.optim.Optimizer):
+                step.zero_grads.insert(position, {"by": type(owner).__name__, "set_to_none": set_to_none})
+        eval_modules = step.eval_modules if step.eval_modules is not None else self._eval_modules()
+        lrs = self._optimizers.learning_rates()
+        try:
+            snapshot = step.snapshot(self._tracker, self._registry.params, eval_modules, lrs, device=device)
+        except Exception as exc:  # the step's statistics are lost, not the step
+            self._failed("step", exc)
+            snapshot = step.snapshot(self._tracker, self._registry.params, eval_modules, lrs, device=False)
+        self._writer.send_step(snapshot)
         self.step += 1
         self.open = self._new_step(want_graph=self._schedule.walk_graph(self.step, step.signature()))
         keepalive.release_dead()
@@ -357,7 +396,7 @@ class Session:
             handle.remove()
         self._handles.clear()
         try:
-            self.boundary("close")
+            self.boundary("close", device=not _process_group_gone(self._registry.params))
         except Exception as exc:
             self._failed("close", exc)
         self._writer.close(status=status, **fields)

@@ -18,13 +18,16 @@ For each watched call, up to `max_calls` calls per module per step, the hooks de
 walks it) and, on full-statistics steps, summarize inputs of root calls, activations, requested
 tail counts and, through tensor hooks, output gradients. A root forward (depth 0 in its thread)
 is also where a step may end. Torch's global pre-hook gets no keyword arguments, so the tensors
-passed by keyword are read in the forward hook, which gets them.
+passed by keyword are read in the forward hook, which gets them. ``torch.compile(model)``
+warns on every call while any global module hook exists; that warning is about gradscope's
+hooks, not the user's code, so it is silenced while they are installed (and only then).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import warnings
 
 import torch
 from torch.nn.modules import module as nn_module
@@ -39,6 +42,10 @@ def _mark(tensor: torch.Tensor, key: str, name) -> None:
     fn = tensor.grad_fn
     if fn is not None:
         fn.metadata.setdefault(key, []).append(name)
+
+
+#: torch.compile's warning about global module hooks (issued on every call of a compiled module)
+_COMPILE_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks on modules"
 
 
 def _tracing() -> bool:
@@ -62,6 +69,8 @@ class ModuleHooks:
             nn_module.register_module_forward_pre_hook(self._on_pre),
             nn_module.register_module_forward_hook(self._on_post, with_kwargs=True, always_call=True),
         ]
+        warnings.filterwarnings("ignore", message=_COMPILE_WARNING, category=UserWarning)
+        self._filter = warnings.filters[0]
 
     @property
     def depth(self) -> int:
@@ -71,12 +80,28 @@ class ModuleHooks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._filter in warnings.filters:
+            warnings.filters.remove(self._filter)
+            getattr(warnings, "_filters_mutated", lambda: None)()
+        self._filter = None
+
+    def resolve(self, module):
+        """(name, module) of a watched module, or of the model a ``torch.compile`` wrapper runs
+        (its compiled calls are not seen one by one, so the wrapper's call stands for the
+        model's); (None, None) for anything else."""
+        name = self._registry.module_name(module)
+        if name is not None:
+            return name, module
+        inner = self._registry.compiled_inner(module)
+        if inner is not None:
+            return self._registry.module_name(inner), inner
+        return None, None
 
     @guarded
     def _on_pre(self, module, args):
         if _tracing():
             return
-        name = self._registry.module_name(module)
+        name, module = self.resolve(module)
         if name is not None and not in_backward():  # not a recomputation by checkpointing
             self.enter(name, module, args)
 
@@ -115,7 +140,7 @@ class ModuleHooks:
         kwargs, output = rest if len(rest) == 2 else ({}, rest[0])
         if _tracing():
             return
-        name = self._registry.module_name(module)
+        name, module = self.resolve(module)
         if name is None or in_backward():
             return
         depth = max(0, self.depth - 1)

@@ -18,7 +18,7 @@ import torch
 class Registry:
     def __init__(self):
         self._modules: dict[int, tuple[weakref.ref, str, str]] = {}  # id -> (ref, name, root prefix)
-        self._wrappers: list[weakref.ref] = []
+        self._wrappers: list[tuple[weakref.ref, weakref.ref]] = []  # (wrapper, the module inside)
         self._roots: dict[str, tuple[weakref.ref, str, bool]] = {}  # prefix -> (ref, class, has params)
         self._prefixes: set[str] = set()
         self._prefixed_models = False  # a root with parameters was given a prefix by name
@@ -37,11 +37,20 @@ class Registry:
 
     def knows(self, module) -> bool:
         """Whether `module` is watched, or wraps a watched module (DDP, torch.compile)."""
-        return self.module_name(module) is not None or any(ref() is module for ref in self._wrappers)
+        return self.module_name(module) is not None or any(ref() is module for ref, _ in self._wrappers)
 
-    def add_wrapper(self, wrapper) -> None:
-        self._wrappers = [ref for ref in self._wrappers if ref() is not None]
-        self._wrappers.append(weakref.ref(wrapper))
+    def add_wrapper(self, wrapper, inner) -> None:
+        self._wrappers = [(w, i) for w, i in self._wrappers if w() is not None]
+        self._wrappers.append((weakref.ref(wrapper), weakref.ref(inner)))
+
+    def compiled_inner(self, module):
+        """The watched module inside `module` when `module` is a ``torch.compile`` wrapper."""
+        if not self._wrappers or type(module).__name__ != "OptimizedModule":
+            return None
+        for wrapper, inner in self._wrappers:
+            if wrapper() is module:
+                return inner()
+        return None
 
     def new_prefix(self, module: torch.nn.Module, name: str | None) -> str:
         """The name prefix of a new root: `name` when given; else '' for the first one with

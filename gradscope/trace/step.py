@@ -1,13 +1,19 @@
 """The open step: what the hooks gather between two step boundaries, and its snapshot.
 
-A step ends in one of three ways, decided by `ends_step` alone:
+A step ends in one of four ways, decided by `ends_step` alone:
 
 - ``"optimizer"``: the primary optimizer (the first that ever stepped) finished ``step()``, or
   a ``GradScaler`` skipped its step; other optimizers' updates belong to the step that is open
   when they run;
-- ``"forward"``: while no optimizer is watched yet, a watched root module starts a forward
-  after a backward ran (weights updated by hand);
+- ``"zero_grad"`` and ``"forward"``: while no optimizer is watched (weights updated by hand,
+  or ``gradscope run`` before the first optimizer step), gradients are cleared or a watched
+  root module starts a forward after a backward ran: the next iteration has begun;
 - ``"close"``: the session closes with anything recorded in the open step.
+
+Each event belongs to the step in which it happened: the modules in eval mode are those at the
+step's first backward (a later ``model.eval()`` for validation is the next step's), and a step
+without any backward or optimizer step (validation) records no parameter updates, so it never
+stands in for the last real update.
 
 At the end of a step, `OpenStep.snapshot` turns everything gathered into one `StepSnapshot`
 for the recorder thread; device values travel as one non-blocking copy per device.
@@ -29,7 +35,7 @@ def ends_step(event: str, step: "OpenStep", *, optimizers: bool, primary: bool =
     `primary` — for ``"optimizer"``, whether the one that stepped is the primary one."""
     if event == "optimizer":
         return primary
-    if event == "forward":
+    if event in ("forward", "zero_grad"):
         return not optimizers and step.backwards > 0
     if event == "close":
         return step.active()
@@ -52,6 +58,10 @@ class OpenStep:
     grads: list[tuple] = field(default_factory=list)  # row blocks of the latest backward's gradients
     staging: Staging = field(default_factory=Staging)  # module tensors on full-statistics steps
     zero_grads: list[dict] = field(default_factory=list)
+    #: zero_grad calls by a module or optimizer not watched yet: (position in zero_grads, weak
+    #: reference to it, set_to_none); booked once it is watched (gradscope run attaches later)
+    pending_zero_grads: list[tuple] = field(default_factory=list)
+    eval_modules: list[str] | None = None  # taken at the first backward
     optimizer_steps: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)  # optimizers whose step a GradScaler skipped
     backwards: int = 0
@@ -67,17 +77,34 @@ class OpenStep:
             for c in self.calls
         )
 
-    def snapshot(self, tracker, params, eval_modules: list[str], lrs: dict) -> StepSnapshot:
+    def book_zero_grads(self, name_of) -> None:
+        """Book the pending zero_grad calls whose owner `name_of(owner)` now names."""
+        still, added = [], 0
+        for position, ref, set_to_none in self.pending_zero_grads:
+            owner = ref()
+            who = None if owner is None else name_of(owner)
+            if who is None:
+                still.append((position + added, ref, set_to_none))
+                continue
+            self.zero_grads.insert(position + added, {"by": who, "set_to_none": set_to_none})
+            added += 1
+        self.pending_zero_grads = still
+
+    def snapshot(self, tracker, params, eval_modules: list[str], lrs: dict, device: bool = True) -> StepSnapshot:
         """Close the step's device work and package it: `tracker` — the parameter tracker
         (its whole-step update rows); `params` — name -> weak reference of every watched
-        parameter (weights on full-statistics steps)."""
-        batch = self.batch
-        for names, rows in tracker.end_step():
-            batch.add("step-update", names, [1] * len(names), rows)
-        for block in list(self.grads):  # a copy: another thread may still add to this step
-            batch.add(*block)
-        self.staging.drain(batch)
-        if self.full:
+        parameter (weights on full-statistics steps); `eval_modules` — the modules in eval
+        mode (at the step's first backward); `device=False`: host-side data only, no tensor
+        touched (the device rows gathered so far are dropped)."""
+        batch = self.batch if device else RowBatch()
+        if device and (self.backwards or self.optimizer_steps):
+            for names, rows in tracker.end_step():
+                batch.add("step-update", names, [1] * len(names), rows)
+        if device:
+            for block in list(self.grads):  # a copy: another thread may still add to this step
+                batch.add(*block)
+            self.staging.drain(batch)
+        if device and self.full:
             named = [(name, local_values(p)) for name, p in ((n, r()) for n, r in params.items()) if p is not None]
             for block in weight_rows([(name, values) for name, values in named if values is not None]):
                 batch.add(*block)
