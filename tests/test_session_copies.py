@@ -90,3 +90,19 @@ def test_copy_running_as_a_root_under_run_is_watched_under_its_own_name(tmp_path
     record = gradscope.open_record(tmp_path / "r.sqlite")
     roots = {m["root"] for m in record.modules()}
     assert roots == {"", "Sequential"}  # the teacher is its own root
+
+
+def test_global_hooks_and_warning_filter_leave_with_the_last_session(tmp_path):
+    import warnings
+
+    from torch.nn.modules import module as nn_module
+
+    before = (dict(nn_module._global_forward_pre_hooks), dict(nn_module._global_forward_hooks), list(warnings.filters))
+    model = _model()
+    first = gradscope.watch(model, record=tmp_path / "a.sqlite", checks=False)
+    second = gradscope.watch(_model(), record=tmp_path / "b.sqlite", checks=False)
+    assert len(nn_module._global_forward_hooks) == len(before[1]) + 2
+    first.close()
+    second.close()
+    after = (dict(nn_module._global_forward_pre_hooks), dict(nn_module._global_forward_hooks), list(warnings.filters))
+    assert after == before

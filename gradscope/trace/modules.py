@@ -48,9 +48,7 @@ def _mark(tensor: torch.Tensor, key: str, name) -> None:
 _COMPILE_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks on modules"
 
 
-def _tracing() -> bool:
-    """Whether torch.jit.trace or torch.compile is tracing the code that called the hook."""
-    return torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+_compiling = torch.compiler.is_compiling
 
 
 class ModuleHooks:
@@ -66,8 +64,8 @@ class ModuleHooks:
         self._tails = tails  # module type name -> the plugins' TailCount requests
         self._local = threading.local()  # depth of watched calls, per thread
         self._handles = [
-            nn_module.register_module_forward_pre_hook(self._on_pre),
-            nn_module.register_module_forward_hook(self._on_post, with_kwargs=True, always_call=True),
+            nn_module.register_module_forward_pre_hook(self._pre_hook),
+            nn_module.register_module_forward_hook(self._post_hook, with_kwargs=True, always_call=True),
         ]
         warnings.filterwarnings("ignore", message=_COMPILE_WARNING, category=UserWarning)
         self._filter = warnings.filters[0]
@@ -97,9 +95,14 @@ class ModuleHooks:
             return self._registry.module_name(inner), inner
         return None, None
 
+    def _pre_hook(self, module, args):
+        # Every module call in the process comes here: unwatched ones leave after one lookup.
+        if not _compiling() and self._registry.may_watch(module):
+            self._on_pre(module, args)
+
     @guarded
     def _on_pre(self, module, args):
-        if _tracing():
+        if torch._C._get_tracing_state() is not None:  # torch.jit.trace
             return
         name, module = self.resolve(module)
         if name is not None and not in_backward():  # not a recomputation by checkpointing
@@ -134,11 +137,15 @@ class ModuleHooks:
             if isinstance(leaf, torch.Tensor):
                 step.staging.add(step.batch, "input", (name, call, path), leaf)
 
+    def _post_hook(self, module, args, *rest):
+        if not _compiling() and self._registry.may_watch(module):
+            self._on_post(module, args, *rest)
+
     @guarded
     def _on_post(self, module, args, *rest):
         # (kwargs, output) normally; (output,) when torch runs always-called hooks after an error
         kwargs, output = rest if len(rest) == 2 else ({}, rest[0])
-        if _tracing():
+        if torch._C._get_tracing_state() is not None:
             return
         name, module = self.resolve(module)
         if name is None or in_backward():

@@ -35,6 +35,10 @@ class Registry:
         entry = self._modules.get(id(module))
         return entry[2] if entry is not None and entry[0]() is module else None
 
+    def may_watch(self, module) -> bool:
+        """A quick first test for module hooks: False means `module` is surely not watched."""
+        return id(module) in self._modules or bool(self._wrappers)
+
     def knows(self, module) -> bool:
         """Whether `module` is watched, or wraps a watched module (DDP, torch.compile)."""
         return self.module_name(module) is not None or any(ref() is module for ref, _ in self._wrappers)
