@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import threading
+
 import torch
 
 from .shards import local
@@ -317,11 +319,13 @@ class Staging:
     staging buffer of its device (one copy kernel), a tensor larger than a chunk is summarized on
     the spot (`summaries`, piece by piece). A full buffer, and every buffer at `drain`, is
     summarized with one pass of segment reductions. Rows go to the `RowBatch` given to `drain`
-    (and to `add`, for what is summarized on the spot), in blocks of one kind each.
+    (and to `add`, for what is summarized on the spot), in blocks of one kind each. Threads that
+    train under one session share the open step, so adding and draining hold a lock.
     """
 
     def __init__(self, chunk: int = CHUNK):
         self.chunk = chunk
+        self._lock = threading.Lock()
         self._buffers: dict[tuple, torch.Tensor] = {}  # (device, dtype) -> staging buffer, reused
         self._staged: dict[tuple, list[tuple[str, object, int]]] = {}  # (kind, key, numel) per buffer
         self._used: dict[tuple, int] = {}
@@ -330,6 +334,10 @@ class Staging:
 
     def add(self, batch, kind: str, key, t: torch.Tensor) -> None:
         """Take `t`'s values now (its statistics reach `batch` by the next `drain` at the latest)."""
+        with self._lock:
+            self._add(batch, kind, key, t)
+
+    def _add(self, batch, kind: str, key, t: torch.Tensor) -> None:
         values = local_values(t)
         if values is None:
             return
@@ -353,6 +361,10 @@ class Staging:
 
     def add_tail(self, key, t: torch.Tensor, request) -> None:
         """Take a plugin's tail count or dead units (`tails`) of `t` now; rows at `drain`."""
+        with self._lock:
+            self._add_tail(key, t, request)
+
+    def _add_tail(self, key, t: torch.Tensor, request) -> None:
         values = local_values(t)
         if values is None:
             return
@@ -367,6 +379,10 @@ class Staging:
 
     def drain(self, batch) -> None:
         """Summarize everything staged into `batch`."""
+        with self._lock:
+            self._drain(batch)
+
+    def _drain(self, batch) -> None:
         for slot in list(self._staged):
             self._flush(batch, slot)
         if self._counts:
