@@ -331,11 +331,14 @@ def test_gan_generator_ops_sit_in_their_module_clusters(run_cli, script, tmp_pat
     diagram = structure((tmp_path / "g.dot").read_text())
     addmm = set(diagram.named("AddmmBackward0"))
     assert len(addmm) == 4  # the generator step: two Linears in G, two in D
-    for linear in ("0", "2", "Sequential.0", "Sequential.2"):
+    for linear in ("G.0", "G.2", "D.0", "D.2"):  # each model under its variable's name
         inside = diagram.cluster(f"<b>{linear} (Linear)</b>")
         assert len(inside & addmm) == 1
         assert any(f"<b>{linear}.weight</b>" in diagram.labels[n] for n in inside)
-    assert diagram.named("ReluBackward0")[0] in diagram.cluster("<b>1 (ReLU)</b>")
+    relu = [n for n in diagram.named("ReluBackward0") if "Leaky" not in diagram.labels[n]]
+    assert len(relu) == 1 and relu[0] in diagram.cluster("<b>G.1 (ReLU)</b>")
+    leaky = diagram.named("LeakyReluBackward0")
+    assert leaky and all(n in diagram.cluster("<b>D.1 (LeakyReLU)</b>") for n in leaky)
 
 
 @needs_dot
