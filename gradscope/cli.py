@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--record", metavar="PATH", help="record file (default: .gradscope/runs/<time>-<script>.sqlite); "
                      "an existing record is replaced only with --overwrite, any other file never")
     run.add_argument("--overwrite", action="store_true", help="replace the gradscope record at --record PATH")
+    run.add_argument("--break-on", choices=("error", "warning"), help="in the terminal UI: pause at the "
+                     "step where a new finding of this severity (or worse) appears; b changes it")
     run.add_argument("--report", metavar="PATH", help="also write the JSON report to PATH when the script ends")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
     _add_settings(run)
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a LeNet-style CNN on a generated ten-class image task (no download) "
         "while gradscope records it, then summarize. --bug plants a known mistake.",
     )
-    from .demo import BUGS
+    from .demo_bugs import BUGS
 
     demo.add_argument("--steps", type=_positive, default=200, help="training steps (default 200)")
     demo.add_argument("--bug", choices=sorted(BUGS), help="; ".join(f"{k}: {v}" for k, v in BUGS.items()))
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--headless", action="store_true",
                       help="no terminal UI: print progress and a summary (the default without a terminal)")
     demo.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
+    demo.add_argument("--break-on", choices=("error", "warning"), help="as for run")
     _add_check_options(demo)
 
     view = sub.add_parser("view", help="open a record in the terminal UI (finished or still running)",
@@ -206,7 +209,7 @@ def _control(args):
         return None
     from .control import Control
 
-    return Control(args.control_fd)
+    return Control(args.control_fd, args.break_on)
 
 
 def _under_ui(args, label: str) -> int:
@@ -217,9 +220,14 @@ def _under_ui(args, label: str) -> int:
 
     record = Path(args.record) if args.record else new_record_path(label)
     process = ScriptProcess([args.command, *args.raw], record)
-    code = make_app(record, process).run()
+    app = make_app(record, process, args.break_on)
+    code = app.run()
     if process.running:
         process.stop()
+    if process.proc.returncode:  # the script's traceback outlives the screen
+        tail = list(app.stderr_tail)
+        starts = [i for i, line in enumerate(tail) if line.startswith("Traceback")]
+        print("\n".join(tail[starts[-1]:] if starts else tail[-20:]), file=sys.stderr)
     failed = _finish(record, None, args.fail_on) if record.exists() else False
     code = process.proc.returncode if code is None else code
     return code or (3 if failed else 0)
@@ -246,6 +254,8 @@ def _cmd_run(args) -> int:
         raise _UsageError("run: give a SCRIPT or -m MODULE")
     launch.check_target(target)
     _check_paths(args)
+    if args.break_on and args.control_fd is None and (args.headless or not _interactive()):
+        raise _UsageError("--break-on pauses in the terminal UI: run without --headless in a terminal")
     if not args.headless and _interactive():
         return _under_ui(args, target.label)
     analyzer = _analyzer(args)

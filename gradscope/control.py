@@ -1,10 +1,14 @@
-"""Debugger control of a running script: pause, single-step, break on the first error.
+"""Debugger control of a running script: pause, single-step, break on a new finding.
 
 The terminal UI runs the script in a child process and writes one command per line into a
 pipe whose read end the child gets (``--control-fd``). The child reads it only at step
 boundaries, on the training thread: without a command waiting this costs one non-blocking
 read per step. Commands: ``pause``, ``resume``, ``step`` (run one step, then pause again),
-``break on`` / ``break off`` (pause at the first step boundary after an error finding).
+``break error`` / ``break warning`` / ``break off`` (``break on`` means ``break error``).
+
+Breaking pauses at the boundary right after the step whose finding triggered it, before the
+next step's forward: while a break is set, each boundary waits (bounded) for the recorder to
+judge the step just finished. Every new error (or warning) breaks, not only the first.
 When the pipe closes (the UI went away), training resumes and runs to its end.
 """
 
@@ -13,19 +17,22 @@ from __future__ import annotations
 import os
 import select
 
+BREAK_LEVELS = {"error": ("error",), "warning": ("error", "warning")}
+JUDGE_SECONDS = 10.0  # longest wait for the recorder's verdict on a step while a break is set
+
 
 class Control:
     """The child's end of the control pipe."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, break_on: str | None = None):
         self._fd = fd
         os.set_blocking(fd, False)
         self._buffer = b""
         self.paused = False
-        self.break_on_error = False
+        self.break_on = break_on  # None, "error" or "warning"
         self.closed = False
         self._stepping = False
-        self._broke = False
+        self._seen: dict[str, int] = {}  # new findings by severity at the last boundary
 
     def _read(self, wait: bool) -> None:
         if self.closed:
@@ -52,17 +59,21 @@ class Control:
             self.paused, self._stepping = False, False
         elif command == "step":
             self._stepping = True
-        elif command == "break on":
-            self.break_on_error = True
-        elif command == "break off":
-            self.break_on_error = False
+        elif command.startswith("break "):
+            level = command.split(None, 1)[1]
+            self.break_on = {"on": "error", "off": None}.get(level, level if level in BREAK_LEVELS else None)
 
-    def at_boundary(self, error_seen: bool, on_pause=None) -> None:
-        """Called after each step: apply commands, and wait here while paused."""
+    def at_boundary(self, writer, step: int, on_pause=None) -> None:
+        """Called after each step (`step` just finished): apply commands, and wait here while
+        paused. `writer` is the session's `RecordWriter` (its findings counts and verdicts)."""
         self._read(wait=False)
-        if self.break_on_error and error_seen and not self._broke:
-            self._broke = True
+        if self.break_on is not None:
+            writer.wait_judged(step, JUDGE_SECONDS)
+        counts = dict(writer.new_findings)
+        if self.break_on is not None and any(
+                counts.get(s, 0) > self._seen.get(s, 0) for s in BREAK_LEVELS[self.break_on]):
             self.paused = True
+        self._seen = counts
         if not self.paused:
             return
         if on_pause is not None:

@@ -8,7 +8,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .trace.autograd import GraphData
+
+@dataclass
+class GraphData:
+    """An autograd graph as plain data: node dicts (with an "id") and edge tuples."""
+
+    nodes: list[dict] = field(default_factory=list)
+    edges: list[tuple[str, str, int, int]] = field(default_factory=list)
+    #: custom autograd.Function classes met, by qualified name (kept in memory, not stored)
+    functions: dict[str, type] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"nodes": self.nodes, "edges": [list(e) for e in self.edges]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GraphData":
+        return cls(data["nodes"], [tuple(e) for e in data["edges"]])
+
+
+def to_networkx(data: GraphData) -> "networkx.DiGraph":
+    """Build a `networkx.DiGraph` from `GraphData`; node attributes are the node dicts."""
+    import networkx as nx  # only the checks and the report need it
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from((info["id"], info) for info in data.nodes)
+    for _, attrs in graph.nodes(data=True):
+        del attrs["id"]
+    graph.add_edges_from(
+        (src, dst, {"index": index, "output_nr": output_nr}) for src, dst, index, output_nr in data.edges
+    )
+    return graph
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .demo_bugs import BUGS
+
 
 class Net(nn.Module):
     """LeNet-style network: conv1 1->6 k3, conv2 6->16 k3, fc1 576->120, fc2 120->84, fc3 84->10."""
@@ -49,14 +51,6 @@ def make_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     dist = (x * torch.sin(angles)[:, None, None] - y * torch.cos(angles)[:, None, None]).abs()
     images = torch.exp(-(dist / 0.12) ** 2) + 0.15 * torch.randn(n, 32, 32, generator=g)
     return images[:, None], labels
-
-
-BUGS = {
-    "nan": "the input batch at step 30 contains an infinite pixel",
-    "dead-relu": "fc1's bias starts at -20, so most of its ReLU units never fire",
-    "no-zero-grad": "optimizer.zero_grad() is never called, so gradients pile up",
-    "lr": "the learning rate is 50, far too high",
-}
 
 
 def train(steps: int = 200, bug: str | None = None, batch: int = 32, progress=None, watch=None) -> list[float]:

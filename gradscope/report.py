@@ -39,7 +39,7 @@ import networkx as nx
 from .distributed import combine, describe, is_sharded, one_replica
 from .errors import GradscopeError
 from .record.reader import Record
-from .trace.autograd import to_networkx
+from .data import to_networkx
 
 FORMAT = 1
 

@@ -360,7 +360,7 @@ class Session:
         self.open = self._new_step(want_graph=self._schedule.walk_graph(self.step, step.signature()))
         keepalive.release_dead()
         if self._control is not None:
-            self._control.at_boundary(self._writer.error_seen, self._announce_pause)
+            self._control.at_boundary(self._writer, self.step - 1, self._announce_pause)
 
     def _announce_pause(self, paused: bool) -> None:
         self._writer.send("run", {"paused": self.step if paused else None})

@@ -1,6 +1,10 @@
-"""The terminal UI with Textual's Pilot, against real recorded runs (and a real script process)."""
+"""The terminal UI with Textual's Pilot, against real recorded runs (and a real script process).
 
-import asyncio
+No fixed sleeps: every wait is for a condition, with a deadline (`until`).
+"""
+
+import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -11,8 +15,10 @@ from torch import nn
 
 import gradscope
 from gradscope.tui.app import make_app
-from gradscope.tui.messages import RecordUpdated
+from gradscope.tui.messages import FindingChosen, RecordUpdated
 from gradscope.tui.process import ScriptProcess
+from gradscope.tui.screens.help import HelpScreen
+from gradscope.tui.state import Reader
 from gradscope.tui.widgets.autograd import AutogradTree
 from gradscope.tui.widgets.findings import FindingsTable
 from gradscope.tui.widgets.modules import ModuleTree
@@ -41,17 +47,32 @@ def recorded_run(path, steps=5):
     return path
 
 
+async def until(pilot, condition, timeout=10.0, message="condition never held"):
+    """Let the app run until `condition()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message() if callable(message) else message
+        await pilot.pause(0.02)
+
+
 async def loaded(pilot, timeout=10.0, steps=None):
     app = pilot.app
-    deadline = time.monotonic() + timeout
-    while app.state is None or (steps is not None and len(app.state.steps) < steps):
-        assert time.monotonic() < deadline, "the record never loaded"
-        await pilot.pause(0.05)
-    await pilot.pause(0.1)
+    await until(pilot, lambda: app.state is not None and (steps is None or len(app.state.steps) >= steps),
+                timeout, "the record never loaded")
+    await pilot.wait_for_scheduled_animations()
 
 
 def status(app) -> str:
     return str(app.query_one("#status").render())
+
+
+def screen_text(app) -> str:
+    """What the terminal shows, as text."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def details_text(app) -> str:
+    return str(app.query_one("#details-head").render())
 
 
 @pytest.fixture
@@ -70,16 +91,12 @@ async def test_replay_shows_the_three_views_and_steps_through_history(record):
         assert app.query_one(FindingsTable).row_count == 2  # fc3.weight and fc3.bias
         assert "step 4 of 0..4" in status(app) and "following" in status(app)
         await pilot.press("left_square_bracket", "left_square_bracket")
-        await loaded(pilot)
-        while app.state.step != 2:
-            await pilot.pause(0.05)
-        assert "step 2 of 0..4" in status(app) and "browsing history" in status(app)
+        await until(pilot, lambda: app.state.step == 2)
+        assert "step 2 of 0..4" in status(app) and "history" in status(app)
         await pilot.press("right_square_bracket")
-        while app.state.step != 3:
-            await pilot.pause(0.05)
+        await until(pilot, lambda: app.state.step == 3)
         await pilot.press("l")
-        while app.state.step != 4 or app.shown_step is not None:
-            await pilot.pause(0.05)
+        await until(pilot, lambda: app.state.step == 4 and app.shown_step is None)
 
 
 async def test_search_filters_every_view(record):
@@ -87,33 +104,183 @@ async def test_search_filters_every_view(record):
     async with app.run_test(size=(120, 40)) as pilot:
         await loaded(pilot)
         await pilot.press("slash", *"fc2")
-        await pilot.pause(0.2)
-        names = {n.data for n in app.query_one(ModuleTree).root.children[0].children}
-        assert names == {"fc2"}
+        await until(pilot, lambda: {n.data for n in app.query_one(ModuleTree).root.children[0].children} == {"fc2"})
         assert app.query_one(ParamTable).row_count == 2
         await pilot.press("escape")
         assert isinstance(app.focused, ModuleTree)
 
 
-async def test_finding_jumps_to_its_subject_and_details_follow(record):
+@pytest.mark.parametrize("key", ["escape", "q", "question_mark", "h"])
+async def test_help_opens_and_closes_with_each_key(record, key):
+    app = make_app(record)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await loaded(pilot)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press(key)
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
+        assert app.is_running  # closing help once crashed the app
+        await pilot.press("down", "3")  # the main screen still answers keys
+        await until(pilot, lambda: app.query_one("#views").active == "tab-params")
+        assert app.is_running
+
+
+async def test_help_lists_each_key_once(record):
+    app = make_app(record)
+    rows = app.help_keys()
+    keys = [k for keys, _ in rows for k in keys.split()]
+    assert len(keys) == len(set(keys)), keys
+    assert {"?", "q", "ctrl+q", "j", "k", "g", "G", "1", "2", "3", "z", "c"} <= set(keys)
+
+
+async def test_views_keys_and_vi_moves(record):
+    app = make_app(record)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        await pilot.press("3")
+        table = app.query_one(ParamTable)
+        await until(pilot, lambda: app.focused is table)
+        await pilot.press("G")
+        assert table.cursor_row == table.row_count - 1
+        await pilot.press("k")
+        assert table.cursor_row == table.row_count - 2
+        await pilot.press("g")
+        assert table.cursor_row == 0
+        await pilot.press("j")
+        assert table.cursor_row == 1
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(app.focused, AutogradTree))
+        await pilot.press("1")
+        await until(pilot, lambda: isinstance(app.focused, ModuleTree))
+        await pilot.press("z")
+        await until(pilot, lambda: app.screen.maximized is app.focused)
+        await pilot.press("z")
+        await until(pilot, lambda: app.screen.maximized is None)
+
+
+async def test_footer_shows_only_keys_that_apply_and_fits_80_columns(record):
+    app = make_app(record)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        footer = screen_text(app).splitlines()[-1]
+        for key in ("? help", "q quit", "/ filter", "[ prev", "z zoom"):
+            assert key in footer, footer
+        for live_only in ("pause", "break", "latest"):  # no script here; following the latest step
+            assert live_only not in footer, footer
+        await pilot.press("left_square_bracket")
+        await until(pilot, lambda: "l latest" in screen_text(app).splitlines()[-1])
+
+
+async def test_ctrl_q_asks_like_q_while_the_script_runs(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text(SCRIPT.replace("range(400)", "range(100000)"))
+    record = tmp_path / "slow.sqlite"
+    process = ScriptProcess(["run", str(script)], record)
+    app = make_app(record, process)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("ctrl+q")
+            await until(pilot, lambda: app.screen.__class__.__name__ == "QuitScreen")
+            await pilot.press("n")
+            await until(pilot, lambda: app.screen.__class__.__name__ != "QuitScreen")
+            assert app.is_running and process.running
+            await pilot.press("ctrl+q")
+            await until(pilot, lambda: app.screen.__class__.__name__ == "QuitScreen")
+            await pilot.press("y")
+    finally:
+        process.stop()
+    assert not process.running
+
+
+async def test_findings_table_keeps_cursor_and_scroll_while_counts_grow(record):
+    app = make_app(record)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        table = app.query_one(FindingsTable)
+        findings = [dict(f) for f in app.state.findings]
+        table.focus()
+        table.move_cursor(row=1)
+        table.scroll_x = 12
+        chosen = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        for _ in range(3):  # a repeating finding counts up every step
+            for f in findings:
+                f["count"] += 1
+                f["last_step"] += 1
+            table.show(findings)
+            await pilot.pause()
+        assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key == chosen
+        assert table.scroll_x == 12
+        new = dict(findings[0], check="nonfinite", severity="error", subject="fc1", count=1, step=7, last_step=7)
+        table.show(findings + [new])  # a new error sorts first; the cursor stays on its finding
+        await pilot.pause()
+        assert table.row_count == 3
+        assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key == chosen
+        count = next(f["count"] for f in findings if f"{f['check']}\x00{f['subject']}" == chosen.value)
+        assert f"({count}x)" in str(table.get_row(chosen)[3])
+
+
+def _finding(subject, check="demo-check", severity="warning"):
+    return {"check": check, "severity": severity, "subject": subject, "step": 3, "last_step": 3,
+            "count": 1, "message": f"something about {subject}", "evidence": {"value": 42.5},
+            "hint": "a hint for " + subject}
+
+
+async def _choose(pilot, finding):
+    app = pilot.app
+    app.post_message(FindingChosen(finding))
+    await until(pilot, lambda: finding["message"] in details_text(app) and "a hint" in details_text(app),
+                message=lambda: details_text(app))
+
+
+async def test_finding_jumps_for_every_subject_kind(record):
     app = make_app(record)
     async with app.run_test(size=(120, 40)) as pilot:
         await loaded(pilot)
-        findings = app.query_one(FindingsTable)
-        findings.focus()
-        await pilot.press("enter")
-        await pilot.pause(0.3)
-        assert app.query_one("#views").active == "tab-params"
+        views = app.query_one("#views")
+        await pilot.press("slash", *"fc2", "enter")  # a filter left from before must not misdirect a jump
+        await _choose(pilot, _finding("fc3.weight"))
+        assert views.active == "tab-params" and app.query_one("#search").value == ""
         table = app.query_one(ParamTable)
-        row = table.get_row_at(table.cursor_row)
-        assert row[0] in ("fc3.weight", "fc3.bias")
-        deadline = time.monotonic() + 5
-        text = ""
-        while "param-not-in-optimizer" not in text:
-            assert time.monotonic() < deadline
-            await pilot.pause(0.05)
-            text = str(app.query_one("#details-head").render())
-        assert row[0] in text and "hint:" in text
+        assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value == "fc3.weight"
+        assert "value: 42.5" in details_text(app)
+
+        await _choose(pilot, _finding("fc2"))
+        modules = app.query_one(ModuleTree)
+        await until(pilot, lambda: modules.cursor_node.data == "fc2")
+        assert views.active == "tab-modules"
+
+        await _choose(pilot, _finding("input", "nonfinite", "error"))  # the model's input: its root module
+        await until(pilot, lambda: modules.cursor_node.data == "")  # the root module
+        assert views.active == "tab-modules"
+
+        graph = app.state.graph
+        op = next(n for n in graph.nodes if n.get("scope") and not n.get("param") and n["kind"] == "op")
+        await _choose(pilot, _finding(f"{op['op']} in {op['scope']}", "softmax-before-ce", "error"))
+        tree = app.query_one(AutogradTree)
+        await until(pilot, lambda: tree.cursor_node is not None and tree.cursor_node.data == op["id"])
+        assert views.active == "tab-autograd"
+        assert app.query_one("#search").value == ""
+
+        await _choose(pilot, _finding("loss", "nonfinite", "error"))
+        await until(pilot, lambda: tree.cursor_node.data == graph.nodes[0]["id"])
+        assert views.active == "tab-autograd"
+
+        await _choose(pilot, _finding("optimizer0", "missing-zero-grad"))  # shown in details
+        assert "SGD" in details_text(app)
+        await _choose(pilot, _finding("some-plugin", "internal-error"))
+        assert app.is_running
+
+
+async def test_choosing_a_finding_in_the_table_shows_it_whole(record):
+    app = make_app(record)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        app.query_one(FindingsTable).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: "param-not-in-optimizer" in details_text(app))
+        assert app.query_one("#views").active == "tab-params"
+        text = details_text(app)
+        assert "hint:" in text and "fc3." in text
 
 
 async def test_autograd_view_expands_lazily_and_marks_shared_nodes(record):
@@ -122,13 +289,14 @@ async def test_autograd_view_expands_lazily_and_marks_shared_nodes(record):
         await loaded(pilot)
         app.query_one("#views").active = "tab-autograd"
         tree = app.query_one(AutogradTree)
+        assert tree.guide_depth <= 2  # deep graphs stay readable
         top = tree.root.children[0]
         assert "MeanBackward0" in str(top.label) and not top.children
         labels, queue = [], [top]
         while queue:  # expand everything, as a user pressing enter would
             node = queue.pop()
             node.expand()
-            await pilot.pause(0.01)
+            await until(pilot, lambda: node.children or not node.allow_expand)
             labels += [str(c.label) for c in node.children]
             queue += [c for c in node.children if c.allow_expand]
         assert any("shared" in l for l in labels)
@@ -140,8 +308,117 @@ async def test_control_needs_a_script(record):
     async with app.run_test(size=(100, 30)) as pilot:
         await loaded(pilot)
         await pilot.press("p")
-        await pilot.pause(0.1)
+        await pilot.pause()
         assert not app.paused
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(30))
+        self.head_with_a_rather_long_descriptive_name = nn.Linear(4, 1)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head_with_a_rather_long_descriptive_name(x)
+
+
+async def test_a_deep_model_opens_two_levels_and_keeps_numbers_visible(tmp_path):
+    torch.manual_seed(0)
+    model = Deep()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    path = tmp_path / "deep.sqlite"
+    with gradscope.watch(model, opt, record=path):
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(2, 4)).sum().backward()
+            opt.step()
+    app = make_app(path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        tree = app.query_one(ModuleTree)
+        assert tree.last_line + 1 <= 35  # root, blocks, 30 blocks, head (not ~95 rows)
+        await pilot.press("3")
+        table = app.query_one(ParamTable)
+        await until(pilot, lambda: app.focused is table)
+        await pilot.press("G")
+        grad = str(table.get_row_at(table.cursor_row)[1])
+        await until(pilot, lambda: grad in screen_text(app))  # the number is on screen, not cut off
+
+
+HOSTILE = ["[/]", "[link=https://example/com]x[/link]", "a\x1b]0;owned\x07b", "c\x1b[2Jd", "[bold red]e"]
+
+
+async def test_hostile_names_are_shown_literally(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    for i, name in enumerate(HOSTILE):
+        model.add_module(name, nn.Linear(3, 3))
+    opt = torch.optim.SGD(list(model.parameters())[:4], lr=0.01)  # findings name the others
+    path = tmp_path / "hostile.sqlite"
+    with gradscope.watch(model, opt, record=path):
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(2, 3)).sum().backward()
+            opt.step()
+    app = make_app(path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await loaded(pilot)
+        assert app.state.findings
+        labels = [str(n.label) for n in app.query_one(ModuleTree).root.children[0].children]
+        assert any(label.startswith("[/]") for label in labels), labels
+        assert any("[link=https://example/com]x[/link]" in label for label in labels), labels
+        assert any("a\\x1b]0;owned\\x07b" in label for label in labels), labels
+        text = screen_text(app)
+        assert "\x1b" not in text and "\x07" not in text
+        for key in ("2", "3", "f", "enter"):  # every view, and a finding chosen
+            await pilot.press(key)
+        await until(pilot, lambda: "hint" in details_text(app))
+        await pilot.press("slash", *"[/]")  # typing markup into the filter
+        await until(pilot, lambda: app.query_one("#search").value == "[/]")
+        await pilot.press("escape")
+        assert app.is_running
+        assert "\x1b" not in screen_text(app)
+
+
+async def test_poller_reads_only_when_the_record_changes(record, monkeypatch):
+    reads, looks = [], []
+    real_read, real_version = Reader.read, Reader.version
+    monkeypatch.setattr(Reader, "read", lambda self, step: reads.append(step) or real_read(self, step))
+    monkeypatch.setattr(Reader, "version", lambda self, step: looks.append(step) or real_version(self, step))
+    app = make_app(record)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await loaded(pilot)
+        seen = len(looks)
+        await until(pilot, lambda: len(looks) >= seen + 5)  # the poller kept looking...
+        assert len(reads) == 1  # ...but a finished record was read once
+        await pilot.press("left_square_bracket")  # another step: read again
+        await until(pilot, lambda: len(reads) == 2)
+
+
+def test_reading_a_record_for_the_ui_does_not_import_torch(record):
+    code = textwrap.dedent(f"""
+        import sys
+        from gradscope.tui.app import make_app
+        from gradscope.tui.state import Reader, open_when_ready
+        state = Reader(open_when_ready(__import__("pathlib").Path({str(record)!r}))).read(None)
+        assert state.steps and state.graph is not None
+        import gradscope, gradscope.cli, gradscope.report, gradscope.export
+        print("torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["runs"], ["view", "--help"], ["report", "R"], ["export", "R", "-o", "g.dot"]])
+def test_commands_that_read_records_do_not_import_torch(record, tmp_path, argv):
+    argv = [str(record) if a == "R" else a for a in argv]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradscope", *argv],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported
 
 
 SCRIPT = """
@@ -150,7 +427,7 @@ from torch import nn
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
-time.sleep(1.0)
+print("x" * 150, flush=True)  # a long line: the output pane wraps it, it does not cut it
 for step in range(400):
     x = torch.randn(2, 4)
     if step == 40:
@@ -163,7 +440,11 @@ for step in range(400):
 """
 
 
-async def test_pause_single_step_break_and_quit_with_a_running_script(tmp_path):
+def _paused_at(app):
+    return app.state.run.get("paused") if app.state is not None else None
+
+
+async def test_break_on_error_pauses_at_the_step_of_the_finding(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     record = tmp_path / "live.sqlite"
@@ -171,62 +452,105 @@ async def test_pause_single_step_break_and_quit_with_a_running_script(tmp_path):
     app = make_app(record, process)
     updates = []
     async with app.run_test(size=(120, 40), message_hook=lambda m: updates.append(m) if isinstance(m, RecordUpdated) else None) as pilot:
-        await pilot.press("b")  # break on the first error finding
-        assert "break on error: on" in status(app)
+        await pilot.press("b")  # break on error
+        assert "break on error" in status(app)
         await loaded(pilot, timeout=60, steps=1)
-        deadline = time.monotonic() + 60
-        while app.state.run.get("paused") is None:  # the NaN at step 40 is an error: it breaks
-            assert time.monotonic() < deadline, status(app)
-            await pilot.pause(0.1)
-        stopped = app.state.run["paused"]
-        assert 40 <= stopped <= 45 and app.paused and "PAUSED" in status(app)
-        assert any(f["check"] == "nonfinite" for f in app.state.findings)
-        await pilot.pause(0.5)
-        assert len(app.state.steps) == stopped  # nothing moves while paused
+        await until(pilot, lambda: _paused_at(app) is not None, 60, lambda: status(app))
+        # the NaN input at step 40 is an error: the script stops right after step 40, before step 41
+        assert _paused_at(app) == 41 and app.state.steps[-1] == 40
+        await until(pilot, lambda: app.state.step == 40 and "PAUSED" in status(app))
+        assert any(f["check"] == "nonfinite" and f["step"] == 40 for f in app.state.findings)
         await pilot.press("s")  # exactly one more step
-        while app.state.run.get("paused") != stopped + 1:
-            assert time.monotonic() < deadline
-            await pilot.pause(0.1)
+        await until(pilot, lambda: _paused_at(app) == 42, 30)
+        assert app.state.steps[-1] == 41
         await pilot.press("p")  # resume
-        while app.paused or len(app.state.steps) < stopped + 20:
-            assert time.monotonic() < deadline
-            await pilot.pause(0.1)
+        await until(pilot, lambda: not app.paused and len(app.state.steps) >= 60, 60)
         log = app.query_one("#log")
         assert any("step 40" in str(line.text) for line in log.lines)
+        width = log.scrollable_content_region.width
+        assert max(line.cell_length for line in log.lines) <= width  # wrapped to the pane
+        assert sum("x" * 20 in line.text for line in log.lines) >= 2
         await pilot.press("q")
-        await pilot.pause(0.2)
-        assert app.screen.__class__.__name__ == "QuitScreen"
+        await until(pilot, lambda: app.screen.__class__.__name__ == "QuitScreen")
         await pilot.press("y")
-        await pilot.pause(0.5)
     assert not process.running
     assert len(updates) >= 3
-    record_steps = gradscope.open_record(record).steps()
-    assert len(record_steps) >= stopped + 20
+
+
+BREAK_EARLY = """
+import torch
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+for step in range(200):
+    x = torch.randn(2, 4)
+    if step == 2:
+        x[0, 0] = float("nan")
+    opt.zero_grad()
+    model(x).sum().backward()
+    opt.step()
+"""
+
+
+async def test_break_on_option_catches_step_2_and_every_new_error(tmp_path):
+    script = tmp_path / "early.py"
+    script.write_text(BREAK_EARLY)
+    record = tmp_path / "early.sqlite"
+    process = ScriptProcess(["run", "--break-on", "error", str(script)], record)
+    app = make_app(record, process, break_on="error")
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert "break on error" in status(app)
+            await until(pilot, lambda: _paused_at(app) is not None, 60, lambda: status(app))
+            assert _paused_at(app) == 3 and app.state.steps[-1] == 2
+            await pilot.press("p")
+            await until(pilot, lambda: (_paused_at(app) or 0) > 3, 60, lambda: status(app))
+            # the NaN gradients of step 2 made the weights NaN: a new error at step 3 breaks again
+            assert _paused_at(app) == 4 and app.state.steps[-1] == 3
+            assert any(f["step"] == 3 and f["severity"] == "error" for f in app.state.findings)
+            await pilot.press("b", "b")  # warning, then off
+            assert "break off" in status(app)
+            await pilot.press("p")
+            await until(pilot, lambda: app._exit_code is not None, 60)
+            assert len(app.state.steps) == 200
+            await pilot.press("q")
+    finally:
+        process.stop()
+
+
+def test_break_on_needs_the_ui(run_cli, script):
+    path = script(BREAK_EARLY)
+    proc = run_cli("run", "--headless", "--break-on", "error", path)
+    assert proc.returncode == 2 and "--break-on" in proc.stderr and "Traceback" not in proc.stderr
 
 
 async def test_script_crash_keeps_the_ui_up_with_the_traceback(tmp_path):
     script = tmp_path / "crash.py"
-    script.write_text(SCRIPT.replace("time.sleep(1.0)", "").replace(
-        "    time.sleep(0.01)", "    if step == 3:\n        raise RuntimeError('diverged')"))
+    script.write_text(SCRIPT.replace("    time.sleep(0.01)", "    if step == 3:\n        raise RuntimeError('diverged')"))
     record = tmp_path / "crash.sqlite"
     app = make_app(record, ScriptProcess(["run", str(script)], record))
     async with app.run_test(size=(120, 40)) as pilot:
-        deadline = time.monotonic() + 60
-        while app._exit_code is None:
-            assert time.monotonic() < deadline
-            await pilot.pause(0.1)
+        await until(pilot, lambda: app._exit_code is not None, 60)
         await loaded(pilot, steps=4)
         text = "\n".join(str(line.text) for line in app.query_one("#log").lines)
         assert "Traceback" in text and "RuntimeError: diverged" in text
         assert "script exited (1)" in status(app)
         assert len(app.state.steps) == 4  # the record kept every step up to the crash
+        assert "Traceback" in "\n".join(app.stderr_tail)  # printed again when the UI closes
         await pilot.press("e")  # export the shown step's graph from the UI
-        exported = record.with_name("crash-step3.svg")
-        while not exported.exists():
-            assert time.monotonic() < deadline
-            await pilot.pause(0.1)
+        exported = [record.with_name(f"crash-step3.{fmt}") for fmt in ("svg", "dot")]
+        await until(pilot, lambda: any(p.exists() for p in exported), 60)
         await pilot.press("q")
     assert app.return_value == 1  # gradscope run under the UI exits with the script's status
+
+    view = make_app(record)  # a crashed record, opened later, shows the script's error
+    async with view.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await until(pilot, lambda: view.query("#log") and view.query_one("#log").lines)
+        text = "\n".join(str(line.text) for line in view.query_one("#log").lines)
+        assert "RuntimeError: diverged" in text
+        assert "crashed" in status(view)
 
 
 async def test_a_file_that_is_not_a_record_is_reported_not_fatal(tmp_path):
@@ -234,46 +558,45 @@ async def test_a_file_that_is_not_a_record_is_reported_not_fatal(tmp_path):
     bad.write_text("not a record")
     app = make_app(bad)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.5)
+        await until(pilot, lambda: any("not a gradscope record" in str(n.message) for n in app._notifications))
         assert app.state is None and app.is_running
-        assert any("not a gradscope record" in str(n.message) for n in app._notifications)
 
 
 async def test_following_a_live_run_keeps_the_cursor_and_open_nodes(tmp_path):
     import threading
 
     path = tmp_path / "growing.sqlite"
-    done = threading.Event()
+    go_on = threading.Event()
 
     def train():
         torch.manual_seed(0)
         model = Net()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with gradscope.watch(model, opt, record=path, checks=False):
-            for _ in range(60):
+            for step in range(60):
+                if step == 3:
+                    go_on.wait(60)  # the test sets its place first
                 opt.zero_grad()
                 model(torch.randn(4, 4)).pow(2).mean().backward()
                 opt.step()
-                time.sleep(0.05)
-        done.set()
 
     trainer = threading.Thread(target=train)
     trainer.start()
     try:
         app = make_app(path)
         async with app.run_test(size=(120, 40)) as pilot:
-            await loaded(pilot, steps=3)
+            await loaded(pilot, steps=3, timeout=60)
             app.query_one("#views").active = "tab-params"
             table = app.query_one(ParamTable)
             table.focus()
             table.move_cursor(row=3)
             tree = app.query_one(AutogradTree)
             tree.root.children[0].expand()
-            await pilot.pause(0.1)
-            seen = len(app.state.steps)
-            while len(app.state.steps) < seen + 10:
-                await pilot.pause(0.1)
+            await until(pilot, lambda: tree.root.children[0].children)
+            go_on.set()
+            await until(pilot, lambda: len(app.state.steps) >= 60, 60)
             assert table.cursor_row == 3
             assert tree.root.children[0].is_expanded and tree.root.children[0].children
     finally:
+        go_on.set()
         trainer.join()

@@ -6,48 +6,62 @@ Update the stored pictures after a deliberate change with: pytest tests/test_tui
 import pytest
 
 from gradscope.tui.app import make_app
-from test_tui import loaded, recorded_run
+from test_tui import loaded, recorded_run, until
 
 
 @pytest.fixture
 def record(tmp_path):
-    return recorded_run(tmp_path / "run.sqlite")
+    return recorded_run(tmp_path / "run.sqlite", steps=30)
+
+
+async def settled(pilot):
+    """Loaded, and the details pane filled for the item under the cursor."""
+    await loaded(pilot)
+    await until(pilot, lambda: "(" in str(pilot.app.query_one("#details-head").render()))
+    await pilot.wait_for_scheduled_animations()
 
 
 def test_main_screen_80x24(snap_compare, record):
-    assert snap_compare(make_app(record), terminal_size=(80, 24), run_before=loaded)
+    assert snap_compare(make_app(record), terminal_size=(80, 24), run_before=settled)
 
 
 def test_main_screen_with_details_120x40(snap_compare, record):
     async def select_fc1(pilot):
-        await loaded(pilot)
+        await settled(pilot)
         await pilot.press("down", "down")
-        await pilot.pause(0.5)
+        await until(pilot, lambda: "fc1  (module)" in str(pilot.app.query_one("#details-head").render()))
 
     assert snap_compare(make_app(record), terminal_size=(120, 40), run_before=select_fc1)
 
 
+def test_gradient_flow_chart_120x40(snap_compare, record):
+    async def flow(pilot):
+        await settled(pilot)
+        await pilot.press("c", "c")
+        await until(pilot, lambda: pilot.app.query_one("#charts").active == "chart-flow")
+
+    assert snap_compare(make_app(record), terminal_size=(120, 40), run_before=flow)
+
+
 def test_help_screen(snap_compare, record):
     async def open_help(pilot):
-        await loaded(pilot)
+        await settled(pilot)
         await pilot.press("question_mark")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: pilot.app.screen.__class__.__name__ == "HelpScreen")
 
     assert snap_compare(make_app(record), terminal_size=(100, 34), run_before=open_help)
 
 
 def test_autograd_view(snap_compare, record):
     async def expand(pilot):
-        await loaded(pilot)
-        pilot.app.query_one("#views").active = "tab-autograd"
-        await pilot.pause(0.1)
+        await settled(pilot)
+        await pilot.press("2")
         tree = pilot.app.query_one("#autograd")
-        tree.focus()
         top = tree.root.children[0]
         top.expand()
-        await pilot.pause(0.1)
+        await until(pilot, lambda: top.children)
         for child in top.children:
             child.expand()
-        await pilot.pause(0.3)
+        await until(pilot, lambda: all(c.children or not c.allow_expand for c in top.children))
 
     assert snap_compare(make_app(record), terminal_size=(120, 40), run_before=expand)

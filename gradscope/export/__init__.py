@@ -10,7 +10,7 @@ import networkx as nx
 
 from ..errors import GradscopeError
 from ..record.reader import Record
-from ..trace.autograd import GraphData
+from ..data import GraphData
 from .render import FORMATS, render, to_digraph
 from .scopes import up
 from .charts import CHARTS, grad_flow, loss_chart, render_chart

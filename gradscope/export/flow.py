@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from ..trace.autograd import GraphData
+from ..data import GraphData
 from .scopes import call_paths, up
 from .view import (Node, View, _display, _fmt, _fold_siblings, _Grouper, _keys_at_depth, _output_shape,
                    before, call_title)

@@ -15,7 +15,7 @@ Paths are tuples of ``(module, call)`` pairs, outermost first; ``()`` is outside
 
 from __future__ import annotations
 
-from ..trace.autograd import GraphData
+from ..data import GraphData
 
 CallPath = tuple[tuple[str, int], ...]
 

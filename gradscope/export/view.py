@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import takewhile
 
-from ..trace.autograd import GraphData
+from ..data import GraphData
 from .scopes import CallPath, call_counts, call_paths
 
 #: Rounds of structural refinement when looking for repeated ops: chains whose last few links

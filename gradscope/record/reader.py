@@ -12,9 +12,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ..data import Stat, StepData, Update
+from ..data import GraphData, Stat, StepData, Update
 from ..errors import RecordError
-from ..trace.autograd import GraphData
 from . import schema
 
 try:
@@ -198,8 +197,13 @@ class Record:
         """One summary per step (no statistics)."""
         return self._select(schema.STEPS, "ORDER BY step")
 
-    def step(self, step: int) -> StepData:
-        """Everything recorded for `step`, as the recorder saw it."""
+    def data_version(self) -> int:
+        """A number that changes whenever the writer commits: a cheap "anything new?"."""
+        return self._rows("PRAGMA data_version")[0][0]
+
+    def step(self, step: int, *, graph: bool = True) -> StepData:
+        """Everything recorded for `step`, as the recorder saw it (`graph`: with its autograd
+        graph, the costly part to parse)."""
         rows = self._select(schema.STEPS, "WHERE step = ?", (step,))
         if not rows:
             raise RecordError(f"{self.path}: no step {step} (steps: {self._step_range()})")
@@ -215,7 +219,7 @@ class Record:
             h.subject: (h.low, h.high, h.counts)
             for h in self._select(schema.HISTS, "WHERE step = ?", (step,))
         }
-        data.graph = self.graph(step, exact=True)
+        data.graph = self.graph(step, exact=True) if graph else None
         return data
 
     def _step_range(self) -> str:

@@ -244,14 +244,17 @@ class RecordWriter:
         self._written_drops = 0
         #: set once a non-finite statistic was recorded (read by the training thread, no lock)
         self.alarm = False
-        #: set once an error finding was recorded (for break-on-error; read the same way)
-        self.error_seen = False
         #: why the recording stopped (a persistent write error), or None while it goes on
         self.stopped: str | None = None
         #: the step at which the recording stopped
         self.stopped_at: int | None = None
         #: findings judged after the recording stopped (kept in memory, shown by the summary)
         self.unrecorded_findings: list[dict] = []
+        #: new (check, subject) findings so far by severity, and the last step the analyzers
+        #: judged: a debugger breaking on a finding waits for its step's verdict (`wait_judged`)
+        self.new_findings = {"error": 0, "warning": 0, "info": 0}
+        self.judged_step = -1
+        self._judged = threading.Condition()
         self._findings: dict[tuple[str, str], int] = {}
         self._memory: dict[tuple[str, str], dict] = {}
         self._error: str | None = None
@@ -289,6 +292,12 @@ class RecordWriter:
         """Steps not in the record, by reason."""
         counts = {DROP_BEHIND: self._behind, DROP_FAILED: self._failed_steps, DROP_STOPPED: self._unrecorded}
         return {reason: n for reason, n in counts.items() if n}
+
+    def wait_judged(self, step: int, timeout: float) -> None:
+        """Wait until the analyzers have judged `step` (at most `timeout` seconds: a dropped
+        step is never judged). Only a paused-on-demand debugger calls this."""
+        with self._judged:
+            self._judged.wait_for(lambda: self.judged_step >= step or not self._thread.is_alive(), timeout)
 
     def close(self, **run_fields) -> None:
         """Finish writing: every queued step is written before this returns, as long as the
@@ -361,6 +370,8 @@ class RecordWriter:
                 self._write(conn, kind, payload)
             else:
                 self._judge(kind, payload)
+            if kind == "step":
+                self._mark_judged(payload)
             self._progress = time.monotonic()
         try:
             conn.close()
@@ -428,14 +439,14 @@ class RecordWriter:
             pass  # nothing more can be lost here
 
     def _remember(self, finding: dict) -> None:
-        if finding["severity"] == "error":
-            self.error_seen = True
         key = (finding["check"], finding["subject"])
         known = self._memory.get(key)
         if known is not None:
             known["count"] += 1
             known["last_step"] = finding.get("step")
             return
+        if key not in self._findings:  # new to the run, not only to the memory
+            self._count_new(finding)
         row = dict(finding, count=1, last_step=finding.get("step"))
         self._memory[key] = row
         self.unrecorded_findings.append(row)
@@ -499,8 +510,6 @@ class RecordWriter:
         schema.OPTIMIZERS.insert(conn, [row], replace=True)
 
     def _on_finding(self, conn, finding: dict) -> None:
-        if finding["severity"] == "error":
-            self.error_seen = True
         key = (finding["check"], finding["subject"])
         rowid = self._findings.get(key)
         if rowid is not None:
@@ -509,8 +518,22 @@ class RecordWriter:
                 (finding.get("step"), rowid),
             )
             return
+        self._count_new(finding)
         row = dict(finding, step=finding.get("step"), last_step=finding.get("step"), count=1)
         self._findings[key] = schema.FINDINGS.insert(conn, [row]).lastrowid
+
+    def _count_new(self, finding: dict) -> None:
+        self.new_findings[finding["severity"]] = self.new_findings.get(finding["severity"], 0) + 1
+
+    def _mark_judged(self, snapshot: StepSnapshot) -> None:
+        """The step's verdict is in (written, judged in memory, or failed): wake `wait_judged`."""
+        try:
+            step = snapshot.data.step
+        except Exception:
+            return
+        with self._judged:
+            self.judged_step = max(self.judged_step, step)
+            self._judged.notify_all()
 
     def _on_step(self, conn, snapshot: StepSnapshot) -> None:
         data = decode(snapshot)

@@ -24,6 +24,7 @@ from typing import Mapping
 import networkx as nx
 import torch
 
+from ..data import GraphData, to_networkx  # plain data: reading a record needs no torch
 from . import keepalive
 
 OUT_MARK = "gradscope.out"
@@ -32,23 +33,6 @@ IN_MARK = "gradscope.in"
 _saved_names: dict[type, tuple[str, ...]] = {}
 # The C base type: isinstance against it skips torch.Tensor's Python-level __instancecheck__.
 _TENSOR = getattr(torch._C, "TensorBase", torch.Tensor)
-
-
-@dataclass
-class GraphData:
-    """An autograd graph as plain data: node dicts (with an "id") and edge tuples."""
-
-    nodes: list[dict] = field(default_factory=list)
-    edges: list[tuple[str, str, int, int]] = field(default_factory=list)
-    #: custom autograd.Function classes met, by qualified name (kept in memory, not stored)
-    functions: dict[str, type] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"nodes": self.nodes, "edges": [list(e) for e in self.edges]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "GraphData":
-        return cls(data["nodes"], [tuple(e) for e in data["edges"]])
 
 
 def _parent(name: str | None) -> str | None:
@@ -174,18 +158,6 @@ def walk(
     node = child = None
     keepalive.hold(list(ids))
     return data
-
-
-def to_networkx(data: GraphData) -> nx.DiGraph:
-    """Build a `networkx.DiGraph` from `GraphData`; node attributes are the node dicts."""
-    graph = nx.DiGraph()
-    graph.add_nodes_from((info["id"], info) for info in data.nodes)
-    for _, attrs in graph.nodes(data=True):
-        del attrs["id"]
-    graph.add_edges_from(
-        (src, dst, {"index": index, "output_nr": output_nr}) for src, dst, index, output_nr in data.edges
-    )
-    return graph
 
 
 def param_ids(names: "Mapping[str, torch.Tensor] | torch.nn.Module | None") -> dict[int, str]:

@@ -1,23 +1,28 @@
 """The gradscope terminal UI: one app for live runs and replays (live = a growing record).
 
 Background work runs in named thread workers that never touch widgets: the record poller
-(at most 10 readings a second; a newer reading replaces an unprocessed one), the details
-loader, and the readers of the script's output. They post messages (see `messages.py`); the
-handlers here update the widgets. `make_app` builds the app for the CLI and the tests alike.
+(at most 10 looks a second; a full reading only when the record changed; a newer reading
+replaces an unprocessed one), the details loader, and the readers of the script's output.
+They post messages (see `messages.py`) until they are cancelled; the handlers here update the
+widgets. `make_app` builds the app for the CLI and the tests alike.
+
+Everything shown that comes from the record or the script is inert text (see `text.py`).
 """
 
 from __future__ import annotations
 
-import time
+import collections
+import threading
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.widgets import Footer, Header, Input, RichLog, Static, TabbedContent, TabPane
-from textual.worker import Worker, WorkerState
+from textual.widgets import DataTable, Footer, Input, RichLog, Static, TabbedContent, TabPane, Tree
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from ..errors import GradscopeError
 from .messages import (DetailsLoaded, FindingChosen, RecordUpdated, ScriptExited, ScriptOutput,
@@ -25,205 +30,328 @@ from .messages import (DetailsLoaded, FindingChosen, RecordUpdated, ScriptExited
 from .process import ScriptProcess
 from .screens.help import HelpScreen
 from .screens.quit import QuitScreen
-from .state import open_when_ready, read_details, read_state
+from .state import Reader, gradient_flow, open_when_ready, read_details, update_ratios
+from .text import clean, literal
 from .widgets.autograd import AutogradTree
+from .widgets.charts import GradFlowChart, SpeedChart, TrainingChart, UpdatesChart
 from .widgets.details import DetailsPanel
 from .widgets.findings import FindingsTable
-from .widgets.modules import ModuleTree
+from .widgets.modules import ModuleTree, worst_severity
 from .widgets.params import ParamTable
 
-POLL_SECONDS = 0.1  # the record is read at most 10 times a second
+POLL_SECONDS = 0.1  # the record is looked at at most 10 times a second
+VIEWS = ("tab-modules", "tab-autograd", "tab-params")
+CHARTS = ("chart-loss", "chart-speed", "chart-flow", "chart-updates")
+LIVE_ONLY = {"toggle_pause", "single_step", "toggle_break"}
 
 
 class ScriptLog(RichLog):
-    """The script's stdout and stderr."""
+    """The script's stdout and stderr (or a crashed record's error), wrapped to the pane."""
 
 
 class GradscopeApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "gradscope"
     AUTO_FOCUS = "#modules"
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
-        Binding("p", "toggle_pause", "pause/resume"),
-        Binding("s", "single_step", "step"),
-        Binding("b", "toggle_break", "break on error"),
-        Binding("left_square_bracket", "previous_step", "prev step"),
-        Binding("right_square_bracket", "next_step", "next step"),
-        Binding("l", "follow", "latest"),
-        Binding("slash", "search", "search"),
-        Binding("e", "export", "export graph"),
-        Binding("r", "next_rank", "next rank", show=False),
-        Binding("question_mark", "help", "help"),
+        Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit_app", "quit"),
+        Binding("ctrl+q", "quit_app", "quit", show=False, priority=True),
+        Binding("p", "toggle_pause", "pause"),
+        Binding("s", "single_step", "step"),
+        Binding("b", "toggle_break", "break"),
+        Binding("left_square_bracket", "previous_step", "prev", key_display="["),
+        Binding("right_square_bracket", "next_step", "next", key_display="]"),
+        Binding("l", "follow", "latest"),
+        Binding("slash", "search", "filter", key_display="/"),
+        Binding("z", "maximize", "zoom"),
+        Binding("c", "next_chart", "chart"),
+        Binding("1", "view(0)", "modules", show=False),
+        Binding("2", "view(1)", "autograd", show=False),
+        Binding("3", "view(2)", "parameters", show=False),
+        Binding("j", "move('down')", "down", show=False),
+        Binding("k", "move('up')", "up", show=False),
+        Binding("g", "move('first')", "first", show=False),
+        Binding("G", "move('last')", "last", show=False),
+        Binding("L", "log_scale", "log scale", show=False),
+        Binding("o", "sort", "sort", show=False),
+        Binding("f", "focus_findings", "findings", show=False),
+        Binding("e", "export", "export graph", show=False),
+        Binding("r", "next_rank", "next rank", show=False),
+    ]
+    #: keys not in BINDINGS (the widgets' own), for the help screen
+    OTHER_KEYS = [
+        ("tab shift+tab", "move between panes"),
+        ("up down enter", "move; expand a node, show a finding whole and jump to its subject"),
+        ("escape", "leave the filter box (empty: clear it); leave a zoomed pane"),
     ]
 
     #: the step shown; None follows the latest step as the record grows
     shown_step: reactive[int | None] = reactive(None)
-    #: whether the script is paused by the user (or by break on error)
+    #: whether the script is paused by the user (or by a break)
     paused: reactive[bool] = reactive(False)
-    break_on_error: reactive[bool] = reactive(False)
 
-    def __init__(self, record: Path, process: ScriptProcess | None = None):
+    def __init__(self, record: Path, process: ScriptProcess | None = None, break_on: str | None = None):
         super().__init__()
         self.record_path = Path(record)
         self.process = process
+        self.break_on = break_on  # None, "error" or "warning": pause at the step a new one appears
         self.state = None
         self._filter = ""
         self._subject: tuple[str, str] | None = None
+        self._finding: tuple[tuple[str, str], dict] | None = None  # (its subject, the finding chosen)
         self._exit_code: int | None = None
+        self._poll_wanted = threading.Event()  # set to make the poller look now
+        self._error_shown = False
+        #: the last lines of the script's stderr, printed again after the UI closes
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=400)
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield Header()
         with Horizontal(id="body"):
             with Vertical(id="left"):
-                yield Input(placeholder="filter by name  ( / )", id="search")
+                yield Input(placeholder="filter by name (escape: done)", id="search")
                 with TabbedContent(id="views"):
                     with TabPane("Modules", id="tab-modules"):
                         yield ModuleTree(id="modules")
                     with TabPane("Autograd", id="tab-autograd"):
                         yield AutogradTree(id="autograd")
-                    with TabPane("Parameters", id="tab-params"):
+                    with TabPane("Params", id="tab-params"):
                         yield ParamTable(id="params")
             with Vertical(id="right"):
+                with TabbedContent(id="charts"):
+                    with TabPane("loss", id="chart-loss"):
+                        yield TrainingChart(id="loss-chart")
+                    with TabPane("speed", id="chart-speed"):
+                        yield SpeedChart(id="speed-chart")
+                    with TabPane("grad flow", id="chart-flow"):
+                        yield GradFlowChart(id="flow-chart")
+                    with TabPane("updates", id="chart-updates"):
+                        yield UpdatesChart(id="updates-chart")
                 yield DetailsPanel(id="details")
-                yield FindingsTable(id="findings")
+                yield FindingsTable(id="findings", classes="empty")
                 if self.process is not None:
-                    yield ScriptLog(id="log", highlight=False, markup=False, wrap=True)
-        yield Static(id="status")
-        yield Footer()
+                    yield ScriptLog(id="log", highlight=False, markup=False, wrap=True, min_width=1)
+        yield Static(id="status", markup=False)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.sub_title = self.record_path.name
         self.query_one(DetailsPanel).border_title = "details"
         self.query_one(FindingsTable).border_title = "findings"
+        self.query_one("#search").display = False
         if self.process is not None:
             self.query_one(ScriptLog).border_title = "script output"
             self.read_output("stdout")
             self.read_output("stderr")
+        self._update_status()
         self.poll_record()
 
     # -- background work ------------------------------------------------------------------
     @work(thread=True, exclusive=True, name="record-poller", group="record", exit_on_error=False)
     def poll_record(self) -> None:
-        worker = self._current_worker()
-        record, last = None, None
-        while not worker.is_cancelled:
-            if record is None:
-                record = open_when_ready(self.record_path)  # RecordError ends the worker: shown
-            if record is not None:
-                state = read_state(record, self.shown_step)
-                if state.signature != last:
-                    last = state.signature
+        worker = get_current_worker()
+        reader, last = None, None
+        try:
+            while not worker.is_cancelled:
+                if reader is None:
+                    record = open_when_ready(self.record_path)  # RecordError ends the worker: shown
+                    reader = None if record is None else Reader(record)
+                if reader is not None and reader.version(self.shown_step) != last:
+                    state = reader.read(self.shown_step)
+                    last = state.version
+                    if worker.is_cancelled:
+                        break
                     self.post_message(RecordUpdated(state))
-            time.sleep(POLL_SECONDS)
+                self._poll_wanted.wait(POLL_SECONDS)
+                self._poll_wanted.clear()
+        finally:
+            if reader is not None:
+                reader.record.close()
 
     @work(thread=True, exclusive=True, name="details-loader", group="details", exit_on_error=False)
-    def load_details(self, kind: str, name: str, step: int | None) -> None:
+    def load_details(self, kind: str, name: str, step: int | None, finding: dict | None = None) -> None:
+        worker = get_current_worker()
         record = open_when_ready(self.record_path)
         if record is not None:
             with record:
-                self.post_message(DetailsLoaded(read_details(record, kind, name, step)))
+                details = read_details(record, kind, name, step)
+            details.finding = finding
+            if not worker.is_cancelled:
+                self.post_message(DetailsLoaded(details))
 
     @work(thread=True, name="script-output", exit_on_error=False)
     def read_output(self, stream: str) -> None:
         pipe = getattr(self.process.proc, stream)
         for line in pipe:
-            self.post_message(ScriptOutput(stream, [line.rstrip("\n")]))
+            line = line.rstrip("\n")
+            if stream == "stderr":
+                self.stderr_tail.append(line)
+            self.post_message(ScriptOutput(stream, [line]))
         if stream == "stdout":
             self.post_message(ScriptExited(self.process.proc.wait()))
-
-    def _current_worker(self) -> Worker:
-        from textual.worker import get_current_worker
-
-        return get_current_worker()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker failures land: shown, not fatal."""
         if event.state == WorkerState.ERROR:
             error = event.worker.error
             text = str(error) if isinstance(error, GradscopeError) else f"{type(error).__name__}: {error}"
-            self.notify(f"{event.worker.name}: {text}", severity="error", timeout=15)
+            self.notify(clean(f"{event.worker.name}: {text}"), severity="error", timeout=15, markup=False)
             if event.worker.name == "record-poller" and not isinstance(error, GradscopeError):
                 self.set_timer(1.0, self.poll_record)  # a passing failure: read again
 
     # -- messages -------------------------------------------------------------------------
     def on_record_updated(self, message: RecordUpdated) -> None:
+        previous = self.state
         self.state = state = message.state
+        severity = worst_severity(state.findings)
         self.query_one(ModuleTree).show(state, self._filter)
-        self.query_one(AutogradTree).show(state.graph, state.graph_step, self._filter)
+        self.query_one(AutogradTree).show(state.graph, state.graph_step, self._filter, severity)
         self.query_one(ParamTable).show(state, self._filter)
         self.query_one(FindingsTable).show(state.findings)
+        self.query_one(TrainingChart).show(state.series, state.findings, state.step)
+        self.query_one(SpeedChart).show(state.series)
+        self.query_one(GradFlowChart).show(gradient_flow(state), severity, state.step)
+        self.query_one(UpdatesChart).show(update_ratios(state), severity, state.step)
+        was_paused = self.paused
         self.paused = state.run.get("paused") is not None
+        if self.paused and not was_paused and self.shown_step is not None:
+            self.shown_step = None  # a break shows the step that triggered it
+        self._show_record_error(state.run)
         self._update_status()
-        if self._subject is not None:
-            self.load_details(*self._subject, state.step)
+        if self._subject is None and state.modules:  # start with the model itself
+            self._subject = ("module", state.modules[0]["root"])
+            previous = None
+        if self._subject is not None and (previous is None or previous.step != state.step
+                                          or previous.version != state.version):
+            self.load_details(*self._subject, state.step, self._chosen_for())
+
+    def _show_record_error(self, run: dict) -> None:
+        """A crashed record keeps the script's error: show it where the output would be."""
+        if self.process is not None or self._error_shown or not run.get("error"):
+            return
+        self._error_shown = True
+        log = ScriptLog(id="log", highlight=False, markup=False, wrap=True, min_width=1)
+        self.query_one("#right").mount(log)
+        log.border_title = f"the script {run.get('status', 'failed')}"
+        for line in str(run["error"]).splitlines():
+            log.write(literal(line))
 
     def on_details_loaded(self, message: DetailsLoaded) -> None:
         findings = [f for f in (self.state.findings if self.state else []) if f["subject"] == message.details.name]
         self.query_one(DetailsPanel).show(message.details, findings)
 
-    @on(Input.Submitted, "#search")
-    def leave_search(self) -> None:
-        self.query_one(TabbedContent).active_pane.query_one("ModuleTree, AutogradTree, ParamTable").focus()
-
-    def on_key(self, event) -> None:
-        if event.key == "escape" and isinstance(self.focused, Input):
-            self.leave_search()
-            event.stop()
-
     def on_subject_selected(self, message: SubjectSelected) -> None:
+        if message.source is not None and message.source is not (self.focused if self.screen_stack else None):
+            return  # a view rebuilt in the background, not the user's cursor
         self._subject = (message.kind, message.name)
-        self.load_details(message.kind, message.name, self.state.step if self.state else None)
+        self.load_details(message.kind, message.name, self.state.step if self.state else None, self._chosen_for())
+
+    def _chosen_for(self) -> dict | None:
+        """The finding last chosen, while its subject is the one shown."""
+        if self._finding is None or self._finding[0] != self._subject:
+            return None
+        return self._finding[1]
 
     def on_finding_chosen(self, message: FindingChosen) -> None:
-        subject = message.subject
-        tabs = self.query_one(TabbedContent)
-        if self.query_one(ParamTable).select_name(subject):
-            tabs.active = "tab-params"
+        """Show the finding whole, and put the cursor on its subject in the view that has it:
+        a parameter, a module (``input``: the model that got it), an op, the loss; an
+        optimizer or anything else stays in the details pane."""
+        finding = message.finding
+        subject = finding["subject"]
+        if self._filter:
+            self._set_filter("")
+        tabs = self.query_one("#views", TabbedContent)
+        kind = "module"
+        modules = self.state.modules if self.state else []
+        target = subject
+        if subject == "input" and modules:
+            target = modules[0]["root"]
+        if self.query_one(ParamTable).select_name(target):
+            tabs.active, kind = "tab-params", "param"
             self.query_one(ParamTable).focus()
-        elif self.query_one(ModuleTree).select_name(subject):
+        elif self.query_one(ModuleTree).select_name(target):
             tabs.active = "tab-modules"
             self.query_one(ModuleTree).focus()
-        else:
+        elif self.query_one(AutogradTree).select_subject(subject):
             tabs.active = "tab-autograd"
-            self.query_one(Input).value = subject.split(" in ")[0]
-            self.query_one(AutogradTree).focus()
-        self._subject = ("param" if tabs.active == "tab-params" else "module", subject)
+            tree = self.query_one(AutogradTree)
+            tree.focus()
+            kind, target = tree.subject_of(subject) or ("loss" if subject == "loss" else "op", subject)
+        else:
+            kind = "optimizer" if subject.startswith("optimizer") else "other"
+        self._subject = (kind, target)
+        self._finding = (self._subject, finding)
+        self.load_details(kind, target, self.state.step if self.state else None, finding)
 
     def on_script_output(self, message: ScriptOutput) -> None:
         log = self.query_one(ScriptLog)
         for line in message.lines:
-            log.write(line)
+            log.write(literal(line))
 
     def on_script_exited(self, message: ScriptExited) -> None:
         self._exit_code = message.code
         self.process.close()
         self.paused = False
         self._update_status()
+        self.refresh_bindings()
         severity = "information" if message.code == 0 else "error"
-        self.notify(f"script exited with status {message.code}", severity=severity, timeout=8)
+        self.notify(f"script exited with status {message.code}", severity=severity, timeout=8, markup=False)
 
+    # -- filter ---------------------------------------------------------------------------
     @on(Input.Changed, "#search")
     def filter_views(self, event: Input.Changed) -> None:
-        self._filter = event.value.strip()
+        self._apply_filter(event.value.strip())
+
+    def _apply_filter(self, query: str) -> None:
+        self._filter = query
         if self.state is not None:
-            self.query_one(ModuleTree).show(self.state, self._filter)
-            self.query_one(AutogradTree).show(self.state.graph, self.state.graph_step, self._filter)
-            self.query_one(ParamTable).show(self.state, self._filter)
+            self.query_one(ModuleTree).show(self.state, query)
+            self.query_one(AutogradTree).show(self.state.graph, self.state.graph_step, query,
+                                              worst_severity(self.state.findings))
+            self.query_one(ParamTable).show(self.state, query)
+
+    def _set_filter(self, query: str) -> None:
+        search = self.query_one("#search", Input)
+        with search.prevent(Input.Changed):
+            search.value = query
+        search.display = bool(query)
+        self._apply_filter(query)
+
+    @on(Input.Submitted, "#search")
+    def leave_search(self) -> None:
+        search = self.query_one("#search", Input)
+        search.display = bool(search.value.strip())
+        self.query_one("#views", TabbedContent).active_pane.query_one("ModuleTree, AutogradTree, ParamTable").focus()
+
+    def on_key(self, event) -> None:
+        if event.key == "escape" and isinstance(self.focused, Input):
+            self.leave_search()
+            event.stop()
 
     def watch_shown_step(self) -> None:
-        self.poll_record()
+        self._poll_wanted.set()
+        self.refresh_bindings()
 
     # -- status ---------------------------------------------------------------------------
     def _update_status(self) -> None:
         state = self.state
+        text = Text()
+        text.append_text(literal(self.record_path.name, "bold"))
+        if state is not None:
+            errors = sum(1 for f in state.findings if f["severity"] == "error")
+            warnings = sum(1 for f in state.findings if f["severity"] == "warning")
+            text.append("  ")
+            text.append(f"{errors} errors", style="bold white on red" if errors else "")
+            text.append(" ")
+            text.append(f"{warnings} warnings", style="bold black on yellow" if warnings else "")
         parts = []
         if state is not None and state.steps:
             parts.append(f"step {state.step} of {state.steps[0]}..{state.steps[-1]}")
         elif state is not None:
             parts.append("no step recorded yet")
-        parts.append("following" if self.shown_step is None else "browsing history (l: latest)")
+        parts.append("following" if self.shown_step is None else "history (l: latest)")
         if self.process is not None:
             if self._exit_code is not None:
                 parts.append(f"script exited ({self._exit_code})")
@@ -231,16 +359,27 @@ class GradscopeApp(App):
                 parts.append("PAUSED (p: resume, s: one step)")
             else:
                 parts.append("running")
-            parts.append(f"break on error: {'on' if self.break_on_error else 'off'}")
+            parts.append(f"break on {self.break_on}" if self.break_on else "break off")
         elif state is not None:
-            parts.append(f"record {state.run.get('status', '?')}")
+            parts.append(str(state.run.get("status", "?")))
+        if state is not None and state.run.get("dropped_steps"):
+            parts.append(f"{state.run['dropped_steps']} steps dropped")
         if state is not None and state.run.get("rank") is not None:
-            parts.append(f"rank {state.run['rank']} of {state.run.get('world_size')} (r: next rank)")
-        if state is not None:
-            errors = sum(1 for f in state.findings if f["severity"] == "error")
-            warnings = sum(1 for f in state.findings if f["severity"] == "warning")
-            parts.append(f"{errors} errors, {warnings} warnings")
-        self.query_one("#status", Static).update("  |  ".join(parts))
+            parts.append(f"rank {state.run['rank']} of {state.run.get('world_size')} (r: next)")
+        text.append_text(literal("  " + " | ".join(parts)))
+        self.query_one("#status", Static).update(text)
+
+    # -- keys that apply --------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Hide keys that do nothing here: control keys without a running script, history keys
+        while following, the rank key on a single rank."""
+        if action in LIVE_ONLY:
+            return self.process is not None and self._exit_code is None
+        if action in ("next_step", "follow"):
+            return self.shown_step is not None
+        if action == "next_rank":
+            return bool(self.state and (self.state.run.get("world_size") or 1) > 1)
+        return True
 
     # -- actions --------------------------------------------------------------------------
     def _control(self, command: str) -> bool:
@@ -261,8 +400,10 @@ class GradscopeApp(App):
             self._update_status()
 
     def action_toggle_break(self) -> None:
-        if self._control("break off" if self.break_on_error else "break on"):
-            self.break_on_error = not self.break_on_error
+        """Cycle: off -> error -> warning -> off."""
+        following = {None: "error", "error": "warning", "warning": None}[self.break_on]
+        if self._control(f"break {following or 'off'}"):
+            self.break_on = following
             self._update_status()
 
     def action_previous_step(self) -> None:
@@ -280,7 +421,54 @@ class GradscopeApp(App):
         self.shown_step = None
 
     def action_search(self) -> None:
-        self.query_one(Input).focus()
+        search = self.query_one("#search", Input)
+        search.display = True
+        search.focus()
+
+    def action_view(self, index: int) -> None:
+        tabs = self.query_one("#views", TabbedContent)
+        tabs.active = VIEWS[index]
+        tabs.active_pane.query_one("ModuleTree, AutogradTree, ParamTable").focus()
+
+    def action_next_chart(self) -> None:
+        charts = self.query_one("#charts", TabbedContent)
+        charts.active = CHARTS[(CHARTS.index(charts.active) + 1) % len(CHARTS)]
+
+    def action_log_scale(self) -> None:
+        chart = self.query_one(TrainingChart)
+        chart.log_scale = not chart.log_scale
+        chart.redraw()
+
+    def action_sort(self) -> None:
+        by = self.query_one(ParamTable).cycle_sort()
+        if self.state is not None and by == "parameter order":
+            self.query_one(ParamTable).show(self.state, self._filter)
+        self.notify(f"parameters sorted by {by}", timeout=3)
+
+    def action_focus_findings(self) -> None:
+        self.query_one(FindingsTable).focus()
+
+    def action_move(self, where: str) -> None:
+        """j/k/g/G in the focused tree, table or pane."""
+        widget = self.focused
+        if isinstance(widget, Input) or widget is None:
+            return
+        if where in ("down", "up"):
+            getattr(widget, f"action_cursor_{where}", getattr(widget, f"action_scroll_{where}", lambda: None))()
+        elif isinstance(widget, Tree):
+            widget.cursor_line = 0 if where == "first" else widget.last_line
+            widget.scroll_to_line(widget.cursor_line)
+        elif isinstance(widget, DataTable):
+            widget.move_cursor(row=0 if where == "first" else max(0, widget.row_count - 1))
+        else:
+            (widget.scroll_home if where == "first" else widget.scroll_end)(animate=False)
+
+    def action_maximize(self) -> None:
+        """Zoom the focused pane to the whole screen, and back."""
+        if self.screen.maximized is not None:
+            self.screen.minimize()
+        elif self.focused is not None:
+            self.screen.maximize(self.focused, container=False)
 
     def action_export(self) -> None:
         self.export_graph(self.state.step if self.state else None)
@@ -289,7 +477,6 @@ class GradscopeApp(App):
     def export_graph(self, step: int | None) -> None:
         import shutil
 
-        from ..errors import GradscopeError
         from ..export import export_record
         from ..record.reader import open_record
 
@@ -299,9 +486,9 @@ class GradscopeApp(App):
             with open_record(self.record_path) as record:
                 export_record(record, out, step=step)
         except GradscopeError as exc:
-            self.call_from_thread(self.notify, str(exc), severity="error", timeout=8)
+            self.call_from_thread(self.notify, clean(str(exc)), severity="error", timeout=8, markup=False)
             return
-        self.call_from_thread(self.notify, f"wrote {out}", timeout=8)
+        self.call_from_thread(self.notify, clean(f"wrote {out}"), timeout=8, markup=False)
 
     def action_next_rank(self) -> None:
         """Under torch.distributed every rank has its own record: show the next rank's."""
@@ -315,15 +502,34 @@ class GradscopeApp(App):
         current = peers.index(self.record_path) if self.record_path in peers else -1
         self.record_path = peers[(current + 1) % len(peers)]
         self.sub_title = self.record_path.name
-        self.state, self._subject = None, None
+        self.state, self._subject, self._finding = None, None, None
         self.poll_record()
 
+    def help_keys(self) -> list[tuple[str, str]]:
+        """Every key once: bindings sharing an action are one row."""
+        rows: dict[str, list[str]] = {}
+        descriptions: dict[str, str] = {}
+        for b in self.BINDINGS:
+            action = b.action.split("(")[0]
+            key = b.key_display or b.key
+            rows.setdefault(action, []).append(key)
+            descriptions.setdefault(action, b.description)
+        descriptions.update(view="views: modules, autograd, parameters", move="down, up, first, last",
+                            toggle_break="break: off / on error / on warning", maximize="zoom the focused pane",
+                            next_chart="next chart: loss, speed, grad flow, updates",
+                            log_scale="log scale for the loss", sort="sort parameters by the next column",
+                            previous_step="previous step (history)", next_step="next step (history)",
+                            follow="latest step (follow the run)", single_step="run one step, then pause",
+                            toggle_pause="pause / resume the script", search="filter the views by name",
+                            quit_app="quit (asks while the script runs)", focus_findings="findings")
+        return [(" ".join(keys), descriptions[action]) for action, keys in rows.items()] + self.OTHER_KEYS
+
     def action_help(self) -> None:
-        keys = [(b.key.replace("left_square_bracket", "[").replace("right_square_bracket", "]")
-                 .replace("question_mark", "?").replace("slash", "/"), b.description) for b in self.BINDINGS]
-        self.push_screen(HelpScreen(keys))
+        self.push_screen(HelpScreen(self.help_keys()))
 
     def action_quit_app(self) -> None:
+        if isinstance(self.screen, QuitScreen):
+            return
         if self.process is not None and self.process.running:
             def answered(stop: bool | None) -> None:
                 if stop:
@@ -334,6 +540,6 @@ class GradscopeApp(App):
             self.exit(self._exit_code)
 
 
-def make_app(record: Path, process: ScriptProcess | None = None) -> GradscopeApp:
+def make_app(record: Path, process: ScriptProcess | None = None, break_on: str | None = None) -> GradscopeApp:
     """The app, as the CLI and the tests build it."""
-    return GradscopeApp(record, process)
+    return GradscopeApp(record, process, break_on)

@@ -33,18 +33,19 @@ class DetailsLoaded(Message):
 class SubjectSelected(Message):
     """A module, parameter or autograd node was selected in one of the three views."""
 
-    def __init__(self, kind: str, name: str) -> None:
+    def __init__(self, kind: str, name: str, source=None) -> None:
         super().__init__()
-        self.kind = kind  # module, param or op
+        self.kind = kind  # module, param, loss or optimizer
         self.name = name
+        self.source = source  # the widget whose cursor moved (only the focused one counts)
 
 
 class FindingChosen(Message):
-    """A finding was chosen: jump to its subject."""
+    """A finding was chosen: show it whole and jump to its subject."""
 
-    def __init__(self, subject: str) -> None:
+    def __init__(self, finding: dict) -> None:
         super().__init__()
-        self.subject = subject
+        self.finding = finding
 
 
 class ScriptOutput(Message):

@@ -1,4 +1,10 @@
-"""What the UI shows, read from the record off the UI thread (live and replay alike)."""
+"""What the UI shows, read from the record off the UI thread (live and replay alike).
+
+The poller asks the record a cheap question first (`Record.data_version`: has anything been
+committed since the last look?) and reads a step only when the answer or the wanted step
+changed. The autograd graph, the largest thing in a record, is parsed once per recorded graph
+and reused across readings.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,22 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import StepData
+from ..data import GraphData, StepData
 from ..record.reader import Record
-from ..trace.autograd import GraphData
+
+
+@dataclass
+class Series:
+    """Per-step curves for the training chart, in step order. NaN marks a step without a
+    value; `nonfinite` lists the steps whose loss was NaN or infinite (drawn as markers)."""
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    speed: list[float] = field(default_factory=list)  # steps per second
+    memory: list[float] = field(default_factory=list)  # MB (process RSS, or device memory)
+    memory_label: str = "memory"
+    nonfinite: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -25,25 +44,96 @@ class ViewState:
     data: StepData | None = None
     graph: GraphData | None = None
     graph_step: int | None = None  # the step `graph` was recorded at
-
-    @property
-    def signature(self) -> tuple:
-        return (len(self.steps), self.step, len(self.findings),
-                sum(f["count"] for f in self.findings), self.run.get("status"), self.run.get("paused"))
+    series: Series = field(default_factory=Series)
+    version: tuple = ()  # what the poller compares to decide that something changed
 
 
-def read_state(record: Record, step: int | None) -> ViewState:
-    """The record at `step` (None: the latest step)."""
-    state = ViewState(record.path, run=record.run(), steps=record.step_numbers())
-    state.modules = record.modules()
-    state.parameters = record.parameters()
-    state.findings = record.findings()
-    if state.steps:
-        state.step = state.steps[-1] if step is None or step not in state.steps else step
-        state.data = record.step(state.step)
-        state.graph_step = record.graph_step(state.step)
-        state.graph = None if state.graph_step is None else record.graph(state.graph_step, exact=True)
-    return state
+class Reader:
+    """The poller's reader: keeps the record open and the last parsed graph."""
+
+    def __init__(self, record: Record):
+        self.record = record
+        self._graph_step: int | None = None
+        self._graph: GraphData | None = None
+
+    def version(self, step: int | None) -> tuple:
+        return (self.record.data_version(), step)
+
+    def read(self, step: int | None) -> ViewState:
+        """The record at `step` (None: the latest step)."""
+        record = self.record
+        state = ViewState(record.path, run=record.run(), steps=record.step_numbers())
+        state.version = self.version(step)
+        state.modules = record.modules()
+        state.parameters = record.parameters()
+        state.findings = record.findings()
+        state.series = read_series(record)
+        if state.steps:
+            state.step = state.steps[-1] if step is None or step not in state.steps else step
+            state.data = record.step(state.step, graph=False)
+            state.graph_step = record.graph_step(state.step)
+            if state.graph_step != self._graph_step:
+                self._graph_step = state.graph_step
+                self._graph = None if state.graph_step is None else record.graph(state.graph_step, exact=True)
+            state.graph = self._graph
+        return state
+
+
+def read_series(record: Record) -> Series:
+    """Loss, learning rate, speed and memory of every step."""
+    series = Series()
+    rows = record.steps()
+    loss = {step: stat.mean for step, stat in record.stat_series("loss", "loss")}
+    previous = None
+    for row in rows:
+        step = row["step"]
+        series.steps.append(step)
+        value = loss.get(step, math.nan)
+        if step in loss and not math.isfinite(value):
+            series.nonfinite.append(step)
+        series.loss.append(value)
+        lrs = [lr for group in row["lrs"].values() for lr in group if isinstance(lr, (int, float))]
+        series.lr.append(lrs[0] if lrs else math.nan)
+        elapsed = None if previous is None else row["time"] - previous
+        series.speed.append(1.0 / elapsed if elapsed and elapsed > 0 else math.nan)
+        previous = row["time"]
+        memory = row.get("memory") or {}
+        if memory.get("device_allocated") is not None:
+            series.memory_label = "device MB"
+            series.memory.append(memory["device_allocated"] / 2**20)
+        else:
+            series.memory.append(memory["rss"] / 2**20 if memory.get("rss") is not None else math.nan)
+    return series
+
+
+def gradient_flow(state: ViewState) -> list[tuple[str, float, float]]:
+    """(parameter, RMS of its gradient, largest |gradient|) for the shown step's weight
+    parameters (biases and norms' 1-D parameters left out when there are matrices), in the
+    order their modules ran forward."""
+    if state.data is None:
+        return []
+    grads = {s.subject: s for s in state.data.stats if s.kind == "grad" and s.call == 0 and s.path == ""}
+    order = {}
+    for call in state.data.calls:
+        order.setdefault(call["module"], len(order))
+    params = [p for p in state.parameters if p["name"] in grads]
+    matrices = [p for p in params if len(p["shape"]) > 1]
+    params = matrices or params
+    params.sort(key=lambda p: order.get(p.get("module") or "", len(order)))
+    out = []
+    for p in params:
+        s = grads[p["name"]]
+        rms = s.norm / math.sqrt(s.count) if s.count else math.nan
+        out.append((p["name"], rms, max(abs(s.min), abs(s.max))))
+    return out
+
+
+def update_ratios(state: ViewState) -> list[tuple[str, float]]:
+    """(parameter, |Δw|/|w| of the optimizer's step) at the shown step."""
+    if state.data is None:
+        return []
+    ratios = {name: u.ratio for name, u in state.data.updates.items() if u.ratio is not None}
+    return [(p["name"], ratios[p["name"]]) for p in state.parameters if p["name"] in ratios]
 
 
 def open_when_ready(path: Path) -> Record | None:
@@ -69,6 +159,7 @@ class Details:
     grad_norms: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     hist: tuple | None = None
+    finding: dict | None = None  # the finding the user chose, shown whole
 
 
 def read_details(record: Record, kind: str, name: str, step: int | None) -> Details:
@@ -86,6 +177,12 @@ def read_details(record: Record, kind: str, name: str, step: int | None) -> Deta
         details.grad_norms = [s.norm for _, s in record.stat_series("grad-output", name) if math.isfinite(s.norm)]
         if step is not None:
             details.calls = record.calls(step=step, module=name)
+    elif kind == "optimizer":
+        index = int(name.removeprefix("optimizer")) if name.removeprefix("optimizer").isdigit() else -1
+        details.info = next((o for o in record.optimizers() if o["index"] == index), {})
+        return details
+    elif kind != "loss":
+        return details
     if step is not None:
         details.stats = record.stats(step=step, subject=name)
         if not any(s.kind != "grad" for s in details.stats):  # module statistics are periodic

@@ -1,4 +1,5 @@
-"""Right panel: the selected subject's shapes, statistics, sparklines and gradient histogram."""
+"""Right panel: the selected subject's shapes, statistics, sparklines and gradient histogram;
+a chosen finding is shown whole above it (message, every piece of evidence, hint)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from textual.widgets import Label, Sparkline, Static
 
 from ...distributed import describe
 from ..state import Details
+from ..text import clean, literal
+from .findings import COLOURS
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -25,7 +28,7 @@ def _stats_table(details: Details) -> Table:
     table = Table(box=None, padding=(0, 1), header_style="bold")
     table.add_column("")
     for s in stats:
-        table.add_column(s.kind + (f" {s.path}" if s.path else ""), justify="right",
+        table.add_column(literal(s.kind + (f" {s.path}" if s.path else "")), justify="right",
                          style="bold red" if s.nonfinite else "")
     for field in ("count", "mean", "std", "min", "max", "norm", "zeros", "nonfinite"):
         values = [getattr(s, field) for s in stats]
@@ -54,22 +57,33 @@ class DetailsPanel(VerticalScroll):
 
     def show(self, details: Details, findings: list[dict] = ()) -> None:
         info = details.info
-        head = Text.assemble((details.name or info.get("type", "model"), "bold"), f"  ({details.kind})")
+        head = Text()
+        if details.finding is not None:
+            head.append_text(finding_text(details.finding))
+            head.append("\n\n")
+        head.append_text(literal(details.name or info.get("type", "model"), "bold"))
+        head.append(f"  ({details.kind})")
         for f in findings:
-            colour = {"error": "bold red", "warning": "yellow", "info": "cyan"}[f["severity"]]
-            head.append(f"\n{f['severity']} {f['check']}: ", style=colour)
-            head.append(f"{f['message']}\n  hint: {f['hint']}")
+            if f is details.finding or (details.finding and (f["check"], f["subject"]) == (details.finding["check"], details.finding["subject"])):
+                continue
+            head.append(f"\n{f['severity']} ", style=COLOURS[f["severity"]])
+            head.append_text(literal(f"{f['check']}: {f['message']}\n  hint: {f['hint']}"))
+        if details.kind == "optimizer" and info:
+            head.append_text(literal(f"\n{info.get('type')}: {len(info.get('params', []))} parameters, "
+                                     f"first step {info.get('first_step')}"))
+            for i, group in enumerate(info.get("groups") or []):
+                head.append_text(literal(f"\ngroup {i}: {group}"))
         if details.kind == "param" and info:
-            head.append(f"\nshape {info.get('shape')}  {info.get('dtype')}  on {info.get('device')}"
-                        f"  requires_grad={info.get('requires_grad')}  in optimizer: {info.get('in_optimizer')}")
+            head.append_text(literal(f"\nshape {info.get('shape')}  {info.get('dtype')}  on {info.get('device')}"
+                        f"  requires_grad={info.get('requires_grad')}  in optimizer: {info.get('in_optimizer')}"))
             if info.get("placement"):
-                head.append(f"\n{describe(info['placement'])}; statistics of this rank's shard")
+                head.append_text(literal(f"\n{describe(info['placement'])}; statistics of this rank's shard"))
         if details.kind == "module" and info:
-            head.append(f"\ntype {info.get('type')}  own parameters {info.get('params')}")
+            head.append_text(literal(f"\ntype {info.get('type')}  own parameters {info.get('params')}"))
             for call in details.calls[:3]:
                 fmt = lambda xs: ", ".join(f"{x.get('shape', x.get('type'))} {x.get('dtype', '')}".strip() for x in xs)
-                head.append(f"\ncall {call['call']}: in {fmt(call['inputs'])} -> out {fmt(call['outputs'])}"
-                            f"  ({'train' if call['training'] else 'eval'})")
+                head.append_text(literal(f"\ncall {call['call']}: in {fmt(call['inputs'])} -> out {fmt(call['outputs'])}"
+                                         f"  ({'train' if call['training'] else 'eval'})"))
         if details.update is not None:
             u = details.update
             head.append(f"\nupdate |Δw| {_g(u.delta)}  |w| {_g(u.weight)}  ratio {_g(u.ratio)}"
@@ -83,3 +97,20 @@ class DetailsPanel(VerticalScroll):
         self.query_one("#ratio-spark", Sparkline).data = details.ratios
         self.query_one("#ratio-label").display = self.query_one("#ratio-spark").display = bool(details.ratios)
         self.query_one("#details-hist", Static).update(_histogram(details.hist) if details.hist else "")
+
+
+def finding_text(f: dict) -> Text:
+    """One finding whole: what, where, when, the evidence and the hint."""
+    text = Text()
+    text.append(f"{f['severity']} ", style=COLOURS[f["severity"]])
+    text.append_text(literal(f["check"], "bold"))
+    when = "" if f["step"] is None else f"  step {f['step']}" + (
+        f"..{f['last_step']} ({f['count']} times)" if f["count"] > 1 else "")
+    text.append_text(literal(f"  on {f['subject']}{when}\n"))
+    text.append_text(literal(f["message"]))
+    for key, value in (f.get("evidence") or {}).items():
+        text.append_text(literal(f"\n  {key}: {clean(value)}", "dim"))
+    if f.get("hint"):
+        text.append("\nhint: ", style="bold")
+        text.append_text(literal(f["hint"]))
+    return text

@@ -1,4 +1,8 @@
-"""Right panel: findings, errors first; choosing one jumps to its subject."""
+"""Right panel: findings, errors first; choosing one shows it whole and jumps to its subject.
+
+A live run updates the table in place (cells of known rows, new rows appended), so the cursor
+and the horizontal scroll stay where the user put them while a repeating finding counts up.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +11,58 @@ from textual.widgets import DataTable
 
 from ...findings import severity_rank
 from ..messages import FindingChosen
+from ..text import literal
 
 COLOURS = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _steps(f: dict) -> str:
+    if f["step"] is None:
+        return "-"
+    return str(f["step"]) if f["count"] == 1 else f"{f['step']}..{f['last_step']} ({f['count']}x)"
+
+
+def _key(f: dict) -> str:
+    return f"{f['check']}\x00{f['subject']}"
 
 
 class FindingsTable(DataTable):
     def __init__(self, **kwargs):
         super().__init__(cursor_type="row", **kwargs)
-        self._signature = None
-        self._subjects: dict[str, str] = {}
+        self._findings: dict[str, dict] = {}
+        self._columns = ()
 
     def on_mount(self) -> None:
-        self.add_columns("severity", "check", "subject", "steps", "message")
+        self._columns = self.add_columns("severity", "check", "subject", "steps", "message")
 
     def show(self, findings: list[dict]) -> None:
-        signature = tuple((f["check"], f["subject"], f["count"]) for f in findings)
-        if signature == self._signature:
-            return
-        self._signature = signature
-        self.clear()
-        self._subjects = {}
-        for i, f in enumerate(sorted(findings, key=lambda f: (severity_rank(f["severity"]), f["step"] or 0))):
-            steps = "-" if f["step"] is None else (
-                str(f["step"]) if f["count"] == 1 else f"{f['step']}..{f['last_step']} ({f['count']}x)")
-            key = f"f{i}"
-            self._subjects[key] = f["subject"]
-            self.add_row(Text(f["severity"], style=COLOURS[f["severity"]]), f["check"], f["subject"],
-                         steps, f["message"], key=key)
-        self.border_title = f"findings ({len(findings)})"
+        fresh = [f for f in findings if _key(f) not in self._findings]
+        for f in findings:
+            key = _key(f)
+            known = self._findings.get(key)
+            if known is not None and (known["count"], known["last_step"]) != (f["count"], f["last_step"]):
+                self.update_cell(key, self._columns[3], _steps(f))
+            self._findings[key] = dict(f)
+        if fresh:
+            cursor = self.coordinate_to_cell_key(self.cursor_coordinate).row_key if self.row_count else None
+            scroll_x = self.scroll_x
+            for f in fresh:
+                self.add_row(literal(f["severity"], COLOURS[f["severity"]]), literal(f["check"]),
+                             literal(f["subject"]), _steps(f), literal(f["message"]), key=_key(f))
+            self.sort(key=self._order)  # errors first, each by its first step
+            if cursor is not None:
+                self.move_cursor(row=self.get_row_index(cursor), animate=False, scroll=False)
+            self.scroll_x = scroll_x
+        errors = sum(1 for f in findings if f["severity"] == "error")
+        self.border_title = f"findings ({len(findings)}{f', {errors} errors' if errors else ''})"
+        self.set_class(not findings, "empty")
+
+    def _order(self, row) -> tuple:
+        severity, _, _, steps, _ = row
+        first = str(steps).split(".")[0].split(" ")[0]
+        return severity_rank(str(severity)), int(first) if first.isdigit() else -1
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        subject = self._subjects.get(event.row_key.value)
-        if subject is not None:
-            self.post_message(FindingChosen(subject))
+        finding = self._findings.get(event.row_key.value)
+        if finding is not None:
+            self.post_message(FindingChosen(finding))
