@@ -437,7 +437,7 @@ class GradscopeApp(App):
     def action_log_scale(self) -> None:
         chart = self.query_one(TrainingChart)
         chart.log_scale = not chart.log_scale
-        chart.redraw()
+        chart.refresh()
 
     def action_sort(self) -> None:
         by = self.query_one(ParamTable).cycle_sort()

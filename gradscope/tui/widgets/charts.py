@@ -5,8 +5,8 @@
   finding first fired are vertical lines in its colour, the shown step a dotted line.
 - speed: steps per second, and memory (device memory on GPUs, else the process's RSS).
 - grad flow: per-layer gradient magnitude (RMS and largest |g|) of the shown step in forward
-  order, log scale, with the band within which a layer counts as driven (three decades under
-  the strongest layer, the vanishing-grad check's ratio); layers a finding names in red.
+  order, in decades, with the line under which a layer counts as starved (three decades under
+  the strongest layer, the vanishing-grad check's ratio); layers a finding names marked red.
 - updates: |Δw|/|w| per parameter at the shown step against the update-ratio check's band.
 
 Names and values come from the record: they are cleaned of control characters before
@@ -20,7 +20,7 @@ import math
 from textual_plotext import PlotextPlot
 
 from ..state import Series
-from ..text import clean
+from ..text import clean, literal
 
 SEVERITY_COLOURS = {"error": "red", "warning": "orange", "info": "cyan"}
 UPDATE_BAND = (1e-5, 1e-1)  # the update-ratio check's defaults
@@ -42,30 +42,42 @@ def _g(value: float | None) -> str:
 
 
 class Chart(PlotextPlot):
-    """A plotext plot redrawn from data handed to `show`."""
+    """A plotext plot of the data last handed to `show`, drawn at render time (when its size,
+    which decides how many labels fit, is known)."""
 
-    def _start(self):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._data: tuple | None = None
+
+    def show(self, *data) -> None:
+        self._data = data
+        self.refresh()
+
+    def render(self):
         plt = self.plt
         plt.clear_figure()
         plt.frame(False)
-        return plt
+        if self._data is not None:
+            try:
+                self.draw(plt, *self._data)
+            except Exception as exc:  # odd values must not take the UI down with the chart
+                plt.clear_figure()
+                plt.title(clean(f"chart unavailable: {type(exc).__name__}: {exc}"))
+        try:
+            return super().render()
+        except Exception as exc:
+            return literal(f"chart unavailable: {type(exc).__name__}: {exc}")
+
+    def draw(self, plt, *data) -> None:
+        raise NotImplementedError
 
 
 class TrainingChart(Chart):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.log_scale = False
-        self._data = None
 
-    def show(self, series: Series, findings: list[dict], step: int | None) -> None:
-        self._data = (series, findings, step)
-        self.redraw()
-
-    def redraw(self) -> None:
-        if self._data is None:
-            return
-        series, findings, step = self._data
-        plt = self._start()
+    def draw(self, plt, series: Series, findings: list[dict], step: int | None) -> None:
         xs, loss = _finite(series.steps, series.loss)
         title = [f"loss {_g(loss[-1] if loss else None)}"]
         log = self.log_scale and loss and min(loss) > 0
@@ -88,12 +100,10 @@ class TrainingChart(Chart):
             plt.vertical_line(step, color="white")
         plt.title("  ".join(title) + ("  (log)" if log else ""))
         plt.xlabel("step")
-        self.refresh()
 
 
 class SpeedChart(Chart):
-    def show(self, series: Series) -> None:
-        plt = self._start()
+    def draw(self, plt, series: Series) -> None:
         xs, speed = _finite(series.steps, series.speed)
         mx, memory = _finite(series.steps, series.memory)
         title = []
@@ -108,47 +118,50 @@ class SpeedChart(Chart):
             title.append("memory not recorded")
         plt.title("  ".join(title))
         plt.xlabel("step")
-        self.refresh()
 
 
 class GradFlowChart(Chart):
-    def show(self, layers: list[tuple[str, float, float]], named: dict[str, str], step: int | None) -> None:
-        plt = self._start()
-        layers = [(n, r, m) for n, r, m in layers if math.isfinite(r) and math.isfinite(m) and m > 0]
+    """Bars per layer on decades (plotext cannot draw bars on a log axis: heights are log10
+    values above the lowest decade, and the ticks name the decades)."""
+
+    def draw(self, plt, layers: list[tuple[str, float, float]], named: dict[str, str], step: int | None) -> None:
+        layers = [(n, r, m) for n, r, m in layers if math.isfinite(r) and math.isfinite(m) and r > 0 and m > 0]
         if not layers:
             plt.title("no parameter gradients at this step")
-            self.refresh()
             return
-        xs = list(range(1, len(layers) + 1))
-        floor = min(min(r for _, r, _ in layers if r > 0) if any(r > 0 for _, r, _ in layers) else 1e-12, 1e-12)
-        plt.yscale("log")
-        plt.plot(xs, [max(m, floor) for _, _, m in layers], label="max |g|", color="cyan", marker="braille")
-        plt.plot(xs, [max(r, floor) for _, r, _ in layers], label="rms g", color="blue", marker="braille")
         strongest = max(r for _, r, _ in layers)
-        plt.horizontal_line(strongest * VANISHING_RATIO, color="gray")
+        band = strongest * VANISHING_RATIO
+        low = math.floor(math.log10(min(min(r for _, r, _ in layers), band)))
+        high = math.ceil(math.log10(max(m for _, _, m in layers)))
+        height = lambda v: math.log10(v) - low + 0.2
+        xs = list(range(1, len(layers) + 1))
+        plt.multiple_bar(xs, [[height(m) for _, _, m in layers], [height(r) for _, r, _ in layers]],
+                         labels=["max |g|", "rms g"], color=["cyan", "blue"])
+        plt.yticks([height(10 ** k) for k in range(low, high + 1)], [f"1e{k}" for k in range(low, high + 1)])
+        plt.horizontal_line(height(band), color="gray")
         flagged = [(x, r) for x, (n, r, _) in zip(xs, layers) if n in named]
         if flagged:
-            plt.scatter([x for x, _ in flagged], [max(r, floor) for _, r in flagged], marker="x", color="red",
+            plt.scatter([x for x, _ in flagged], [height(r) + 0.3 for _, r in flagged], marker="x", color="red",
                         label="finding")
         every = max(1, math.ceil(len(layers) / max(1, self.size.width // 12)))
         ticks = xs[::every]
         plt.xticks(ticks, [_short(layers[x - 1][0]) for x in ticks])
-        plt.title(f"gradient per layer, step {step}  (line: 1e-3 of the strongest)")
-        self.refresh()
+        plt.title(f"gradient per layer, step {step}  (gray: 1e-3 of the strongest)")
 
 
 class UpdatesChart(Chart):
-    def show(self, ratios: list[tuple[str, float]], named: dict[str, str], step: int | None) -> None:
-        plt = self._start()
+    def draw(self, plt, ratios: list[tuple[str, float]], named: dict[str, str], step: int | None) -> None:
         ratios = [(n, r) for n, r in ratios if math.isfinite(r) and r > 0]
         if not ratios:
             plt.title("no optimizer updates at this step")
-            self.refresh()
             return
         xs = list(range(1, len(ratios) + 1))
         plt.yscale("log")
         plt.scatter(xs, [r for _, r in ratios], label="|Δw|/|w|", color="cyan")
         low, high = UPDATE_BAND
+        bottom = math.floor(math.log10(min(low, min(r for _, r in ratios))))
+        top = math.ceil(math.log10(max(high, max(r for _, r in ratios))))
+        plt.yticks([10 ** k for k in range(bottom, top + 1)], [f"1e{k}" for k in range(bottom, top + 1)])
         plt.horizontal_line(low, color="gray")
         plt.horizontal_line(high, color="gray")
         outside = [(x, r) for x, (n, r) in zip(xs, ratios) if not low <= r <= high or n in named]
@@ -158,4 +171,3 @@ class UpdatesChart(Chart):
         ticks = xs[::every]
         plt.xticks(ticks, [_short(ratios[x - 1][0]) for x in ticks])
         plt.title(f"update/weight per parameter, step {step}  (band {low:g}..{high:g})")
-        self.refresh()
