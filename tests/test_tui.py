@@ -600,3 +600,33 @@ async def test_following_a_live_run_keeps_the_cursor_and_open_nodes(tmp_path):
     finally:
         go_on.set()
         trainer.join()
+
+
+async def test_repeated_blocks_fold_in_the_autograd_view(tmp_path):
+    torch.manual_seed(0)
+    model = Deep()
+    path = tmp_path / "deep.sqlite"
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, opt, record=path):
+        opt.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+    app = make_app(path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await pilot.press("2")
+        tree = app.query_one(AutogradTree)
+        node, folds = tree.root.children[0], []
+        for _ in range(12):  # follow the first input down, as a user expanding would
+            node.expand()
+            await until(pilot, lambda: node.children or not node.allow_expand)
+            if not node.children:
+                break
+            folds += [c for c in node.children if "repeats" in str(c.label)]
+            node = node.children[0]
+        assert folds, "30 identical blocks are not folded"
+        assert "in blocks.#" in str(folds[0].label) or "AddBackward0" in str(folds[0].label)
+        fold = folds[0]
+        fold.expand()
+        await until(pilot, lambda: fold.children)
+        assert fold.children[0].allow_expand  # the fold opens at the last repeat

@@ -3,10 +3,14 @@
 Children are added only when a node is expanded, so a 100k-node graph costs what is open.
 A node reached a second time is shown as "shared" and not expanded again. Each level indents
 two columns, so a depth-12 chain stays readable; nodes a finding names carry its colour.
+A chain that repeats (a stack of identical blocks, an unrolled RNN: the same ops in scopes
+that differ only by their numbers, at least `MIN_REPEATS` times) is folded into one node
+that says how many repeats it skips and opens at the last one.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 from rich.text import Text
@@ -16,6 +20,11 @@ from ...data import GraphData
 from ..messages import SubjectSelected
 from ..text import literal
 from .findings import COLOURS
+
+
+MIN_REPEATS = 3
+MAX_PERIOD = 24  # ops in one repeated unit
+_DIGITS = re.compile(r"\d+")
 
 
 def _label(info: dict, shared: bool = False, severity: str | None = None) -> Text:
@@ -89,11 +98,45 @@ class AutogradTree(Tree):
     def _open(self, node) -> None:
         if node.data is None or node.children:
             return
-        for child in self._inputs_of.get(node.data, []):
+        folded = node.data.startswith("fold:")
+        children = [node.data[5:]] if folded else self._inputs_of.get(node.data, [])
+        for child in children:
             shared = child in self._seen
+            repeats = None if shared or folded else self._repeats(child)
+            if repeats is not None:
+                count, period, resume = repeats
+                unit = [self._node_info[n] for n in self._chain(child, period)]
+                scope = _DIGITS.sub("#", unit[0].get("scope") or "")
+                text = f"⋯ {count} repeats of {period} op{'s' if period > 1 else ''} ({', '.join(i['op'] for i in unit[:3])}"
+                text += ", …)" if period > 3 else ")"
+                node.add(literal(text + (f" in {scope}" if scope else ""), "italic cyan"), data=f"fold:{resume}",
+                         allow_expand=True)
+                continue
             self._seen.add(child)
             node.add(self._label(self._node_info[child], shared), data=child,
                      allow_expand=not shared and bool(self._inputs_of.get(child)))
+
+    def _chain(self, start: str, length: int) -> list[str]:
+        """`start` and the nodes behind its first input, `length` in all (fewer at a leaf)."""
+        chain = [start]
+        while len(chain) < length and self._inputs_of.get(chain[-1]):
+            chain.append(self._inputs_of[chain[-1]][0])
+        return chain
+
+    def _repeats(self, start: str) -> tuple[int, int, str] | None:
+        """(repeats, ops per repeat, the node after the skipped repeats) when the chain from
+        `start` repeats the same ops in same-shaped scopes; None otherwise."""
+        chain = self._chain(start, MAX_PERIOD * (MIN_REPEATS + 1) * 4)
+        shape = lambda n: (self._node_info[n]["op"], _DIGITS.sub("#", self._node_info[n].get("scope") or ""))
+        sig = [(shape(n), tuple(shape(i) for i in self._inputs_of.get(n, []))) for n in chain]
+        for period in range(1, MAX_PERIOD + 1):
+            count = 1
+            while (count + 1) * period <= len(sig) and sig[count * period:(count + 1) * period] == sig[:period]:
+                count += 1
+            if count >= MIN_REPEATS and count * period >= 2 * MIN_REPEATS:
+                skipped = (count - 1) * period
+                return count - 1, period, chain[skipped]
+        return None
 
     def on_tree_node_expanded(self, event: Tree.NodeExpanded) -> None:
         self._open(event.node)
