@@ -107,7 +107,8 @@ def read_series(record: Record) -> Series:
 
 
 def gradient_flow(state: ViewState) -> list[tuple[str, float, float]]:
-    """(parameter, RMS of its gradient, largest |gradient|) for the shown step's weight
+    """(parameter, RMS of its gradient, largest |gradient| — the RMS again on steps that took
+    only the norm) for the shown step's weight
     parameters (biases and norms' 1-D parameters left out when there are matrices), in the
     order their modules ran forward."""
     if state.data is None:
@@ -124,7 +125,8 @@ def gradient_flow(state: ViewState) -> list[tuple[str, float, float]]:
     for p in params:
         s = grads[p["name"]]
         rms = s.norm / math.sqrt(s.count) if s.count else math.nan
-        out.append((p["name"], rms, max(abs(s.min), abs(s.max))))
+        peak = max(abs(s.min), abs(s.max))  # NaN between full-statistics steps: only the norm is taken
+        out.append((p["name"], rms, peak if math.isfinite(peak) or not math.isfinite(rms) else rms))
     return out
 
 
