@@ -41,14 +41,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
-def _process_group_gone(params) -> bool:
-    """Whether distributed (DTensor) parameters outlived their process group: the script called
-    ``destroy_process_group()`` before the session closed, and any operation on them would try
-    to reach the group."""
+def _process_group_gone() -> bool:
+    """Whether the script called ``destroy_process_group()`` (distributed tensors then outlive
+    their group, and any operation on them would try to reach it)."""
     dist = torch.distributed
-    if not dist.is_available() or dist.is_initialized():
-        return False
-    return any(type(p).__name__ == "DTensor" for ref in list(params.values()) if (p := ref()) is not None)
+    return dist.is_available() and not dist.is_initialized()
 
 
 class Session:
@@ -396,7 +393,7 @@ class Session:
             handle.remove()
         self._handles.clear()
         try:
-            self.boundary("close", device=not _process_group_gone(self._registry.params))
+            self.boundary("close", device=not (self._placements and _process_group_gone()))
         except Exception as exc:
             self._failed("close", exc)
         self._writer.close(status=status, **fields)
