@@ -3,47 +3,19 @@ of a step without statistics does not grow with the model, and gradscope never r
 value back on the training thread."""
 
 import math
-import sys
 import threading
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradscope
 from gradscope.settings import DEFAULTS
+from kernel_count import Count, from_gradscope
 
 DENSE = DEFAULTS.dense_steps
-PACKAGE = str(Path(gradscope.__file__).parent)
-
-
-def from_gradscope() -> bool:
-    """Whether gradscope's code is on the calling stack (the user's own reads do not count)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_filename.startswith(PACKAGE):
-            return True
-        frame = frame.f_back
-    return False
-
-
-class Count(TorchDispatchMode):
-    """Non-view aten operations run on this thread, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.ops[func.__name__] += 1
-            if func.__name__ == "_local_scalar_dense" and from_gradscope():
-                self.ops["gradscope host read"] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def mlp(tensors: int) -> nn.Module:
