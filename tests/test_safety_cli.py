@@ -110,10 +110,10 @@ BUSY = TRAIN.format(tail="while True:\n    sum(range(1000))")
 # the script's KeyboardInterrupt handler runs while the second Ctrl-C arrives
 SLOW_EXIT = TRAIN.format(tail="""
 import signal, threading, time
-def press():  # Ctrl-C pressed again and again while gradscope finishes
-    for _ in range(50):
+def press():  # Ctrl-C pressed again and again until gradscope has written the report
+    while not os.path.exists("r.json"):
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.002)
+        time.sleep(0)  # let the main thread run between presses
 try:
     print("looping", flush=True)
     while True:
