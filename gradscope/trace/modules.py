@@ -44,6 +44,13 @@ def _mark(tensor: torch.Tensor, key: str, name) -> None:
         fn.metadata.setdefault(key, []).append(name)
 
 
+def _mark_leaves(value, key: str, name) -> None:
+    """Mark every tensor in `value` (nested args, kwargs or outputs) for the autograd walk."""
+    for _, leaf in leaves(value):
+        if isinstance(leaf, torch.Tensor):
+            _mark(leaf, key, name)
+
+
 #: torch.compile's warning about global module hooks (issued on every call of a compiled module)
 _COMPILE_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks on modules"
 
@@ -121,9 +128,7 @@ class ModuleHooks:
                 self._summarize_inputs(step, name, args, new_call=True)
         self._local.depth = depth + 1
         if session.open.want_graph:
-            for _, leaf in leaves(args):
-                if isinstance(leaf, torch.Tensor):
-                    _mark(leaf, IN_MARK, name)
+            _mark_leaves(args, IN_MARK, name)
 
     def _summarize_inputs(self, step, name, args, *, new_call: bool) -> None:
         call = step.input_calls.get(name, 0)
@@ -155,18 +160,14 @@ class ModuleHooks:
         step = self._session.open
         if kwargs:
             if step.want_graph:
-                for _, leaf in leaves(kwargs):
-                    if isinstance(leaf, torch.Tensor):
-                        _mark(leaf, IN_MARK, name)
+                _mark_leaves(kwargs, IN_MARK, name)
             if depth == 0 and step.full:
                 self._summarize_inputs(step, name, kwargs, new_call=False)
         call = step.call_counts.get(name, 0)
         step.call_counts[name] = call + 1
         if call >= self._max_calls:  # counted, not described; still placed in the graph
             if step.want_graph:
-                for _, leaf in leaves(output):
-                    if isinstance(leaf, torch.Tensor):
-                        _mark(leaf, OUT_MARK, (name, call))
+                _mark_leaves(output, OUT_MARK, (name, call))
             return
         inputs, _ = describe(args)
         if kwargs:

@@ -97,17 +97,18 @@ class OpenStep:
         mode (at the step's first backward); `device=False`: host-side data only, no tensor
         touched (the device rows gathered so far are dropped)."""
         batch = self.batch if device else RowBatch()
-        if device and (self.backwards or self.optimizer_steps):
-            for names, rows in tracker.end_step():
-                batch.add("step-update", names, [1] * len(names), rows)
         if device:
+            if self.backwards or self.optimizer_steps:
+                for names, rows in tracker.end_step():
+                    batch.add("step-update", names, [1] * len(names), rows)
             for block in list(self.grads):  # a copy: another thread may still add to this step
                 batch.add(*block)
             self.staging.drain(batch)
-        if device and self.full:
-            named = [(name, local_values(p)) for name, p in ((n, r()) for n, r in params.items()) if p is not None]
-            for block in weight_rows([(name, values) for name, values in named if values is not None]):
-                batch.add(*block)
+            if self.full:
+                live = ((name, ref()) for name, ref in list(params.items()))
+                named = [(name, v) for name, p in live if p is not None and (v := local_values(p)) is not None]
+                for block in weight_rows(named):
+                    batch.add(*block)
         data = StepData(
             step=self.number,
             time=self.started,
