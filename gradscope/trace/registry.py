@@ -25,15 +25,19 @@ class Registry:
         self._param_ids: dict[int, str] = {}
         self.params: dict[str, weakref.ref] = {}  # qualified name -> parameter
 
+    def _entry(self, module) -> tuple | None:
+        entry = self._modules.get(id(module))
+        return entry if entry is not None and entry[0]() is module else None
+
     def module_name(self, module) -> str | None:
         """The qualified name of a watched module, else None."""
-        entry = self._modules.get(id(module))
-        return entry[1] if entry is not None and entry[0]() is module else None
+        entry = self._entry(module)
+        return None if entry is None else entry[1]
 
     def module_root(self, module) -> str | None:
         """The name prefix of the root a watched module belongs to, else None."""
-        entry = self._modules.get(id(module))
-        return entry[2] if entry is not None and entry[0]() is module else None
+        entry = self._entry(module)
+        return None if entry is None else entry[2]
 
     def may_watch(self, module) -> bool:
         """A quick first test for module hooks: False means `module` is surely not watched."""
