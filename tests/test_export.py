@@ -314,21 +314,23 @@ def test_every_readable_record_exports(run_cli, script, tmp_path, name, text):
     assert has_graph == (name != "nostep")
 
 
-@needs_dot
-def test_lbfgs_parameter_without_module_is_drawn(run_cli, script, tmp_path):
-    script(LBFGS)
+def exported(run_cli, script, tmp_path, text):
+    """Run `text` under gradscope into r.sqlite, export its autograd graph to g.dot, read it back."""
+    script(text)
     run_cli("run", "--headless", "--record", "r.sqlite", "train.py", check=0)
     run_cli("export", "r.sqlite", "-o", "g.dot", check=0)
-    diagram = structure((tmp_path / "g.dot").read_text())
+    return structure((tmp_path / "g.dot").read_text())
+
+
+@needs_dot
+def test_lbfgs_parameter_without_module_is_drawn(run_cli, script, tmp_path):
+    diagram = exported(run_cli, script, tmp_path, LBFGS)
     assert diagram.named("optimizer0.param0") and diagram.named("MvBackward0")
 
 
 @needs_dot
 def test_gan_generator_ops_sit_in_their_module_clusters(run_cli, script, tmp_path):
-    script(GAN)
-    run_cli("run", "--headless", "--record", "r.sqlite", "train.py", check=0)
-    run_cli("export", "r.sqlite", "-o", "g.dot", check=0)
-    diagram = structure((tmp_path / "g.dot").read_text())
+    diagram = exported(run_cli, script, tmp_path, GAN)
     addmm = set(diagram.named("AddmmBackward0"))
     assert len(addmm) == 4  # the generator step: two Linears in G, two in D
     for linear in ("G.0", "G.2", "D.0", "D.2"):  # each model under its variable's name
@@ -343,11 +345,8 @@ def test_gan_generator_ops_sit_in_their_module_clusters(run_cli, script, tmp_pat
 
 @needs_dot
 def test_repeated_ops_outside_modules_fold(run_cli, script, tmp_path):
-    script(REINFORCE.replace("STEPS", "400"))
-    run_cli("run", "--headless", "--record", "r.sqlite", "train.py", check=0)
+    diagram = exported(run_cli, script, tmp_path, REINFORCE.replace("STEPS", "400"))
     assert len(gradscope.open_record(tmp_path / "r.sqlite").graph().nodes) > 5_000
-    run_cli("export", "r.sqlite", "-o", "g.dot", check=0)
-    diagram = structure((tmp_path / "g.dot").read_text())
     assert len(diagram.labels) < 30
     assert diagram.named("LogBackward0 x400") and diagram.named("MulBackward0 x400")
     assert any("SubBackward0 x39" in label for label in diagram.labels.values())  # loss = loss - ...
