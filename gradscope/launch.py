@@ -99,11 +99,10 @@ def _models_in(frame) -> list[tuple[str, torch.nn.Module]]:
             if not isinstance(value, torch.nn.Module) or var.startswith("_"):
                 continue
             inner = unwrap(value)
-            if id(inner) in found and found[id(inner)][1] is inner and value is not inner:
+            if id(inner) in found and value is not inner:
                 continue  # the model's own name wins over its wrapper's
-            if id(inner) not in found or value is inner:
-                if any(True for _ in inner.parameters()):
-                    found[id(inner)] = (var, inner)
+            if any(True for _ in inner.parameters()):
+                found[id(inner)] = (var, inner)
     models = list(found.values())
     subs = {id(m) for _, model in models for m in model.modules() if m is not model}
     return [(var, m) for var, m in models if id(m) not in subs]
