@@ -35,16 +35,23 @@ class Net(nn.Module):
         return self.fc3(torch.relu(self.fc2(h)) + h)  # h is used twice: a shared node
 
 
-def recorded_run(path, steps=5):
+def train(path, make_model, steps, batch, *, params=None, loss=lambda out: out.sum()):
+    """Record `steps` steps of SGD on `make_model()` (seeded) fed random `batch`-shaped inputs;
+    `params(model)` picks what the optimizer gets (default: every parameter)."""
     torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.SGD([*model.fc1.parameters(), *model.fc2.parameters()], lr=0.01)  # fc3 left out
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters() if params is None else params(model), lr=0.01)
     with gradscope.watch(model, opt, record=path):
         for _ in range(steps):
             opt.zero_grad()
-            model(torch.randn(4, 4)).pow(2).mean().backward()
+            loss(model(torch.randn(*batch))).backward()
             opt.step()
     return path
+
+
+def recorded_run(path, steps=5):
+    return train(path, Net, steps, (4, 4), loss=lambda out: out.pow(2).mean(),
+                 params=lambda m: [*m.fc1.parameters(), *m.fc2.parameters()])  # fc3 left out
 
 
 async def until(pilot, condition, timeout=10.0, message="condition never held"):
@@ -53,6 +60,12 @@ async def until(pilot, condition, timeout=10.0, message="condition never held"):
     while not condition():
         assert time.monotonic() < deadline, message() if callable(message) else message
         await pilot.pause(0.02)
+
+
+async def expand(pilot, node):
+    """Expand `node` as a user pressing enter would, and wait for its children (loaded lazily)."""
+    node.expand()
+    await until(pilot, lambda: node.children or not node.allow_expand)
 
 
 async def loaded(pilot, timeout=10.0, steps=None):
@@ -295,8 +308,7 @@ async def test_autograd_view_expands_lazily_and_marks_shared_nodes(record):
         labels, queue = [], [top]
         while queue:  # expand everything, as a user pressing enter would
             node = queue.pop()
-            node.expand()
-            await until(pilot, lambda: node.children or not node.allow_expand)
+            await expand(pilot, node)
             labels += [str(c.label) for c in node.children]
             queue += [c for c in node.children if c.allow_expand]
         assert any("shared" in l for l in labels)
@@ -325,16 +337,7 @@ class Deep(nn.Module):
 
 
 async def test_a_deep_model_opens_two_levels_and_keeps_numbers_visible(tmp_path):
-    torch.manual_seed(0)
-    model = Deep()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    path = tmp_path / "deep.sqlite"
-    with gradscope.watch(model, opt, record=path):
-        for _ in range(2):
-            opt.zero_grad()
-            model(torch.randn(2, 4)).sum().backward()
-            opt.step()
-    app = make_app(path)
+    app = make_app(train(tmp_path / "deep.sqlite", Deep, 2, (2, 4)))
     async with app.run_test(size=(80, 24)) as pilot:
         await loaded(pilot)
         tree = app.query_one(ModuleTree)
@@ -350,18 +353,16 @@ async def test_a_deep_model_opens_two_levels_and_keeps_numbers_visible(tmp_path)
 HOSTILE = ["[/]", "[link=https://example/com]x[/link]", "a\x1b]0;owned\x07b", "c\x1b[2Jd", "[bold red]e"]
 
 
-async def test_hostile_names_are_shown_literally(tmp_path):
-    torch.manual_seed(0)
+def hostile_model():
     model = nn.Sequential()
-    for i, name in enumerate(HOSTILE):
+    for name in HOSTILE:
         model.add_module(name, nn.Linear(3, 3))
-    opt = torch.optim.SGD(list(model.parameters())[:4], lr=0.01)  # findings name the others
-    path = tmp_path / "hostile.sqlite"
-    with gradscope.watch(model, opt, record=path):
-        for _ in range(3):
-            opt.zero_grad()
-            model(torch.randn(2, 3)).sum().backward()
-            opt.step()
+    return model
+
+
+async def test_hostile_names_are_shown_literally(tmp_path):
+    path = train(tmp_path / "hostile.sqlite", hostile_model, 3, (2, 3),
+                 params=lambda m: list(m.parameters())[:4])  # findings name the others
     app = make_app(path)
     async with app.run_test(size=(160, 50)) as pilot:
         await loaded(pilot)
@@ -603,23 +604,14 @@ async def test_following_a_live_run_keeps_the_cursor_and_open_nodes(tmp_path):
 
 
 async def test_repeated_blocks_fold_in_the_autograd_view(tmp_path):
-    torch.manual_seed(0)
-    model = Deep()
-    path = tmp_path / "deep.sqlite"
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with gradscope.watch(model, opt, record=path):
-        opt.zero_grad()
-        model(torch.randn(2, 4)).sum().backward()
-        opt.step()
-    app = make_app(path)
+    app = make_app(train(tmp_path / "deep.sqlite", Deep, 1, (2, 4)))
     async with app.run_test(size=(120, 40)) as pilot:
         await loaded(pilot)
         await pilot.press("2")
         tree = app.query_one(AutogradTree)
         node, folds = tree.root.children[0], []
         for _ in range(12):  # follow the first input down, as a user expanding would
-            node.expand()
-            await until(pilot, lambda: node.children or not node.allow_expand)
+            await expand(pilot, node)
             if not node.children:
                 break
             folds += [c for c in node.children if "repeats" in str(c.label)]
