@@ -185,10 +185,8 @@ async def test_footer_shows_only_keys_that_apply_and_fits_80_columns(record):
 
 
 async def test_ctrl_q_asks_like_q_while_the_script_runs(tmp_path):
-    script = tmp_path / "slow.py"
-    script.write_text(SCRIPT.replace("range(400)", "range(100000)"))
     record = tmp_path / "slow.sqlite"
-    process = ScriptProcess(["run", str(script)], record)
+    process = ScriptProcess(live_script(tmp_path, "slow"), record)
     app = make_app(record, process)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -423,7 +421,7 @@ def test_commands_that_read_records_do_not_import_torch(record, tmp_path, argv):
 
 
 SCRIPT = """
-import sys, time, torch
+import sys, torch
 from torch import nn
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
@@ -437,8 +435,18 @@ for step in range(400):
     model(x).sum().backward()
     opt.step()
     print("step", step, flush=True)
-    time.sleep(0.01)
+    # end of step
+open(sys.argv[1]).read()  # trained: stay up until the test releases this FIFO (or stops the script)
 """
+
+
+def live_script(tmp_path, name, text=SCRIPT):
+    """The script's argv for ScriptProcess: it runs `text`, which ends waiting on a FIFO, so the
+    child is still running whenever the UI reacts (no pacing: control pauses it at exact steps)."""
+    script, hold = tmp_path / f"{name}.py", tmp_path / f"{name}.hold"
+    script.write_text(text)
+    os.mkfifo(hold)
+    return ["run", str(script), str(hold)]
 
 
 def _paused_at(app):
@@ -446,10 +454,8 @@ def _paused_at(app):
 
 
 async def test_break_on_error_pauses_at_the_step_of_the_finding(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
     record = tmp_path / "live.sqlite"
-    process = ScriptProcess(["run", str(script)], record)
+    process = ScriptProcess(live_script(tmp_path, "train"), record)
     app = make_app(record, process)
     updates = []
     async with app.run_test(size=(120, 40), message_hook=lambda m: updates.append(m) if isinstance(m, RecordUpdated) else None) as pilot:
@@ -528,7 +534,7 @@ def test_break_on_needs_the_ui(run_cli, script):
 
 async def test_script_crash_keeps_the_ui_up_with_the_traceback(tmp_path):
     script = tmp_path / "crash.py"
-    script.write_text(SCRIPT.replace("    time.sleep(0.01)", "    if step == 3:\n        raise RuntimeError('diverged')"))
+    script.write_text(SCRIPT.replace("    # end of step", "    if step == 3:\n        raise RuntimeError('diverged')"))
     record = tmp_path / "crash.sqlite"
     app = make_app(record, ScriptProcess(["run", str(script)], record))
     async with app.run_test(size=(120, 40)) as pilot:
