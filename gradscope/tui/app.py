@@ -40,8 +40,16 @@ from .widgets.modules import ModuleTree, worst_severity
 from .widgets.params import ParamTable
 
 POLL_SECONDS = 0.1  # the record is looked at at most 10 times a second
-VIEWS = ("tab-modules", "tab-autograd", "tab-params")
-CHARTS = ("chart-loss", "chart-speed", "chart-flow", "chart-updates")
+#: The tabs of the two tabbed panes: (tab title, pane id, widget class, widget id).
+VIEW_PANES = (("Modules", "tab-modules", ModuleTree, "modules"),
+              ("Autograd", "tab-autograd", AutogradTree, "autograd"),
+              ("Params", "tab-params", ParamTable, "params"))
+CHART_PANES = (("loss", "chart-loss", TrainingChart, "loss-chart"),
+               ("speed", "chart-speed", SpeedChart, "speed-chart"),
+               ("grad flow", "chart-flow", GradFlowChart, "flow-chart"),
+               ("updates", "chart-updates", UpdatesChart, "updates-chart"))
+VIEWS = tuple(pane for _, pane, _, _ in VIEW_PANES)
+CHARTS = tuple(pane for _, pane, _, _ in CHART_PANES)
 LIVE_ONLY = {"toggle_pause", "single_step", "toggle_break"}
 
 
@@ -112,23 +120,9 @@ class GradscopeApp(App):
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 yield Input(placeholder="filter by name (escape: done)", id="search")
-                with TabbedContent(id="views"):
-                    with TabPane("Modules", id="tab-modules"):
-                        yield ModuleTree(id="modules")
-                    with TabPane("Autograd", id="tab-autograd"):
-                        yield AutogradTree(id="autograd")
-                    with TabPane("Params", id="tab-params"):
-                        yield ParamTable(id="params")
+                yield from _tabs("views", VIEW_PANES)
             with Vertical(id="right"):
-                with TabbedContent(id="charts"):
-                    with TabPane("loss", id="chart-loss"):
-                        yield TrainingChart(id="loss-chart")
-                    with TabPane("speed", id="chart-speed"):
-                        yield SpeedChart(id="speed-chart")
-                    with TabPane("grad flow", id="chart-flow"):
-                        yield GradFlowChart(id="flow-chart")
-                    with TabPane("updates", id="chart-updates"):
-                        yield UpdatesChart(id="updates-chart")
+                yield from _tabs("charts", CHART_PANES)
                 yield DetailsPanel(id="details")
                 yield FindingsTable(id="findings", classes="empty")
                 if self.process is not None:
@@ -206,9 +200,7 @@ class GradscopeApp(App):
         previous = self.state
         self.state = state = message.state
         severity = worst_severity(state.findings)
-        self.query_one(ModuleTree).show(state, self._filter)
-        self.query_one(AutogradTree).show(state.graph, state.graph_step, self._filter, severity)
-        self.query_one(ParamTable).show(state, self._filter)
+        self._show_views(severity)
         self.query_one(FindingsTable).show(state.findings)
         self.query_one(TrainingChart).show(state.series, state.findings, state.step)
         self.query_one(SpeedChart).show(state.series)
@@ -307,10 +299,14 @@ class GradscopeApp(App):
     def _apply_filter(self, query: str) -> None:
         self._filter = query
         if self.state is not None:
-            self.query_one(ModuleTree).show(self.state, query)
-            self.query_one(AutogradTree).show(self.state.graph, self.state.graph_step, query,
-                                              worst_severity(self.state.findings))
-            self.query_one(ParamTable).show(self.state, query)
+            self._show_views(worst_severity(self.state.findings))
+
+    def _show_views(self, severity: dict[str, str]) -> None:
+        """The three views of the current state, filtered."""
+        state, query = self.state, self._filter
+        self.query_one(ModuleTree).show(state, query)
+        self.query_one(AutogradTree).show(state.graph, state.graph_step, query, severity)
+        self.query_one(ParamTable).show(state, query)
 
     def _set_filter(self, query: str) -> None:
         search = self.query_one("#search", Input)
@@ -538,6 +534,13 @@ class GradscopeApp(App):
             self.push_screen(QuitScreen(), answered)
         else:
             self.exit(self._exit_code)
+
+
+def _tabs(tabs_id: str, panes) -> ComposeResult:
+    with TabbedContent(id=tabs_id):
+        for title, pane, widget, widget_id in panes:
+            with TabPane(title, id=pane):
+                yield widget(id=widget_id)
 
 
 def make_app(record: Path, process: ScriptProcess | None = None, break_on: str | None = None) -> GradscopeApp:
