@@ -21,8 +21,6 @@ try:
 except ImportError:  # Windows: no liveness lock
     fcntl = None
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
 
 def open_record(path: str | Path) -> "Record":
     """Open the record at `path` read-only; raises `RecordError` when it is not one."""
@@ -105,12 +103,12 @@ class Record:
             raise RecordError(f"{path}: not a gradscope record (not a regular file)")
         try:
             with open(self.path, "rb") as fh:
-                header = fh.read(72)
+                header = fh.read(schema.HEADER_SIZE)
         except OSError as exc:
             raise RecordError(f"{path}: cannot read ({exc.strerror})") from None
-        if header[: len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
+        if header[:len(schema.SQLITE_MAGIC)] != schema.SQLITE_MAGIC:
             raise RecordError(f"{path}: not a gradscope record (not an SQLite file)")
-        if len(header) == 72 and int.from_bytes(header[68:72], "big") == schema.APPLICATION_ID:
+        if schema.is_record_header(header):
             _recover(self.path)
         try:
             self._conn = _connect(self.path)

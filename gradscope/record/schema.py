@@ -29,6 +29,17 @@ from ..findings import Finding
 
 APPLICATION_ID = 0x67726473  # "grds"
 VERSION = 1
+#: Every SQLite file starts with this; its header holds the application id at bytes 68..72.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+HEADER_SIZE = 72
+
+
+def is_record_header(header: bytes) -> bool:
+    """Whether a file's first `HEADER_SIZE` bytes are a gradscope record's: an SQLite file
+    carrying gradscope's application id."""
+    return (header[:len(SQLITE_MAGIC)] == SQLITE_MAGIC and len(header) == HEADER_SIZE
+            and int.from_bytes(header[68:72], "big") == APPLICATION_ID)
+
 
 _DERIVED = "gradscope.derived"
 

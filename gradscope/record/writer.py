@@ -218,11 +218,10 @@ def is_record_file(path: Path) -> bool:
         if not path.is_file() or path.is_symlink():
             return False
         with open(path, "rb") as fh:
-            header = fh.read(72)
+            header = fh.read(schema.HEADER_SIZE)
     except OSError:
         return False
-    return (header[:16] == b"SQLite format 3\x00" and len(header) == 72
-            and int.from_bytes(header[68:72], "big") == schema.APPLICATION_ID)
+    return schema.is_record_header(header)
 
 
 class RecordWriter:
