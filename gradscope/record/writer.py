@@ -54,6 +54,8 @@ STALL_SECONDS = 30.0
 DROP_BEHIND = "the recorder fell behind"
 DROP_FAILED = "the step could not be written"
 DROP_STOPPED = "recording stopped"
+#: Metadata messages the analyzer follows (`Analyzer.observe`), written or not.
+OBSERVED = ("modules", "parameters", "optimizer", "run")
 
 
 @dataclass
@@ -381,7 +383,7 @@ class RecordWriter:
     def _write(self, conn: _Connection, kind: str, payload) -> None:
         try:
             getattr(self, f"_on_{kind}")(conn, payload)
-            if self._analyzer is not None and kind in ("modules", "parameters", "optimizer", "run"):
+            if self._analyzer is not None and kind in OBSERVED:
                 self._analyzer.observe(kind, payload)
             self._note_drops(conn)
             conn.commit()
@@ -432,7 +434,7 @@ class RecordWriter:
                     self._remember(finding)
             elif kind == "finding":
                 self._remember(payload)
-            elif self._analyzer is not None and kind in ("modules", "parameters", "optimizer", "run"):
+            elif self._analyzer is not None and kind in OBSERVED:
                 self._analyzer.observe(kind, payload)
         except Exception:
             pass  # nothing more can be lost here
