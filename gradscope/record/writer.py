@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import KINDS, Stat, StepData, Update
+from ..findings import SEVERITIES
 from ..terminal import inert
 from ..trace.batch import FrozenBatch
 from . import paths, schema
@@ -253,7 +254,7 @@ class RecordWriter:
         self.unrecorded_findings: list[dict] = []
         #: new (check, subject) findings so far by severity, and the last step the analyzers
         #: judged: a debugger breaking on a finding waits for its step's verdict (`wait_judged`)
-        self.new_findings = {"error": 0, "warning": 0, "info": 0}
+        self.new_findings = dict.fromkeys(SEVERITIES, 0)
         self.judged_step = -1
         self._judged = threading.Condition()
         self._findings: dict[tuple[str, str], int] = {}
