@@ -7,7 +7,6 @@ and a 5,000-module model, to DOT (layout excluded) and to SVG (Graphviz's dot in
 Prints, per record and diagram, the median seconds and the number of nodes drawn.
 """
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -17,20 +16,9 @@ import torch
 from torch import nn
 
 import gradscope
+from common import steps_and_repeats
 from gradscope.export import export_record
-
-
-class Unrolled(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.cell = nn.RNNCell(4, 8)
-        self.head = nn.Linear(8, 1)
-
-    def forward(self, x):
-        h = torch.zeros(x.shape[1], 8)
-        for t in range(x.shape[0]):
-            h = self.cell(x[t], h)
-        return self.head(h)
+from models import Unrolled
 
 
 def rnn(folder: Path, steps: int) -> Path:
@@ -61,11 +49,7 @@ def wide(folder: Path, _steps: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = steps_and_repeats(repeat=3)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for make in (rnn, reinforce, wide):

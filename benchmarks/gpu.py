@@ -4,7 +4,7 @@
     PYTHONPATH=.:plugins python benchmarks/gpu.py --quick    # tiny sizes, any device (a smoke test)
 
 Needs only torch and this repository. Models: ResNet-50 at batch 64 of 224x224 (torchvision's
-when it imports, else the same bottleneck architecture defined here) and a 12-layer transformer
+when it imports, else the same bottleneck architecture from models.py) and a 12-layer transformer
 encoder (d=768, 12 heads, batch 16x256). For each: bare steps, gradscope with default settings
 and with everything every step (``stats_every=1``), in interleaved rounds after each watched
 run's dense start; the ratios of mean (total time) and median step times to bare; the peak
@@ -25,68 +25,14 @@ import traceback
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 import gradscope
+from common import step, sync, timed_steps
 from gradscope.settings import DEFAULTS
+from models import ResNet, Transformer
 
 
 # -- models ---------------------------------------------------------------------------------------
-class Bottleneck(nn.Module):
-    def __init__(self, inplanes, planes, stride=1):
-        super().__init__()
-        out = planes * 4
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x):
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class ResNet(nn.Module):
-    """ResNet-50's architecture (bottleneck blocks 3-4-6-3), for when torchvision is absent."""
-
-    def __init__(self, layers=(3, 4, 6, 3), width=64, classes=10):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-        blocks, inplanes = [], width
-        for i, count in enumerate(layers):
-            planes = width * 2 ** i
-            for j in range(count):
-                blocks.append(Bottleneck(inplanes, planes, 2 if j == 0 and i > 0 else 1))
-                inplanes = planes * 4
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inplanes, classes))
-
-    def forward(self, x):
-        return self.head(self.blocks(self.stem(x)))
-
-
-class Transformer(nn.Module):
-    def __init__(self, d=768, layers=12, heads=12, vocab=32000):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d)
-        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.1, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d, 10)
-
-    def forward(self, tokens):
-        return self.head(self.encoder(self.embed(tokens)).mean(1))
-
-
 def resnet50(quick: bool):
     if quick:
         return "resnet (tiny)", ResNet((1, 1, 1, 1), width=8), (4, 3, 32, 32)
@@ -95,33 +41,16 @@ def resnet50(quick: bool):
 
         return "ResNet-50 (torchvision) b64", torchvision.models.resnet50(num_classes=10), (64, 3, 224, 224)
     except Exception:  # torchvision absent or broken: the same architecture
-        return "ResNet-50 (defined here) b64", ResNet(), (64, 3, 224, 224)
+        return "ResNet-50 (models.py) b64", ResNet(), (64, 3, 224, 224)
 
 
 def transformer(quick: bool):
     if quick:
         return "transformer (tiny)", Transformer(32, 2, 2, 100), (2, 16)
-    return "transformer 12x768 b16x256", Transformer(), (16, 256)
+    return "transformer 12x768 b16x256", Transformer(768, 12, 12, 32000), (16, 256)
 
 
 # -- measuring ------------------------------------------------------------------------------------
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def run_steps(net, opt, x, y, n, device) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def peak_reset(device):
     if device.type == "cuda":
         sync(device)
@@ -147,9 +76,7 @@ def watched_loop(net, opt, x, y, device, stats_every, steps, path, errors: list,
                 for _ in range(count):
                     try:
                         start = time.perf_counter()
-                        opt.zero_grad()
-                        F.cross_entropy(net(x), y).backward()
-                        opt.step()
+                        step(net, opt, x, y)
                         if strict:
                             torch.cuda.set_sync_debug_mode(0)
                         sync(device)
@@ -185,14 +112,14 @@ def measure(name, net, shape, device, rounds, steps, folder):
         x = torch.randn(*shape, device=device)
     y = torch.randint(0, 10, (shape[0],), device=device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    run_steps(net, opt, x, y, 3, device)  # warm-up: cuDNN choices, allocator
+    timed_steps(net, opt, x, y, 3, device)  # warm-up: cuDNN choices, allocator
     times = {"bare": [], "default": [], "full": []}
     peaks = {"bare": 0, "default": 0, "full": 0}
     errors: list[str] = []  # synchronisations
     notes: list[str] = []  # steps not recorded, internal errors
     for r in range(rounds):
         peak_reset(device)
-        times["bare"] += run_steps(net, opt, x, y, steps, device)
+        times["bare"] += timed_steps(net, opt, x, y, steps, device)
         peaks["bare"] = max(peaks["bare"], peak(device))
         for label, every in (("default", DEFAULTS.stats_every), ("full", 1)):
             peak_reset(device)

@@ -19,30 +19,17 @@ import argparse
 import contextlib
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import gradscope
-from gradscope.settings import DEFAULTS
+from common import timed_steps
 from gradscope.demo import Net
-
-
-def _steps(net, opt, x, y, n, device):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return times
+from gradscope.settings import DEFAULTS
+from models import Transformer
 
 
 class Residual(nn.Module):
@@ -66,37 +53,11 @@ def small_resnet():
     )
 
 
-class Transformer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(1000, 128)
-        layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.1, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
-        self.head = nn.Linear(128, 10)
-
-    def forward(self, tokens):
-        return self.head(self.encoder(self.embed(tokens)).mean(1))
-
-
-class LargeTransformer(nn.Module):
-    """The GPU target's transformer: 12 layers, d=768, batch 16x256."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(32000, 768)
-        layer = nn.TransformerEncoderLayer(768, 12, 3072, dropout=0.1, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 12, enable_nested_tensor=False)
-        self.head = nn.Linear(768, 10)
-
-    def forward(self, tokens):
-        return self.head(self.encoder(self.embed(tokens)).mean(1))
-
-
 def make(model: str, batch: int, device):
     if model == "transformer":
         return Transformer(), torch.randint(0, 1000, (16, 64), device=device)
     if model == "transformer-large":
-        return LargeTransformer(), torch.randint(0, 32000, (16, 256), device=device)
+        return Transformer(768, 12, 12, 32000), torch.randint(0, 32000, (16, 256), device=device)
     if model == "resnet50":  # torchvision's, with its in-place ReLUs; batch 64 of 224x224
         import torchvision
 
@@ -192,7 +153,7 @@ def main() -> None:
     net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     y = torch.randint(0, 10, (x.shape[0],), device=device)
-    _steps(net, opt, x, y, 5, device)  # warm-up
+    timed_steps(net, opt, x, y, 5, device)  # warm-up
     chosen = [c for c in CONTENDERS if args.only is None or c in args.only.split(",")]
     times: dict[str, list[float]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as folder:
@@ -200,8 +161,8 @@ def main() -> None:
             for name in chosen:
                 with CONTENDERS[name](net, opt, Path(folder) / f"{name}{r}.sqlite", args.stats_every):
                     if name.startswith("gradscope"):
-                        _steps(net, opt, x, y, DEFAULTS.dense_steps, device)  # past the dense start of a run
-                    times[name] += _steps(net, opt, x, y, args.steps, device)
+                        timed_steps(net, opt, x, y, DEFAULTS.dense_steps, device)  # past the dense start of a run
+                    times[name] += timed_steps(net, opt, x, y, args.steps, device)
     bare = statistics.median(times["bare"])
     bare_mean = statistics.fmean(times["bare"])
     print(f"device {device}, {args.model}, {args.rounds}x{args.steps} steps each, "

@@ -21,26 +21,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 import gradscope
+from common import timed_steps
 from gradscope.settings import DEFAULTS
 from models import make
-
-
-def steps(net, opt, x, y, n) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def timing(model: str, size: int, rounds: int, n: int) -> dict:
@@ -48,14 +36,14 @@ def timing(model: str, size: int, rounds: int, n: int) -> dict:
     net, x = make(model, "cpu", size=size)[:2]
     y = torch.randint(0, net(x).shape[-1], (x.shape[0],))
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-    steps(net, opt, x, y, 3)
+    timed_steps(net, opt, x, y, 3)
     bare, watched, dense = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         for r in range(rounds):
-            bare += steps(net, opt, x, y, n)
+            bare += timed_steps(net, opt, x, y, n)
             with gradscope.watch(net, opt, record=Path(folder) / f"{r}.sqlite"):
-                dense += steps(net, opt, x, y, DEFAULTS.dense_steps)
-                watched += steps(net, opt, x, y, n)
+                dense += timed_steps(net, opt, x, y, DEFAULTS.dense_steps)
+                watched += timed_steps(net, opt, x, y, n)
     mean = statistics.fmean(bare)
     return {
         "bare_ms": mean * 1e3,
@@ -72,10 +60,10 @@ def peak_child(mode: str, size: int, n: int) -> None:
     y = torch.zeros(1, dtype=torch.long)
     with tempfile.TemporaryDirectory() as folder:
         if mode == "bare":
-            steps(net, opt, x, y, n)
+            timed_steps(net, opt, x, y, n)
         else:
             with gradscope.watch(net, opt, record=Path(folder) / "p.sqlite", stats_every=1):
-                steps(net, opt, x, y, n)
+                timed_steps(net, opt, x, y, n)
     print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 

@@ -7,7 +7,6 @@ graph) and torchviz's make_dot (to a graphviz source, no rendering). torchviz is
 (`pip install torchviz`); its recursive walk needs a raised recursion limit on deep graphs.
 """
 
-import argparse
 import statistics
 import sys
 import time
@@ -16,14 +15,11 @@ import torch
 from torch import nn
 
 import gradscope
+from common import steps_and_repeats
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = steps_and_repeats(repeat=5)
     cell = nn.RNNCell(8, 8)
     h, x = torch.zeros(1, 8), torch.randn(1, 8)
     for _ in range(args.steps):
