@@ -20,8 +20,8 @@ from collections import defaultdict
 
 from ..data import GraphData
 from .scopes import call_paths, up
-from .view import (Node, View, _display, _fmt, _fold_siblings, _Grouper, _keys_at_depth, _output_shape,
-                   before, call_title)
+from .view import (Node, View, _add_edges, _display, _fmt, _fold_siblings, _Grouper, _keys_at_depth,
+                   _members, _output_shape, before, call_title)
 
 #: Without `depth`, the deepest expansion with at most this many nodes is drawn.
 MAX_NODES = 150
@@ -35,6 +35,12 @@ def _tensor_text(desc: dict) -> str:
 
 def _tensors(descs: list[dict]) -> list[dict]:
     return [d for d in descs if "shape" in d]
+
+
+def _single(descs: list[dict]) -> str | None:
+    """The text of the one tensor among `descs`; None when there are none or several."""
+    tensors = _tensors(descs)
+    return _tensor_text(tensors[0]) if len(tensors) == 1 else None
 
 
 def _op_name(op: str) -> str:
@@ -79,10 +85,7 @@ def flow_view(data: GraphData, *, module_types: dict[str, str], roots: set[str],
     keys = _fold_siblings(data, keys, types, paths, same)
 
     view = View(title, module_types=types, calls=grouper.calls)
-    members: dict[tuple, list[dict]] = defaultdict(list)
-    for info in data.nodes:
-        members[keys[info["id"]]].append(info)
-    ids = {key: f"f{i}" for i, key in enumerate(members)}
+    members, ids = _members(data, keys, "f")
     for key, infos in members.items():
         nid = ids[key]
         view.nodes[nid] = _flow_node(nid, key, infos, grouper, types, counts, containers)
@@ -95,14 +98,10 @@ def flow_view(data: GraphData, *, module_types: dict[str, str], roots: set[str],
     def passed(producer: str, consumer: str) -> str | None:
         """The tensor `producer` handed to `consumer`, as text, when the record tells."""
         made, taken = keys[producer], keys[consumer]
-        if made[0] == "module" and (call := recorded.get(made[1:])):
-            outs = _tensors(call["outputs"])
-            if len(outs) == 1:
-                return _tensor_text(outs[0])
-        if taken[0] == "module" and (call := recorded.get(taken[1:])):
-            ins = _tensors(call["inputs"])
-            if len(ins) == 1:
-                return _tensor_text(ins[0])
+        if made[0] == "module" and (call := recorded.get(made[1:])) and (text := _single(call["outputs"])):
+            return text
+        if taken[0] == "module" and (call := recorded.get(taken[1:])) and (text := _single(call["inputs"])):
+            return text
         info = by_id[producer]
         if info.get("kind") in ("param", "leaf"):
             return _tensor_text(info)
@@ -117,18 +116,8 @@ def flow_view(data: GraphData, *, module_types: dict[str, str], roots: set[str],
                 return _fmt(saved["self_sym_sizes"])
         return None
 
-    fed: set[str] = set()
-    for src, dst, _, _ in data.edges:
-        consumer, producer = ids[keys[src]], ids[keys[dst]]
-        if consumer == producer:
-            continue
-        edge = view.edges.setdefault((producer, consumer), {"count": 0, "shapes": set()})
-        edge["count"] += 1
-        text = passed(dst, src)
-        if text is not None:
-            edge["shapes"].add(text)
-        if view.nodes[producer].kind not in ("param", "input"):
-            fed.add(consumer)
+    _add_edges(view, data, keys, ids, passed)
+    fed = {consumer for producer, consumer in view.edges if view.nodes[producer].kind not in ("param", "input")}
     _add_input(view, ids, recorded, fed)
     if data.nodes:
         root = data.nodes[0]
@@ -136,8 +125,7 @@ def flow_view(data: GraphData, *, module_types: dict[str, str], roots: set[str],
         view.nodes["loss"] = Node("loss", "loss", "loss")
         made, text = keys[root["id"]], None
         if made[0] == "module" and (call := recorded.get(made[1:])):
-            outs = _tensors(call["outputs"])
-            text = _tensor_text(outs[0]) if len(outs) == 1 else None
+            text = _single(call["outputs"])
         if text is None and _output_shape(root) is not None:
             text = _fmt(_output_shape(root))
         view.edges[(last, "loss")] = {"count": 1, "shapes": {text} if text else set()}

@@ -166,23 +166,40 @@ def autograd_view(data: GraphData, *, module_types: dict[str, str] | None = None
     keys = _keys_at_depth(data, grouper.key, depth, max_nodes, fold_calls, range(6, 0, -1))
     keys = _fold_siblings(data, keys, types, paths)
     view = View(title, module_types=types, calls=grouper.calls)
-    members: dict[tuple, list[dict]] = defaultdict(list)
-    for info in data.nodes:
-        members[keys[info["id"]]].append(info)
-    ids = {key: f"g{i}" for i, key in enumerate(members)}
+    members, ids = _members(data, keys, "g")
     for key, infos in members.items():
         view.nodes[ids[key]] = _display(ids[key], key, infos, grouper, types)
     by_id = {info["id"]: info for info in data.nodes}
+
+    def passed(producer: str, consumer: str) -> str | None:
+        shape = _output_shape(by_id[producer])
+        return None if shape is None else _fmt(shape)
+
+    _add_edges(view, data, keys, ids, passed)
+    return view
+
+
+def _members(data: GraphData, keys: dict[str, tuple], prefix: str) -> tuple[dict[tuple, list[dict]], dict[tuple, str]]:
+    """The graph nodes shown as each display node (key -> their infos), and the display nodes'
+    ids (key -> `prefix` and a number), in the graph's order."""
+    members: dict[tuple, list[dict]] = defaultdict(list)
+    for info in data.nodes:
+        members[keys[info["id"]]].append(info)
+    return members, {key: f"{prefix}{i}" for i, key in enumerate(members)}
+
+
+def _add_edges(view: View, data: GraphData, keys: dict[str, tuple], ids: dict[tuple, str], passed) -> None:
+    """The graph's edges between display nodes, producer to consumer, counted, with the tensors
+    passed as `passed(producer, consumer)` tells (graph node ids; None: not known)."""
     for src, dst, _, _ in data.edges:
         consumer, producer = ids[keys[src]], ids[keys[dst]]
         if consumer == producer:
             continue
         edge = view.edges.setdefault((producer, consumer), {"count": 0, "shapes": set()})
         edge["count"] += 1
-        shape = _output_shape(by_id[dst])
-        if shape is not None:
-            edge["shapes"].add(_fmt(shape))
-    return view
+        text = passed(dst, src)
+        if text is not None:
+            edge["shapes"].add(text)
 
 
 def _fold_siblings(data: GraphData, keys: dict, types: dict[str, str], paths: dict,
