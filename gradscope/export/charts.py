@@ -25,7 +25,7 @@ import graphviz
 from ..errors import GradscopeError
 from ..findings import severity_rank
 from ..record.reader import Record
-from .render import FINDING_COLOURS
+from .render import FINDING_COLOURS, pipe
 
 CHARTS = ("grad-flow", "loss")
 _LEFT, _RIGHT, _TOP = 70, 70, 50
@@ -150,16 +150,9 @@ def render_chart(scene: Scene, fmt: str) -> bytes:
     g = to_digraph(scene)
     if fmt == "dot":
         return g.source.encode("utf-8")
-    try:
-        return g.pipe(format=fmt, neato_no_op=2, quiet=True)
-    except graphviz.ExecutableNotFound:
-        raise GradscopeError(
-            f"rendering a {fmt} chart needs Graphviz (apt-get install graphviz, brew install graphviz, "
-            "conda install graphviz), or write svg, which needs nothing"
-        ) from None
-    except graphviz.CalledProcessError as exc:
-        lines = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise GradscopeError(f"Graphviz failed: {lines[-1] if lines else exc}") from None
+    return pipe(g, fmt, neato_no_op=2, failed="Graphviz failed",
+                missing=f"rendering a {fmt} chart needs Graphviz (apt-get install graphviz, brew install graphviz, "
+                "conda install graphviz), or write svg, which needs nothing")
 
 
 # -- axes ------------------------------------------------------------------------------------
@@ -231,7 +224,7 @@ def _forward_order(record: Record, step: int) -> list[str]:
 
 
 def _steps(record: Record, steps: tuple[int, int] | None, step: int | None) -> list[int]:
-    have = sorted({s for s in record.step_numbers()})
+    have = sorted(set(record.step_numbers()))
     if not have:
         raise GradscopeError(f"{record.path}: no steps recorded, nothing to chart")
     if steps is not None:
@@ -286,10 +279,11 @@ def grad_flow(record: Record, *, step: int | None = None, steps: tuple[int, int]
         bad = any(s.nonfinite for s in per[n]) or len(finite) < len(rms[n])
         if bad:
             scene.mark(x, axis.top - 4, "cross", FINDING_COLOURS["error"], f"{n}: non-finite gradient")
+        colour = "#222222"
         if finding := findings.get(n):
-            scene.mark(x, axis.top - 18, "triangle", FINDING_COLOURS.get(_worst(finding), _GREY),
+            colour = FINDING_COLOURS.get(_worst(finding), _GREY)
+            scene.mark(x, axis.top - 18, "triangle", colour,
                        "; ".join(sorted({f"{f['severity']}: {f['check']}" for f in finding})))
-        colour = FINDING_COLOURS.get(_worst(findings[n]), _GREY) if n in findings else "#222222"
         scene.text(x + 3, axis.bottom + 12, n, 10, "end", colour, rotate=-60)
     mid = [(xs[n], axis(median(v))) for n in layers if (v := [x for x in rms[n] if math.isfinite(x) and x > 0])]
     top = [(xs[n], axis(max(v))) for n in layers if (v := [x for x in peak[n] if math.isfinite(x) and x > 0])]
@@ -333,12 +327,15 @@ def loss_chart(record: Record, *, steps: tuple[int, int] | None = None, title: s
     y = _Axis(values, _TOP, _TOP + _PLOT_H, log=positive and max(values) / min(values) > 100)
     _draw_axis(scene, y, _LEFT, "left", _BLUE, "loss", plot_w)
     for f in record.findings():
-        if f.get("step") is None or f["step"] > last or (f.get("last_step") or f["step"]) < first:
+        if f.get("step") is None:
             continue
-        a, b = xmap(max(f["step"], first)), xmap(min(f.get("last_step") or f["step"], last))
+        until = f.get("last_step") or f["step"]
+        if f["step"] > last or until < first:
+            continue
+        a, b = xmap(max(f["step"], first)), xmap(min(until, last))
         colour = FINDING_COLOURS.get(f["severity"], _GREY)
         scene.box(a - 1.5, _TOP, max(b - a, 0) + 3, _PLOT_H, colour + "40",
-                  f"steps {f['step']}..{f.get('last_step') or f['step']}: {f['severity']}: {f['check']}: {f['message']}")
+                  f"steps {f['step']}..{until}: {f['severity']}: {f['check']}: {f['message']}")
         scene.mark(a, _TOP - 4, "triangle", colour, f"{f['severity']}: {f['check']} at step {f['step']}")
     lr_values = [v for series in lrs.values() for v in series.values()]
     if lr_values:
@@ -351,19 +348,19 @@ def loss_chart(record: Record, *, steps: tuple[int, int] | None = None, title: s
             if len(line) <= 60:
                 for px, py in line:
                     scene.mark(px, py, "ring", _GREEN)
-    points = [(xmap(s), y(st.mean)) for s, st in sorted(loss.items()) if math.isfinite(st.mean) and not st.nonfinite]
+    bad = {s for s, st in loss.items() if not math.isfinite(st.mean) or st.nonfinite}
+    points = [(xmap(s), y(st.mean)) for s, st in sorted(loss.items()) if s not in bad]
     scene.line(points, _BLUE, 2)
     if len(points) <= 60:
         for px, py in points:
             scene.mark(px, py, "dot", _BLUE)
-    for s, st in sorted(loss.items()):
-        if not math.isfinite(st.mean) or st.nonfinite:
-            scene.mark(xmap(s), y.bottom - 6, "cross", FINDING_COLOURS["error"], f"step {s}: non-finite loss")
+    for s in sorted(bad):
+        scene.mark(xmap(s), y.bottom - 6, "cross", FINDING_COLOURS["error"], f"step {s}: non-finite loss")
     for t in sorted({first, last, *range(first, last + 1, max(1, (last - first) // 8 or 1))}):
         scene.text(xmap(t), y.bottom + 16, str(t), 10)
     scene.text(_LEFT + plot_w / 2, y.bottom + 32, "step", 11)
     entries = [(_BLUE, "loss")] + ([(_GREEN, "learning rate")] if lr_values else [])
-    entries += [(FINDING_COLOURS["error"], "non-finite loss")] if any(not math.isfinite(s.mean) or s.nonfinite for s in loss.values()) else []
+    entries += [(FINDING_COLOURS["error"], "non-finite loss")] if bad else []
     _legend(scene, _LEFT, scene.height - 8, entries)
     if not loss:
         scene.text(_LEFT + plot_w / 2, _TOP + _PLOT_H / 2, "no loss recorded", 12, colour=_GREY)

@@ -147,13 +147,19 @@ def render(dot: graphviz.Digraph, fmt: str) -> bytes:
         raise GradscopeError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "dot":
         return dot.source.encode("utf-8")
+    return pipe(dot, fmt, missing=f"rendering {fmt} needs Graphviz's dot, which is not installed: apt-get install "
+                "graphviz (brew install graphviz, conda install graphviz), or export --format dot",
+                failed="Graphviz's dot failed")
+
+
+def pipe(graph: graphviz.Graph | graphviz.Digraph, fmt: str, *, missing: str, failed: str, **options) -> bytes:
+    """`graph` rendered to `fmt` by Graphviz (`options`: more arguments of its ``pipe``). Raises
+    GradscopeError: `missing` when Graphviz is not installed, `failed` and Graphviz's last word
+    when it fails."""
     try:
-        return dot.pipe(format=fmt, quiet=True)
+        return graph.pipe(format=fmt, quiet=True, **options)
     except graphviz.ExecutableNotFound:
-        raise GradscopeError(
-            f"rendering {fmt} needs Graphviz's dot, which is not installed: apt-get install "
-            "graphviz (brew install graphviz, conda install graphviz), or export --format dot"
-        ) from None
+        raise GradscopeError(missing) from None
     except graphviz.CalledProcessError as exc:
         lines = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise GradscopeError(f"Graphviz's dot failed: {lines[-1] if lines else exc}") from None
+        raise GradscopeError(f"{failed}: {lines[-1] if lines else exc}") from None
