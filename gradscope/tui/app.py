@@ -20,6 +20,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.widgets import DataTable, Footer, Input, RichLog, Static, TabbedContent, TabPane, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -197,8 +198,15 @@ class GradscopeApp(App):
 
     # -- messages -------------------------------------------------------------------------
     def on_record_updated(self, message: RecordUpdated) -> None:
+        try:
+            self._show_record(message.state)
+        except NoMatches:  # posted just before quitting cancelled the poller: the screen is gone
+            if not (self._exit or self._closing):
+                raise
+
+    def _show_record(self, state) -> None:
         previous = self.state
-        self.state = state = message.state
+        self.state = state
         severity = worst_severity(state.findings)
         self._show_views(severity)
         self.query_one(FindingsTable).show(state.findings)
