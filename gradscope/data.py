@@ -7,6 +7,10 @@ read back from a record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import networkx
 
 
 @dataclass
@@ -26,7 +30,7 @@ class GraphData:
         return cls(data["nodes"], [tuple(e) for e in data["edges"]])
 
 
-def to_networkx(data: GraphData) -> "networkx.DiGraph":
+def to_networkx(data: GraphData) -> networkx.DiGraph:
     """Build a `networkx.DiGraph` from `GraphData`; node attributes are the node dicts."""
     import networkx as nx  # only the checks and the report need it
 

@@ -15,8 +15,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .demo_bugs import BUGS
-
 
 class Net(nn.Module):
     """LeNet-style network: conv1 1->6 k3, conv2 6->16 k3, fc1 576->120, fc2 120->84, fc3 84->10."""

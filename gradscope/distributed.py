@@ -22,6 +22,8 @@ import re
 import time
 from pathlib import Path
 
+from .record.paths import STAMP_FORMAT
+
 _RANKED = re.compile(r"^(?P<base>.*)-rank(?P<rank>\d+)$")
 _STAMPED = re.compile(r"^(?P<stamp>\d{8}-\d{6})-(?P<rest>.+)$")
 #: how far apart (seconds) the ranks of one job may read the clock that names their records
@@ -87,16 +89,21 @@ def _restamped(path: Path) -> Path | None:
     match = _STAMPED.match(path.stem)
     if match is None:
         return None
-    mine = time.mktime(time.strptime(match["stamp"], "%Y%m%d-%H%M%S"))
+    mine = _started(match["stamp"])
     best = None
     for other in path.parent.glob(f"*-{glob.escape(match['rest'])}{path.suffix}"):
         found = _STAMPED.match(other.stem)
         if found is None or found["rest"] != match["rest"]:
             continue
-        gap = abs(time.mktime(time.strptime(found["stamp"], "%Y%m%d-%H%M%S")) - mine)
+        gap = abs(_started(found["stamp"]) - mine)
         if gap <= _STAMP_SPREAD and (best is None or gap < best[0]):
             best = (gap, other)
     return None if best is None else best[1]
+
+
+def _started(stamp: str) -> float:
+    """The time a record name's stamp (`STAMP_FORMAT`) says."""
+    return time.mktime(time.strptime(stamp, STAMP_FORMAT))
 
 
 def unwrap(module):

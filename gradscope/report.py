@@ -15,7 +15,10 @@ A sharded parameter (FSDP2, a DTensor) keeps its original name and global ``shap
 ``weight`` statistics are this rank's shard's, marked ``"scope": "local shard"``, and so are the
 findings about it (checks judge what the rank holds). Ordinary parameters have ``placement`` null.
 
-JSON has no NaN or infinity: such values are written as the strings "nan", "inf" and "-inf".
+A gradient's latest figures may come from a step between full-statistics steps (`--set
+stats_every`): then only its ``count``, ``norm`` and ``nonfinite`` were measured, and ``mean``,
+``std``, ``min``, ``max`` and ``zeros`` are null. JSON has no NaN or infinity: such measured
+values are written as the strings "nan", "inf" and "-inf".
 Several records (the ranks of one torchrun job) merge into ``{"format", "ranks": [...],
 "global": {...}, "findings": [...]}``: ``ranks`` holds one report per rank with its ``rank``;
 ``global`` the whole parameters' figures at the latest step every record reached (``step``;
@@ -61,6 +64,8 @@ def _stat(entry) -> dict | None:
     row = dataclasses.asdict(stat)
     for key in ("kind", "subject", "call", "path"):
         row.pop(key)
+    if stat.zeros is None:  # a gradient between full-statistics steps: only its norm was measured
+        row.update(mean=None, std=None, min=None, max=None)
     return {"step": step, **row}
 
 

@@ -69,6 +69,16 @@ def test_seed_tutorial_report_has_what_the_tutorial_printed(run_cli, tmp_path):
     assert report["run"]["status"] == "finished" and report["run"]["exit_code"] == 0
 
 
+def test_report_leaves_what_a_step_did_not_measure_null(run_cli, script, tmp_path):
+    """Past the dense steps, a gradient's latest figures are its norm only: the rest is null, not
+    "nan" (which would claim the gradient held NaNs)."""
+    path = script(TRAIN.format(tail=""))
+    run_cli("run", "--headless", "--stats-every", "10", "--report", "r.json", path, "23", check=0)
+    grad = {p["name"]: p["grad"] for p in _report(tmp_path / "r.json")["parameters"]}["0.weight"]
+    assert grad["step"] == 22 and grad["norm"] > 0 and grad["nonfinite"] == 0
+    assert [grad[k] for k in ("mean", "std", "min", "max", "zeros")] == [None] * 5
+
+
 def test_script_sees_argv_path_and_main(run_cli, script, tmp_path):
     path = script(TRAIN.format(tail=""))
     proc = run_cli("run", "--record", "r.sqlite", path, "2", "--flag", check=0)

@@ -1,6 +1,5 @@
 """The module data-flow diagram (--graph flow / modules): read back through Graphviz's JSON."""
 
-import pytest
 import torch
 from torch import nn
 
@@ -38,7 +37,6 @@ def test_seed_tutorial_flow_is_the_cnn_in_call_order_with_shapes(run_cli, tmp_pa
     relus = diagram.named("<b>Relu</b>")
     pools = diagram.named("<b>MaxPool2DWithIndices</b>")
     assert len(relus) == 4 and len(pools) == 2
-    expected = {(chain[0], chain[1]): "[1, 1, 32, 32]"}
     conv2, fc1, fc2, fc3 = (_one(diagram, f"{m} (") for m in ("conv2", "fc1", "fc2", "fc3"))
     mse, loss, view = _one(diagram, "MSELoss (MSELoss)"), _one(diagram, "<b>loss</b>"), _one(diagram, "<b>View</b>")
     edges = diagram.edges

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from gradscope.record import schema
 
 TRAIN = """
 import os, sys, torch
@@ -160,7 +159,7 @@ for _ in range(2):
     assert "evil\\x1b]52" in proc.stderr  # shown, escaped
     runs = run_cli("runs", check=0)
     assert "\x1b" not in runs.stdout and "train\\x1b[2J" in runs.stdout
-    bad = run_cli("report", f"missing\x1b[2J.sqlite")
+    bad = run_cli("report", "missing\x1b[2J.sqlite")
     assert "\x1b" not in bad.stderr and bad.returncode == 2
 
 

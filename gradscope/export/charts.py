@@ -63,7 +63,7 @@ def to_svg(scene: Scene) -> bytes:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{scene.width:.0f}" height="{scene.height:.0f}" '
            f'viewBox="0 0 {scene.width:.0f} {scene.height:.0f}" font-family="Helvetica, Arial, sans-serif">',
            f"<title>{_e(scene.title)}</title>",
-           f'<rect width="100%" height="100%" fill="white"/>']
+           '<rect width="100%" height="100%" fill="white"/>']
     for item in scene.items:
         kind = item[0]
         if kind == "line":

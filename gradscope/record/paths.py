@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 RUNS_DIR = Path(".gradscope") / "runs"
+#: The start time that begins a generated record name (``<time>-<label>.sqlite``).
+STAMP_FORMAT = "%Y%m%d-%H%M%S"
 
 _generated: set[str] = set()
 
@@ -30,7 +32,7 @@ def _runs_dir() -> Path:
 
 def new_record_path(label: str) -> Path:
     """A fresh record path: ``.gradscope/runs/<time>-<label>.sqlite`` (absolute)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime(STAMP_FORMAT)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label) or "run"
     runs = _runs_dir()
     path = runs / f"{stamp}-{safe}.sqlite"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gc
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Mapping
 
 import networkx as nx

@@ -87,6 +87,11 @@ def through_views(graph, node) -> list:
     return found
 
 
+def fed_by(graph, node, op: str) -> list:
+    """The `op` nodes that feed `node`, looking through view-like ops (`through_views`)."""
+    return [child for child in through_views(graph, node) if graph.nodes[child]["op"] == op]
+
+
 def finite_before_update(step) -> bool:
     """Whether everything the step computed before its update was finite (weights may not be)."""
     return not any(s.nonfinite for s in step.stats if s.kind != "weight")

@@ -20,7 +20,7 @@ import math
 import gradscope
 from gradscope import DeadUnits, Finding, TailCount
 
-from ._util import Streak, finite, through_views
+from ._util import Streak, fed_by, finite
 
 RELU_TYPES = ("ReLU", "ReLU6")
 FEEDS_RELU_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Bilinear")
@@ -109,9 +109,9 @@ class Saturation:
     def gradscope_graph(self, graph):
         for node, data in graph.nodes(data=True):
             if data["op"] in PROBABILITY_LOSSES:
-                for child in through_views(graph, node):
-                    if graph.nodes[child]["op"] == "SigmoidBackward0" and graph.nodes[child].get("scope"):
-                        self._feeds_loss.add(graph.nodes[child]["scope"])
+                for sigmoid in fed_by(graph, node, "SigmoidBackward0"):
+                    if graph.nodes[sigmoid].get("scope"):
+                        self._feeds_loss.add(graph.nodes[sigmoid]["scope"])
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):

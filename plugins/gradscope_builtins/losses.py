@@ -14,7 +14,7 @@ from __future__ import annotations
 import gradscope
 from gradscope import Finding
 
-from ._util import children, through_views
+from ._util import children, fed_by
 
 LOSS_OPS = {
     "MseLossBackward0", "L1LossBackward0", "SmoothL1LossBackward0", "HuberLossBackward0",
@@ -57,16 +57,12 @@ class SoftmaxBeforeCE:
         findings = []
         for node, data in graph.nodes(data=True):
             if data["op"] == "NllLossBackward0":
-                for log in through_views(graph, node):
-                    if graph.nodes[log]["op"] != "LogSoftmaxBackward0":
-                        continue
-                    for prob in through_views(graph, log):
-                        if graph.nodes[prob]["op"] == "SoftmaxBackward0":
-                            findings.append(self._finding(step, graph, prob, "cross_entropy", "softmax"))
+                for log in fed_by(graph, node, "LogSoftmaxBackward0"):
+                    for prob in fed_by(graph, log, "SoftmaxBackward0"):
+                        findings.append(self._finding(step, graph, prob, "cross_entropy", "softmax"))
             elif data["op"] == "BinaryCrossEntropyWithLogitsBackward0":
-                for prob in through_views(graph, node):
-                    if graph.nodes[prob]["op"] == "SigmoidBackward0":
-                        findings.append(self._finding(step, graph, prob, "binary_cross_entropy_with_logits", "sigmoid"))
+                for prob in fed_by(graph, node, "SigmoidBackward0"):
+                    findings.append(self._finding(step, graph, prob, "binary_cross_entropy_with_logits", "sigmoid"))
         return findings
 
     def _finding(self, step, graph, node, loss, squash):

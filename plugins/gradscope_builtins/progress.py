@@ -20,7 +20,7 @@ import statistics
 import gradscope
 from gradscope import Finding
 
-from ._util import through_views
+from ._util import fed_by
 
 
 class NoOptimizerStep:
@@ -74,13 +74,12 @@ class NoProgress:
         for node, data in graph.nodes(data=True):
             if data["op"] != "NllLossBackward0":
                 continue
-            for log in through_views(graph, node):
-                if graph.nodes[log]["op"] == "LogSoftmaxBackward0":
-                    saved = graph.nodes[log].get("saved", {})
-                    shape, dim = (saved.get("result") or {}).get("shape"), saved.get("dim", -1)
-                    if shape and isinstance(dim, int) and -len(shape) <= dim < len(shape) and shape[dim] > 1:
-                        self._classes = shape[dim]
-                        return
+            for log in fed_by(graph, node, "LogSoftmaxBackward0"):
+                saved = graph.nodes[log].get("saved", {})
+                shape, dim = (saved.get("result") or {}).get("shape"), saved.get("dim", -1)
+                if shape and isinstance(dim, int) and -len(shape) <= dim < len(shape) and shape[dim] > 1:
+                    self._classes = shape[dim]
+                    return
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):

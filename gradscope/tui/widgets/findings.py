@@ -6,7 +6,6 @@ and the horizontal scroll stay where the user put them while a repeating finding
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.widgets import DataTable
 
 from ...findings import severity_rank

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-from rich.text import Text
 from textual.widgets import DataTable
 
 from ..messages import SubjectSelected
