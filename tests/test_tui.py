@@ -4,6 +4,7 @@ No fixed sleeps: every wait is for a condition, with a deadline (`until`).
 """
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 
 import gradscope
+from gradscope.record import schema
+from gradscope.record.writer import DROP_BEHIND, DROP_FAILED
 from gradscope.tui.app import make_app
 from gradscope.tui.messages import FindingChosen, RecordUpdated
 from gradscope.tui.process import ScriptProcess
@@ -169,6 +172,43 @@ async def test_views_keys_and_vi_moves(record):
         await until(pilot, lambda: app.screen.maximized is app.focused)
         await pilot.press("z")
         await until(pilot, lambda: app.screen.maximized is None)
+
+
+async def test_status_line_says_how_many_steps_were_dropped_and_why(record):
+    """A record whose writer dropped steps (here: as the writer counts them in the run table)."""
+    with sqlite3.connect(record) as conn:
+        schema.RUN.insert(conn, [schema.RunField("dropped_steps", 7),
+                                 schema.RunField("dropped", {DROP_BEHIND: 5, DROP_FAILED: 2})], replace=True)
+    app = make_app(record)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await loaded(pilot)
+        assert f"7 steps dropped (5: {DROP_BEHIND}; 2: {DROP_FAILED})" in status(app)
+
+
+async def test_parameter_table_sorts_by_each_column_and_back(record):
+    app = make_app(record)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await pilot.press("3")
+        table = app.query_one(ParamTable)
+        column = lambda i: [str(table.get_row_at(r)[i]) for r in range(table.row_count)]
+        names = [k.value for k in table.rows]  # parameter order
+        await pilot.press("o")
+        await until(pilot, lambda: column(0) == sorted(column(0)))
+        await pilot.press("o")  # gradient norm, largest first
+        await until(pilot, lambda: table.sort_column == 1)
+        norms = [float(v) for v in column(1)]
+        assert norms == sorted(norms, reverse=True) and len(set(norms)) > 1
+        await pilot.press("o")  # update/weight ratio, largest first, parameters without one last
+        await until(pilot, lambda: table.sort_column == 2)
+        ratios = column(2)
+        assert ratios[-2:] == ["-", "-"]  # fc3 is in no optimizer
+        assert [float(v) for v in ratios[:-2]] == sorted((float(v) for v in ratios[:-2]), reverse=True)
+        await pilot.press("left_square_bracket")  # another step keeps the order
+        await until(pilot, lambda: app.state.step == 3)
+        assert column(2)[-2:] == ["-", "-"]
+        await pilot.press("o", "o", "o")  # past the last column: parameter order again
+        await until(pilot, lambda: [str(table.get_row_at(r)[0]) for r in range(table.row_count)] == names)
 
 
 async def test_footer_shows_only_keys_that_apply_and_fits_80_columns(record):

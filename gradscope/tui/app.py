@@ -367,7 +367,9 @@ class GradscopeApp(App):
         elif state is not None:
             parts.append(str(state.run.get("status", "?")))
         if state is not None and state.run.get("dropped_steps"):
-            parts.append(f"{state.run['dropped_steps']} steps dropped")
+            reasons = state.run.get("dropped") or {}
+            parts.append(f"{state.run['dropped_steps']} steps dropped"
+                         + (f" ({'; '.join(f'{n}: {why}' for why, n in reasons.items())})" if reasons else ""))
         if state is not None and state.run.get("rank") is not None:
             parts.append(f"rank {state.run['rank']} of {state.run.get('world_size')} (r: next)")
         text.append_text(literal("  " + " | ".join(parts)))
