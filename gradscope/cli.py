@@ -213,23 +213,13 @@ def _control(args):
 
 def _under_ui(args, label: str) -> int:
     """Run this very command again in a child process, headless, under the terminal UI."""
+    from .outcome import conclude
     from .record.paths import new_record_path
-    from .tui.app import make_app
-    from .tui.process import ScriptProcess
+    from .tui.app import run_with_script
 
     record = Path(args.record) if args.record else new_record_path(label)
-    process = ScriptProcess([args.command, *args.raw], record)
-    app = make_app(record, process, args.break_on)
-    code = app.run()
-    if process.running:
-        process.stop()
-    if process.proc.returncode:  # the script's traceback outlives the screen
-        tail = list(app.stderr_tail)
-        starts = [i for i, line in enumerate(tail) if line.startswith("Traceback")]
-        print("\n".join(tail[starts[-1]:] if starts else tail[-20:]), file=sys.stderr)
-    failed = _finish(record, None, args.fail_on) if record.exists() else False
-    code = process.proc.returncode if code is None else code
-    return code or (3 if failed else 0)
+    code = run_with_script([args.command, *args.raw], record, args.break_on)
+    return conclude(code, record, fail_on=args.fail_on) if record.exists() else code
 
 
 def _cmd_view(args) -> int:
@@ -244,6 +234,7 @@ def _cmd_view(args) -> int:
 def _cmd_run(args) -> int:
     from . import launch
     from .distributed import rank_and_world, ranked
+    from .outcome import conclude
 
     if args.module:
         target = launch.Target(args.module, ([args.script] if args.script else []) + args.args, True)
@@ -268,8 +259,7 @@ def _cmd_run(args) -> int:
         report = args.report
         if report and (ranks := rank_and_world()) is not None:
             report = ranked(Path(report), ranks[0])  # one report per rank, like the records
-        failed = _finish(session.path, report, args.fail_on, session.recorder)
-    return code or (3 if failed else 0)
+        return conclude(code, session.path, report, args.fail_on, session.recorder)
 
 
 def _check_paths(args) -> None:
@@ -286,57 +276,16 @@ def _check_paths(args) -> None:
 
 def _cmd_demo(args) -> int:
     from . import demo
+    from .outcome import conclude
     from .record.paths import new_record_path
-    from .session import Session
 
     label = f"demo-{args.bug}" if args.bug else "demo"
     _check_paths(args)
     if not args.headless and _interactive():
         return _under_ui(args, label)
     path = args.record or new_record_path(label)
-    analyzer = _analyzer(args)
-    control = _control(args)
-    sessions = []
-
-    def attach(net, optimizer):
-        run = {"mode": "demo", "target": "gradscope demo", "bug": args.bug, "argv": sys.argv}
-        session = Session(path, analyzer=analyzer, run=run, control=control)
-        session.add_model(net)
-        session.add_optimizer(optimizer)
-        sessions.append(session)
-        return session
-
-    demo.train(args.steps, args.bug, progress=demo.print_progress, watch=attach)
-    return 3 if _finish(sessions[0].path, args.report, args.fail_on, sessions[0].recorder) else 0
-
-
-def _finish(path, report_path, fail_on=None, recorder=None) -> bool:
-    """Write the report, print the summary; whether a finding reaches `fail_on`.
-
-    Runs after the script: a failure here is one line on stderr and never changes the script's
-    exit status (only `fail_on` adds status 3)."""
-    from . import report, summary
-    from .errors import GradscopeError, RecordError
-    from .findings import at_least
-    from .record.reader import open_record
-
-    try:
-        record = open_record(path)
-    except RecordError as exc:
-        print(inert(f"gradscope: error: {exc}; no summary or report"), file=sys.stderr)
-        return False
-    with record:
-        if report_path:
-            try:
-                report.write(record, report_path)
-            except (OSError, GradscopeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                print(inert(f"gradscope: error: the report was not written ({reason})"), file=sys.stderr)
-        print(summary.summarize_record(record, recorder), file=sys.stderr)
-        if fail_on is None:
-            return False
-        found = [*record.findings(), *getattr(recorder, "unrecorded_findings", ())]
-        return any(at_least(f["severity"], fail_on) for f in found)
+    session = demo.record(path, args.steps, args.bug, analyzer=_analyzer(args), control=_control(args))
+    return conclude(0, session.path, args.report, args.fail_on, session.recorder)
 
 
 def _cmd_export(args) -> int:

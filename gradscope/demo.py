@@ -71,6 +71,25 @@ def train(steps: int = 200, bug: str | None = None, batch: int = 32, progress=No
     return [float(v) for v in losses]
 
 
+def record(path, steps: int, bug: str | None = None, *, analyzer=None, control=None):
+    """Train the demo recorded into `path` (what ``gradscope demo`` runs), printing progress;
+    returns the closed `Session`."""
+    from .session import Session
+
+    sessions = []
+
+    def attach(net, optimizer):
+        run = {"mode": "demo", "target": "gradscope demo", "bug": bug, "argv": sys.argv}
+        session = Session(path, analyzer=analyzer, run=run, control=control)
+        session.add_model(net)
+        session.add_optimizer(optimizer)
+        sessions.append(session)
+        return session
+
+    train(steps, bug, progress=print_progress, watch=attach)
+    return sessions[0]
+
+
 def _loop(net, optimizer, images, labels, steps, batch, bug, progress, losses) -> None:
     for step in range(steps):
         start = (step * batch) % (len(images) - batch + 1)

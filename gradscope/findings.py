@@ -5,6 +5,7 @@ This module owns severities: their names, and their order (`severity_rank`, `at_
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import asdict, dataclass, field
 
 #: most severe first
@@ -46,3 +47,19 @@ class Finding:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def internal_error(where: str, exc: BaseException, step: int | None = None) -> dict:
+    """A failure inside gradscope, as a finding (training goes on)."""
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+    return {
+        "check": "internal-error",
+        "severity": "warning",
+        "subject": where,
+        "step": step,
+        "message": f"gradscope failed in {where}: {type(exc).__name__}: {exc}",
+        "evidence": {"exception": type(exc).__name__, "where": f"{where}{at}"},
+        "hint": "Training was not affected; this part of gradscope is off for the failing item. "
+        "Please report it with the evidence.",
+    }

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from .distributed import unwrap
+from .findings import internal_error
 from .record.paths import new_record_path
-from .record.writer import RecordWriter, _internal_finding
+from .record.writer import RecordWriter
 from .settings import DEFAULTS, Settings
 from .trace import keepalive, patches
 from .trace.autograd import walk
@@ -369,7 +370,7 @@ class Session:
             return
         self._failures.add(key)
         try:
-            self._writer.send("finding", _internal_finding(where, exc, self.step))
+            self._writer.send("finding", internal_error(where, exc, self.step))
         except Exception:
             pass
 

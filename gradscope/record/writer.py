@@ -32,12 +32,11 @@ import sqlite3
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import KINDS, Stat, StepData, Update
-from ..findings import SEVERITIES
+from ..findings import SEVERITIES, internal_error
 from ..terminal import inert
 from ..trace.batch import FrozenBatch
 from . import paths, schema
@@ -413,7 +412,7 @@ class RecordWriter:
             self._stop(_reason(exc))
             return
         try:
-            self._on_finding(conn, _internal_finding(f"recorder ({kind})", exc))
+            self._on_finding(conn, internal_error(f"recorder ({kind})", exc))
             conn.commit()
         except Exception as again:  # even the finding cannot be written: the storage is gone
             try:
@@ -459,7 +458,7 @@ class RecordWriter:
             try:
                 findings = self._analyzer.finish()
             except Exception as exc:
-                findings = [_internal_finding("recorder (finish)", exc)]
+                findings = [internal_error("recorder (finish)", exc)]
         fields = dict(fields, finished=time.time(), dropped_steps=sum(self.dropped.values()),
                       dropped=self.dropped)
         if self.stopped is not None:
@@ -556,19 +555,3 @@ class RecordWriter:
         if self._analyzer is not None:
             for finding in self._analyzer.step(data):
                 self._on_finding(conn, finding)
-
-
-def _internal_finding(where: str, exc: BaseException, step: int | None = None) -> dict:
-    """A failure inside gradscope, as a finding (training goes on)."""
-    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    at = f" at {last[0].filename}:{last[0].lineno}" if last else ""
-    return {
-        "check": "internal-error",
-        "severity": "warning",
-        "subject": where,
-        "step": step,
-        "message": f"gradscope failed in {where}: {type(exc).__name__}: {exc}",
-        "evidence": {"exception": type(exc).__name__, "where": f"{where}{at}"},
-        "hint": "Training was not affected; this part of gradscope is off for the failing item. "
-        "Please report it with the evidence.",
-    }

@@ -12,6 +12,7 @@ Everything shown that comes from the record or the script is inert text (see `te
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 from pathlib import Path
 
@@ -551,6 +552,22 @@ def _tabs(tabs_id: str, panes) -> ComposeResult:
         for title, pane, widget, widget_id in panes:
             with TabPane(title, id=pane):
                 yield widget(id=widget_id)
+
+
+def run_with_script(argv: list[str], record: Path, break_on: str | None) -> int:
+    """Run ``gradscope <argv>`` headless in a child process recording into `record`, under the
+    UI; returns the script's exit status (the UI's own, if it set one). The script's traceback
+    is printed again after the screen is gone."""
+    process = ScriptProcess(argv, record)
+    app = make_app(record, process, break_on)
+    code = app.run()
+    if process.running:
+        process.stop()
+    if process.proc.returncode:
+        tail = list(app.stderr_tail)
+        starts = [i for i, line in enumerate(tail) if line.startswith("Traceback")]
+        print("\n".join(tail[starts[-1]:] if starts else tail[-20:]), file=sys.stderr)
+    return process.proc.returncode if code is None else code
 
 
 def make_app(record: Path, process: ScriptProcess | None = None, break_on: str | None = None) -> GradscopeApp:
