@@ -1,13 +1,16 @@
 """autograd_graph agrees with torch's own grad_fn.next_functions, at any depth."""
 
+import gc
 import subprocess
 import sys
+import weakref
 
 import networkx as nx
 import torch
 from torch import nn
 
 import gradscope
+from gradscope.trace import keepalive
 
 
 class Scale(torch.autograd.Function):
@@ -122,6 +125,29 @@ def test_freeing_a_deep_graph_after_a_walk_does_not_crash():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["ok", "60002"]  # 60,000 muls, the clone, x
+
+
+def test_a_model_deleted_after_its_session_frees_its_weights(tmp_path):
+    """The last loss was still held when the session closed, so its graph (and the parameters'
+    accumulator nodes gradscope walked, at several steps) could not be let go then; once the
+    user lets go of the loss and the model, the weights are freed."""
+    def train():
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", graph_every=1, checks=False):
+            for _ in range(3):
+                opt.zero_grad()
+                loss = model(torch.randn(2, 4)).sum()
+                loss.backward()
+                opt.step()
+        return weakref.ref(model[0].weight), loss
+
+    weight, loss = train()
+    assert weight() is not None  # the loss's graph holds it
+    del loss
+    gc.collect()
+    assert weight() is None
+    assert keepalive.held() == 0
 
 
 def test_tensor_without_grad_fn_gives_empty_graph():

@@ -84,3 +84,22 @@ def test_compiled_model_under_watch_emits_no_warning_and_compiles_once(tmp_path)
     assert len(record.steps()) == 6
     assert [c["module"] for c in record.calls(step=3)] == [""]  # the compiled model's call
     assert record.stats(step=3, kind="grad")
+
+
+def test_call_shapes_follow_each_step_when_the_batch_changes(tmp_path):
+    """Descriptions of a call are reused while its shapes stay; a new shape is described anew."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [5, 5, 2, 5, 7]
+    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", checks=False):
+        for batch in batches:
+            opt.zero_grad()
+            model(torch.randn(batch, 3)).sum().backward()
+            opt.step()
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    for step, batch in enumerate(batches):
+        calls = {c["module"]: c for c in record.calls(step=step)}
+        assert calls["0"]["inputs"][0]["shape"] == [batch, 3]
+        assert calls["2"]["outputs"][0]["shape"] == [batch, 2]
+        assert calls["2"]["outputs"][0]["dtype"] == "float32" and calls["0"]["training"]

@@ -228,12 +228,12 @@ def test_forward_only_and_model_without_parameters(tmp_path):
 
 
 def test_failure_inside_gradscope_becomes_a_finding(tmp_path, monkeypatch):
-    from gradscope.trace import modules as session_module
+    from gradscope.trace import structure
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(session_module, "describe", broken)
+    monkeypatch.setattr(structure, "describe", broken)  # every module call's description fails
     model, _ = train(steps=2, record=tmp_path / "r.sqlite")
     bare, _ = train(steps=2, watch=False)
     assert torch.equal(model.head.weight, bare.head.weight)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import sqlite3
 import types
 import typing
@@ -122,12 +123,15 @@ class Table:
     `scope` names leading columns that place a row but are not part of it (the ``step`` of a
     `Stat`); `columns` renames fields whose name SQL reserves; `key` is the primary key;
     `integer_key` declares ``<name> INTEGER PRIMARY KEY`` outside the row (the findings' id);
-    `indexes` maps an index name to its columns; `fix` adjusts a decoded row.
+    `indexes` maps an index name to its columns; `fix` adjusts a decoded row; `shared` names
+    fields whose values are shared between rows and never changed once made (a module call's
+    descriptions, the same objects from step to step): each such object is encoded once.
     """
 
     def __init__(self, name: str, row: type, *, key: tuple[str, ...] = (), scope: dict[str, type] | None = None,
                  columns: dict[str, str] | None = None, integer_key: str | None = None,
-                 indexes: dict[str, tuple[str, ...]] | None = None, fix: Callable | None = None):
+                 indexes: dict[str, tuple[str, ...]] | None = None, fix: Callable | None = None,
+                 shared: tuple[str, ...] = ()):
         self.name = name
         self.row = row
         self.key = key
@@ -143,6 +147,11 @@ class Table:
             _column(f, hints[f.name], renamed.get(f.name, f.name))
             for f in dataclasses.fields(row) if not f.metadata.get(_DERIVED)
         ]
+        # writing a row instance: its fields in one call, then only the encoders that change a value
+        fields = [c.field for c in self.columns]
+        self._fields = operator.attrgetter(*fields) if len(fields) > 1 else (lambda r: (getattr(r, fields[0]),))
+        self._encoders = [(i, _Once(c.encode) if c.field in shared else c.encode)
+                          for i, c in enumerate(self.columns) if c.encode is not _same]
 
     def ddl(self) -> str:
         parts = [f"{self.integer_key} INTEGER PRIMARY KEY"] if self.integer_key else []
@@ -161,10 +170,22 @@ class Table:
         sql = (f"INSERT {'OR REPLACE ' if replace else ''}INTO {self.name} ({', '.join(names)})"
                f" VALUES ({', '.join('?' * len(names))})")
         head = tuple(scope[c.name] for c in self.scope)
-        values = [head + tuple(c.encode(_value(row, c)) for c in self.columns) for row in rows]
+        values = [head + self._encoded(row) for row in rows]
         if len(values) == 1:
             return conn.execute(sql, values[0])
         return conn.executemany(sql, values)
+
+    def _encoded(self, row) -> tuple:
+        if type(row) is self.row or (isinstance(row, Row) and isinstance(row, self.row)):
+            values = list(self._fields(row))
+        elif type(row) is dict:
+            values = [row.get(c.field, c.default) if c.default is not dataclasses.MISSING else row[c.field]
+                      for c in self.columns]
+        else:
+            values = [_value(row, c) for c in self.columns]
+        for i, encode in self._encoders:
+            values[i] = encode(values[i])
+        return tuple(values)
 
     def decode(self, r: sqlite3.Row, **derived_values):
         """A row instance from an SQLite row; columns the record lacks (it predates them) take
@@ -173,6 +194,27 @@ class Table:
         values = {c.field: c.decode(r[c.name]) if c.name in present else c.default for c in self.columns}
         row = self.row(**values, **derived_values)
         return self._fix(row) if self._fix else row
+
+
+class _Once:
+    """An encoder that encodes each object once: the text is kept, with the object (so that its
+    id is not reused), for the objects met lately."""
+
+    LIMIT = 16384
+
+    def __init__(self, encode: Callable[[Any], Any]):
+        self._encode = encode
+        self._done: dict[int, tuple[Any, Any]] = {}
+
+    def __call__(self, value):
+        done = self._done.get(id(value))
+        if done is not None and done[0] is value:
+            return done[1]
+        if len(self._done) >= self.LIMIT:
+            self._done.clear()
+        text = self._encode(value)
+        self._done[id(value)] = (value, text)
+        return text
 
 
 def _value(row, column: Column):
@@ -327,7 +369,7 @@ MODULES = Table("modules", ModuleRow, key=("name",))
 PARAMETERS = Table("parameters", ParameterRow, key=("name",))
 OPTIMIZERS = Table("optimizers", OptimizerRow, key=("idx",), columns={"index": "idx"})
 STEPS = Table("steps", StepRow, key=("step",))
-CALLS = Table("calls", CallRow, key=("step", "module", "call"))
+CALLS = Table("calls", CallRow, key=("step", "module", "call"), shared=("inputs", "outputs"))
 STATS = Table("stats", Stat, scope={"step": int},
               indexes={"stats_by_subject": ("subject", "kind", "step"), "stats_by_step": ("step",)})
 UPDATES = Table("updates", Update, scope={"step": int}, key=("step", "param"), fix=_stepped_nan)

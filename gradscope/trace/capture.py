@@ -46,6 +46,8 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 def local_values(t: torch.Tensor) -> torch.Tensor | None:
     """The dense, detached tensor whose elements gradscope summarizes for `t`, or None when `t`
     has no values to summarize (meta, empty, or a layout without stored values)."""
+    if type(t) is torch.Tensor and t.layout == torch.strided:  # the common case, checked cheaply
+        return None if t.is_meta or t.numel() == 0 else t.detach()
     t = local(t)
     t = t.detach()
     if t.layout == torch.sparse_coo:

@@ -35,7 +35,7 @@ from torch.nn.modules import module as nn_module
 from .autograd import IN_MARK, OUT_MARK
 from .guard import guarded
 from .patches import in_backward
-from .structure import describe, leaves
+from .structure import CallDescriber, describe, leaves
 
 
 def _mark(tensor: torch.Tensor, key: str, name) -> None:
@@ -68,6 +68,7 @@ class ModuleHooks:
         self._registry = session._registry
         self._failed = session._failed
         self._max_calls = max_calls
+        self._describer = CallDescriber()
         self._tails = tails  # module type name -> the plugins' TailCount requests
         self._local = threading.local()  # depth of watched calls, per thread
         self._handles = [
@@ -169,10 +170,12 @@ class ModuleHooks:
             if step.want_graph:
                 _mark_leaves(output, OUT_MARK, (name, call))
             return
-        inputs, _ = describe(args)
         if kwargs:
+            inputs, _ = describe(args)
             inputs += describe(kwargs)[0]
-        outputs, tensors = describe(output)
+            outputs, tensors = describe(output)
+        else:
+            inputs, outputs, tensors = self._describer.describe((name, call), args, output)
         step.calls.append({
             "module": name, "call": call, "training": module.training,
             "grad": torch.is_grad_enabled(), "inputs": inputs, "outputs": outputs,

@@ -74,3 +74,39 @@ def describe(value) -> tuple[list[dict], list[tuple[str, torch.Tensor]]]:
         else:
             described.append({"path": path, "type": type(leaf).__name__})
     return described, tensors
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return (type(t), t.shape, t.dtype, t.device, t.layout)
+
+
+def quick_key(value) -> tuple | None:
+    """What `describe` would say of a tensor or a flat tuple/list of tensors, as a key that is
+    cheap to build and compare; None for any other value (describe it in full)."""
+    if isinstance(value, torch.Tensor):
+        return _tensor_key(value)
+    if type(value) in (tuple, list) and len(value) <= MAX_LEAVES and all(isinstance(v, torch.Tensor) for v in value):
+        return (type(value), *map(_tensor_key, value))
+    return None
+
+
+class CallDescriber:
+    """`describe` of a module call's inputs and outputs, reusing the descriptions of the same
+    call at an earlier step while its tensors keep their shapes, dtypes and devices (every
+    step of a training loop, mostly): one key comparison instead of a walk of each value."""
+
+    def __init__(self):
+        self._last: dict[tuple, tuple] = {}
+
+    def describe(self, where: tuple, args, output) -> tuple[list[dict], list[dict], list[tuple[str, torch.Tensor]]]:
+        """(inputs, outputs, output tensors with their paths) of the call `where`. The
+        descriptions may be shared between steps: read them, never change them."""
+        key = (quick_key(args), quick_key(output))
+        last = self._last.get(where)
+        if last is not None and key[0] is not None and key[1] is not None and last[0] == key:
+            tensors = [("", output)] if isinstance(output, torch.Tensor) else [(str(i), t) for i, t in enumerate(output)]
+            return last[1], last[2], tensors
+        inputs, _ = describe(args)
+        outputs, tensors = describe(output)
+        self._last[where] = (key, inputs, outputs)
+        return inputs, outputs, tensors
