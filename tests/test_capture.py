@@ -76,9 +76,9 @@ def test_nonfinite_values_are_counted_and_propagate():
 def test_norms_match_torch_vector_norm_per_group():
     torch.manual_seed(2)
     tensors = [torch.randn(40, 3), torch.randn(5).double(), torch.randn(8).half(), torch.randn(9) * 3,
-               torch.randn(4).bfloat16()]
+               torch.randn(4).bfloat16(), torch.randn(300, 300).t()]  # the last one is not packed
     results = norms(tensors)
-    assert len(results) == 4  # one per (device, dtype)
+    assert len(results) == 5  # per (device, dtype); float32 tensors packed or not
     seen = set()
     for positions, rows in results:
         for j, i in enumerate(positions):

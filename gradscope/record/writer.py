@@ -69,35 +69,37 @@ class StepSnapshot:
 def decode(snapshot: StepSnapshot) -> StepData:
     """Wait for the snapshot's device values and fold them into its `StepData`."""
     data = snapshot.data
+    stats = data.stats
     opt_updates: dict[str, tuple[int, list[float]]] = {}
     step_updates: dict[str, list[float]] = {}
-    for kind, key, count, values in snapshot.rows.read():
-        if kind in KINDS and len(values) == 1:  # a single value, sent as it is
-            subject, call, path = key
-            (v,) = values
-            data.stats.append(Stat(kind, subject, call, path, 1, v, 0.0, v, v, abs(v), int(v == 0),
-                                   int(not math.isfinite(v))))
+    nan = math.nan
+    for kind, keys, counts, rows in snapshot.rows.read():
+        if kind in KINDS and rows and len(rows[0]) == 1:  # single values, sent as they are
+            for (subject, call, path), (v,) in zip(keys, rows):
+                stats.append(Stat(kind, subject, call, path, 1, v, 0.0, v, v, abs(v), int(v == 0),
+                                  int(not math.isfinite(v))))
         elif kind in KINDS:
-            subject, call, path = key
-            *floats, zeros, nonfinite = values
-            data.stats.append(Stat(kind, subject, call, path, count, *floats, int(zeros), int(nonfinite)))
+            for (subject, call, path), count, (mean, std, low, high, norm, zeros, nonfinite) in zip(keys, counts, rows):
+                stats.append(Stat(kind, subject, call, path, count, mean, std, low, high, norm, int(zeros),
+                                  int(nonfinite)))
         elif kind == "grad-norm":  # a gradient between full-statistics steps: norm and flag
-            subject, call, path = key
-            norm, largest = values
-            nan = math.nan
-            data.stats.append(Stat("grad", subject, call, path, count, nan, nan, nan, nan, norm,
-                                   None, 0 if math.isfinite(largest) else 1))
+            for (subject, call, path), count, (norm, largest) in zip(keys, counts, rows):
+                stats.append(Stat("grad", subject, call, path, count, nan, nan, nan, nan, norm,
+                                  None, 0 if math.isfinite(largest) else 1))
         elif kind == "update":
-            name, optimizer = key
-            opt_updates[name] = (optimizer, values)
+            for (name, optimizer), values in zip(keys, rows):
+                opt_updates[name] = (optimizer, values)
         elif kind == "step-update":
-            step_updates[key] = values
+            step_updates.update(zip(keys, rows))
         elif kind == "tail":
-            data.tails[key] = (int(values[0]), count)
+            for key, count, values in zip(keys, counts, rows):
+                data.tails[key] = (int(values[0]), count)
         elif kind == "hist":
-            data.hists[key] = (values[0], values[1], [int(v) for v in values[2:]])
+            for key, values in zip(keys, rows):
+                data.hists[key] = (values[0], values[1], [int(v) for v in values[2:]])
+    missing = (None, [None, None, None])
     for name, (step_delta, step_weight) in step_updates.items():
-        optimizer, values = opt_updates.get(name, (None, [None, None, None]))
+        optimizer, values = opt_updates.get(name, missing)
         data.updates[name] = Update(name, optimizer, *values, step_delta, step_weight)
     return data
 

@@ -31,20 +31,20 @@ class FrozenBatch:
         self._blocks = blocks  # list of (_Block, device key, offset)
         self._parts = parts  # device key -> (host tensor, event or None)
 
-    def read(self) -> list[tuple[str, object, int, list[float]]]:
-        """(kind, key, count, values) for every row, in the order rows were added."""
-        flat = {}
+    def read(self) -> list[tuple[str, list, list[int], list[list[float]]]]:
+        """(kind, keys, counts, rows of values) for every block of rows, in the order they were
+        added; each row a list of floats."""
+        hosts = {}
         for device, (host, event) in self._parts.items():
             while event is not None and not event.query():
                 time.sleep(0.0005)
-            flat[device] = host.tolist()
-        rows = []
+            hosts[device] = host
+        blocks = []
         for block, device, offset in self._blocks:
-            values = flat[device]
-            for i, (key, count) in enumerate(zip(block.keys, block.counts)):
-                start = offset + i * block.width
-                rows.append((block.kind, key, count, values[start : start + block.width]))
-        return rows
+            size = len(block.keys) * block.width
+            values = hosts[device][offset:offset + size].reshape(len(block.keys), block.width).tolist()
+            blocks.append((block.kind, block.keys, block.counts, values))
+        return blocks
 
 
 class RowBatch:

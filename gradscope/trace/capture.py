@@ -5,9 +5,11 @@ thousands of launches per step, which on a GPU costs more than the step itself. 
 works on a whole list of tensors at once:
 
 * `norms` — the every-step figures of gradients: the L2 norm and the largest magnitude of each
-  tensor, two multi-tensor (``torch._foreach_norm``) launches per (device, dtype) group. A tensor
-  holds a NaN or an infinity exactly when its largest magnitude is not finite, so non-finite
-  detection comes with it (the L2 norm alone can overflow on finite values).
+  tensor, two multi-tensor (``torch._foreach_norm``) launches per (device, dtype) group; on the
+  CPU, where a multi-tensor op is a loop over its tensors, small tensors are packed and reduced
+  per segment instead. A tensor holds a NaN or an infinity exactly when its largest magnitude is
+  not finite, so non-finite detection comes with it (the L2 norm alone can overflow on finite
+  values).
 * `summaries` — the full statistics of `stats.FIELDS` (and optionally histograms) for statistics
   steps: small tensors are packed into chunks and reduced per segment (``torch.segment_reduce``),
   a few launches per chunk whatever the number of tensors; a tensor larger than a chunk is
@@ -47,7 +49,9 @@ def local_values(t: torch.Tensor) -> torch.Tensor | None:
     """The dense, detached tensor whose elements gradscope summarizes for `t`, or None when `t`
     has no values to summarize (meta, empty, or a layout without stored values)."""
     if type(t) is torch.Tensor and t.layout == torch.strided:  # the common case, checked cheaply
-        return None if t.is_meta or t.numel() == 0 else t.detach()
+        if t.is_meta or t.numel() == 0:
+            return None
+        return t.detach() if t.requires_grad else t
     t = local(t)
     t = t.detach()
     if t.layout == torch.sparse_coo:
@@ -71,23 +75,59 @@ def _real(t: torch.Tensor) -> torch.Tensor:
 
 
 # -- every step: norms ------------------------------------------------------------------------
-def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
-    """Per (device, dtype) group: the positions in `tensors` and a device tensor [k, 2] of
-    (L2 norm, largest magnitude) of those tensors. `tensors` must hold values (`local_values`).
+#: On the CPU a multi-tensor op is a loop over its tensors; tensors of at most this many elements
+#: are packed instead (one copy) and reduced per segment, a few ops per chunk whatever their number.
+PACK = 1 << 16
 
-    Two multi-tensor launches and one stack per group; half-precision tensors are reduced in
-    float32 so that a norm above 65504 is not reported as infinite."""
+
+def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+    """Row blocks of (L2 norm, largest magnitude) of `tensors`: (positions in `tensors`, device
+    tensor [k, 2]), grouped by (device, dtype). `tensors` must hold values (`local_values`).
+
+    Two multi-tensor launches and one stack per group (on a GPU: fused kernels); on the CPU
+    small tensors are packed into chunks and reduced per segment. Half-precision tensors are
+    reduced in float32, so a norm above 65504 is not reported as infinite; like torch's own
+    norm, a float32 norm past float32's range is infinite (its largest magnitude is not)."""
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
     out = []
-    for (_, dtype), positions in groups.items():
+    for (device, dtype), positions in groups.items():
         xs = [tensors[i] if dtype.is_floating_point or dtype.is_complex else _real(tensors[i])
               for i in positions]
+        if device.type == "cpu":
+            packed = [j for j, x in enumerate(xs) if x.numel() <= PACK]
+            if packed:
+                out += _packed_norms(device, [positions[j] for j in packed], [xs[j] for j in packed])
+                keep = set(packed)
+                positions = [p for j, p in enumerate(positions) if j not in keep]
+                xs = [x for j, x in enumerate(xs) if j not in keep]
+                if not xs:
+                    continue
         extra = {"dtype": torch.float32} if dtype in _LOW_PRECISION else {}
         two = torch._foreach_norm(xs, 2, **extra)
         top = torch._foreach_norm(xs, math.inf, **extra)
         out.append((positions, rows_of(two, top)))
+    return out
+
+
+def _packed_norms(device, positions: list[int], xs: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+    out = []
+    start = 0
+    while start < len(xs):
+        end, size = start, 0
+        while end < len(xs) and (end == start or size + xs[end].numel() <= CHUNK):
+            size += xs[end].numel()
+            end += 1
+        flat = [_flat(x) for x in xs[start:end]]
+        wide = (torch.cat(flat) if len(flat) > 1 else flat[0]).double()
+        lengths = _layouts.get(device, tuple(f.numel() for f in flat), 0)[0]
+        reduce = lambda values, how: torch.segment_reduce(values, how, lengths=lengths, unsafe=True)
+        squares = reduce(wide * wide, "sum")
+        if xs[start].dtype != torch.float64:  # the range of the float32 that torch reduces in
+            squares = squares.float().double()
+        out.append((positions[start:end], torch.stack((squares.sqrt(), reduce(wide.abs(), "max")), 1)))
+        start = end
     return out
 
 

@@ -1,9 +1,9 @@
 """Parameter update auditing on a fixed sample of each parameter's elements.
 
 Each parameter contributes at most `size` evenly strided elements, so auditing costs a bounded
-amount of device memory (two samples per parameter: the last step's and the one before the
-optimizer ran) instead of a second copy of the model. Parameters with at most `size` elements
-are tracked exactly.
+amount of device memory (three samples per parameter: the last step's, the one before the
+optimizer ran and a scratch copy) instead of a second copy of the model. Parameters with at most
+`size` elements are tracked exactly.
 
 The sample of a parameter is a strided *view* of its storage, made once and kept: it follows
 in-place updates (what optimizers do) for free. Once per step (`end_step`) every view is
@@ -11,9 +11,11 @@ re-validated against the parameter's current storage (``data_ptr``), so a parame
 was replaced (``p.data = ...``, a reload) gets a fresh view. A DTensor parameter is sampled on
 its local shard (no collective).
 
-The work is grouped by (device, dtype) and done with multi-tensor (``torch._foreach_*``)
-operations: a constant number of kernel launches per step and group, whatever the number of
-parameters. All results are device tensors; nothing is read back here.
+The samples of all parameters of one (device, dtype) live in flat buffers, one segment per
+parameter (`_Samples`): taking the current samples is one ``torch.cat`` of the views, and the
+norms of all parameters are one segment reduction. A constant number of kernel launches per
+step and group, whatever the number of parameters, on any device. All results are device
+tensors; nothing is read back here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .capture import local_values, rows_of
+from .capture import _layouts, _to_device, local_values
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -39,16 +41,63 @@ class _Entry:
     ref: weakref.ref
     key: tuple = ()  # (device, dtype) of the sample
     ptr: int = 0  # data_ptr of the storage the view was made on
-    view: torch.Tensor | None = None  # None: the parameter has no values, or needs a copy
+    view: torch.Tensor | None = None  # None: the parameter has no values to sample
     follows: bool = False  # whether `view` follows the parameter (contiguous storage)
-    last: torch.Tensor | None = None  # sample at the end of the previous step
-    before: torch.Tensor | None = None  # sample before the optimizer's step (a reused buffer)
+    last: torch.Tensor | None = None  # sample at the end of the previous step (a segment of a buffer)
 
 
-@dataclass
-class _Group:
-    names: list[str] = field(default_factory=list)
-    entries: list[_Entry] = field(default_factory=list)
+class _Samples:
+    """The samples of some parameters of one (device, dtype), in flat buffers: `last` (end of the
+    previous step), `before` (before the optimizer's step) and `now` (scratch)."""
+
+    def __init__(self, names: list[str], entries: list[_Entry], size: int):
+        self.names = names
+        self.entries = entries
+        self._size = size
+        self._views = [e.view for e in entries]
+        self._copies = [i for i, e in enumerate(entries) if not e.follows]  # resampled each time
+        device = entries[0].key[0]
+        self.lengths = _layouts.get(device, tuple(v.numel() for v in self._views), 0)[0]
+        self.last = torch.cat([e.last.reshape(-1) for e in entries])
+        self.before = torch.empty_like(self.last)
+        self.now = torch.empty_like(self.last)
+        offset = 0
+        for entry in entries:  # each entry's last sample is now its segment of `last`
+            n = entry.view.numel()
+            entry.last = self.last[offset:offset + n]
+            offset += n
+        self._subsets: dict[tuple[str, ...], tuple[list[str], torch.Tensor | None] | None] = {}
+
+    def take(self, out: torch.Tensor) -> torch.Tensor:
+        """The current samples, into `out`."""
+        for i in self._copies:
+            local = local_values(self.entries[i].ref())
+            if local is not None:
+                self._views[i] = _sample(local, self._size)[0]
+        torch.cat(self._views, out=out)
+        return out
+
+    def norms(self, *columns: torch.Tensor) -> torch.Tensor:
+        """[parameters, len(columns)]: the L2 norm of each parameter's segment of each column
+        (reduced in float64)."""
+        wide = torch.stack(columns, 1).double()
+        return torch.segment_reduce(wide * wide, "sum", lengths=self.lengths, axis=0, unsafe=True).sqrt()
+
+    def subset(self, names: tuple[str, ...]) -> tuple[list[str], torch.Tensor | None] | None:
+        """(names, device index of their rows, None for all rows) of the tracked ones of
+        `names`; None when none is tracked here."""
+        if names not in self._subsets:
+            wanted = set(names)
+            positions = [i for i, name in enumerate(self.names) if name in wanted]
+            if not positions:
+                found = None
+            elif len(positions) == len(self.names):
+                found = (self.names, None)
+            else:
+                index = _to_device(torch.tensor(positions, dtype=torch.int64), self.last.device)
+                found = ([self.names[i] for i in positions], index)
+            self._subsets[names] = found
+        return self._subsets[names]
 
 
 class ParamTracker:
@@ -57,8 +106,8 @@ class ParamTracker:
     def __init__(self, size: int = 1024):
         self.size = size
         self._entries: dict[str, _Entry] = {}
-        self._plans: dict[tuple[str, ...], list[_Group]] = {}  # names -> groups, until a view changes
-        self._armed: set[tuple[str, ...]] = set()  # plans whose `before` samples are current
+        self._groups: list[_Samples] | None = None  # None: to be laid out again
+        self._armed: set[tuple[str, ...]] = set()  # optimizers' name lists whose `before` is current
 
     def add(self, name: str, param: torch.Tensor) -> bool:
         """Track `param`; returns whether only a sample of its elements is tracked."""
@@ -66,12 +115,16 @@ class ParamTracker:
         self._entries[name] = entry
         if self._refresh(entry):
             entry.last = entry.view.clone()
-        self._plans.clear()
+        self._groups = None
+        self._armed.clear()
         return param.numel() > self.size
 
     def _refresh(self, entry: _Entry) -> bool:
         """Make `entry.view` current; returns whether the parameter has values to sample."""
         param = entry.ref()
+        if (entry.view is not None and entry.follows and type(param) in _PLAIN
+                and param.layout == torch.strided and param.data_ptr() == entry.ptr):
+            return True  # the usual case, told without making a tensor
         local = None if param is None else local_values(param)
         if local is None or local.layout != torch.strided:
             entry.view = None
@@ -81,39 +134,25 @@ class ParamTracker:
         view, follows = _sample(local, self.size)
         if entry.last is not None and (entry.last.shape != view.shape or entry.last.dtype != view.dtype):
             entry.last = view.clone()  # a different parameter now: start over from here
-            entry.before = None
         entry.view, entry.follows, entry.ptr = view, follows, local.data_ptr()
         entry.key = (view.device, view.dtype)
         return True
 
-    def _plan(self, names) -> list[_Group]:
-        key = tuple(names)
-        plan = self._plans.get(key)
-        if plan is None:
-            groups: dict[tuple, _Group] = {}
-            for name in key:
-                entry = self._entries.get(name)
-                if entry is None or entry.view is None or entry.last is None:
-                    continue
-                group = groups.setdefault(entry.key, _Group())
-                group.names.append(name)
-                group.entries.append(entry)
-            plan = self._plans[key] = list(groups.values())
-        for group in plan:  # samples that are copies (non-contiguous parameters) are retaken
-            for entry in group.entries:
-                local = None if entry.follows else local_values(entry.ref())
-                if local is not None:
-                    entry.view = _sample(local, self.size)[0]
-        return plan
+    def _layout(self) -> list[_Samples]:
+        if self._groups is None:
+            by_key: dict[tuple, tuple[list, list]] = {}
+            for name, entry in self._entries.items():
+                if entry.view is not None and entry.last is not None:
+                    names, entries = by_key.setdefault(entry.key, ([], []))
+                    names.append(name)
+                    entries.append(entry)
+            self._groups = [_Samples(names, entries, self.size) for names, entries in by_key.values()]
+        return self._groups
 
     def before_step(self, names) -> None:
-        """Remember the sample of `names` just before an optimizer changes them."""
-        plan = self._plan(names)
-        for group in plan:
-            for entry in group.entries:
-                if entry.before is None:
-                    entry.before = torch.empty_like(entry.view)
-            torch._foreach_copy_([e.before for e in group.entries], [e.view for e in group.entries])
+        """Remember the samples just before an optimizer changes `names`."""
+        for group in self._layout():
+            group.take(group.before)
         self._armed.add(tuple(names))
 
     def after_step(self, names) -> list[tuple[list[str], torch.Tensor]]:
@@ -124,15 +163,14 @@ class ParamTracker:
             return []
         self._armed.discard(key)
         out = []
-        for group in self._plan(key):
-            views = [e.view for e in group.entries]
-            before = [e.before for e in group.entries]
-            last = [e.last for e in group.entries]
-            extra = _norm_dtype(views[0])
-            delta = torch._foreach_norm(torch._foreach_sub(views, before), 2, **extra)
-            weight = torch._foreach_norm(before, 2, **extra)
-            outside = torch._foreach_norm(torch._foreach_sub(before, last), 2, **extra)
-            out.append((group.names, rows_of(delta, weight, outside)))
+        for group in self._layout():
+            found = group.subset(key)
+            if found is None:
+                continue
+            now = group.take(group.now)
+            rows = group.norms(now - group.before, group.before, group.before - group.last)
+            names, index = found
+            out.append((names, rows if index is None else rows.index_select(0, index)))
         return out
 
     def end_step(self) -> list[tuple[list[str], torch.Tensor]]:
@@ -141,14 +179,10 @@ class ParamTracker:
         re-validated against its parameter's storage."""
         self._revalidate()
         out = []
-        for group in self._plan(list(self._entries)):
-            views = [e.view for e in group.entries]
-            last = [e.last for e in group.entries]
-            extra = _norm_dtype(views[0])
-            delta = torch._foreach_norm(torch._foreach_sub(views, last), 2, **extra)
-            weight = torch._foreach_norm(last, 2, **extra)
-            out.append((group.names, rows_of(delta, weight)))
-            torch._foreach_copy_(last, views)
+        for group in self._layout():
+            now = group.take(group.now)
+            out.append((group.names, group.norms(now - group.last, group.last)))
+            group.last.copy_(now)
         return out
 
     def _revalidate(self) -> None:
@@ -163,10 +197,8 @@ class ParamTracker:
                 entry.last = entry.view.clone()
             changed |= (entry.view is not None, entry.ptr, entry.key) != had
         if changed:
-            self._plans.clear()
+            self._groups = None
             self._armed.clear()
 
 
-def _norm_dtype(t: torch.Tensor) -> dict:
-    return {"dtype": torch.float32} if t.dtype in (torch.float16, torch.bfloat16) else {}
-
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
