@@ -97,7 +97,9 @@ class StepData:
     """Everything recorded for one step. `tails` maps (module, call, request name) to
     (elements outside the requested interval, elements counted), for plugins' `TailCount`s;
     `hists` maps a parameter to its gradient histogram (low, high, bin counts) on steps with
-    full statistics."""
+    full statistics. `described`: whether every watched module call of the step is in `calls`;
+    False on a step without full statistics or graph walk, whose `calls` hold the root calls only
+    (module hooks cost nothing there; the last described step's calls stand for the rest)."""
 
     step: int
     time: float
@@ -114,6 +116,7 @@ class StepData:
     tails: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
     hists: dict[str, tuple[float, float, list[int]]] = field(default_factory=dict)
     graph: GraphData | None = None
+    described: bool = True
 
     def stat(self, kind: str, subject: str, call: int = 0, path: str = "") -> Stat | None:
         for s in self.stats:

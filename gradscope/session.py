@@ -325,11 +325,13 @@ class Session:
 
     # -- step boundary --------------------------------------------------------------------
     def _new_step(self, want_graph: bool) -> OpenStep:
-        return OpenStep(
-            number=self.step,
-            full=self._schedule.full_stats(self.step, self._writer.alarm),
-            want_graph=want_graph,
-        )
+        full = self._schedule.full_stats(self.step, self._writer.alarm)
+        # Light: module hooks record root calls only. Not while models train in several threads
+        # or the boundary came inside a forward (hooks count the depth of the calls they see).
+        hooks = getattr(self, "_modules", None)
+        light = (not full and not want_graph and bool(self._optimizers) and len(self._threads) <= 1
+                 and hooks is not None and hooks.depth == 0)
+        return OpenStep(number=self.step, full=full, want_graph=want_graph, light=light)
 
     def boundary(self, event: str, *, primary: bool = False, device: bool = True) -> None:
         """An event that may end the open step (see `gradscope.trace.step.ends_step`);
@@ -355,7 +357,7 @@ class Session:
             snapshot = step.snapshot(self._tracker, self._registry.params, eval_modules, lrs, device=False)
         self._writer.send_step(snapshot)
         self.step += 1
-        self.open = self._new_step(want_graph=self._schedule.walk_graph(self.step, step.signature()))
+        self.open = self._new_step(want_graph=self._schedule.walk_graph(self.step, *step.signature()))
         keepalive.release_dead()
         if self._control is not None:
             self._control.at_boundary(self._writer, self.step - 1, self._announce_pause)

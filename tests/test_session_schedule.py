@@ -18,16 +18,28 @@ def test_full_statistics_dense_start_then_every_nth_and_on_alarm():
 def test_graph_walk_on_first_steps_on_new_shapes_and_every_nth():
     schedule = Schedule(stats_every=10, graph_every=4, dense_steps=0)
     assert schedule.walk_graph(0, None)  # the first step
-    assert schedule.walk_graph(1, "a")  # the first signature is new
-    assert not schedule.walk_graph(2, "a") and not schedule.walk_graph(3, "a")
+    assert schedule.walk_graph(1, "a", "a1")  # the first signature is new
+    assert not schedule.walk_graph(2, "a", "a1") and not schedule.walk_graph(3, "a")
     assert schedule.walk_graph(4, "a")  # every 4th
-    assert schedule.walk_graph(5, "b")  # shapes changed
+    assert schedule.walk_graph(5, "b")  # the root calls' shapes changed
     assert not schedule.walk_graph(6, "b")
+
+
+def test_graph_walk_when_inner_calls_change_between_described_steps():
+    """A light step records its root calls only: its missing inner calls are no change, but
+    described steps are compared with the last described one."""
+    schedule = Schedule(stats_every=10, graph_every=100, dense_steps=0)
+    schedule.walk_graph(0, None)
+    assert schedule.walk_graph(1, "r", "r+a")
+    assert not schedule.walk_graph(2, "r", None)  # light: root calls only
+    assert not schedule.walk_graph(3, "r", "r+a")
+    assert schedule.walk_graph(4, "r", "r+b")  # same roots, other inner calls
+    assert not schedule.walk_graph(5, "r", None)
 
 
 def test_graph_walk_off():
     schedule = Schedule(stats_every=10, graph_every=0, dense_steps=20)
-    assert not any(schedule.walk_graph(s, s) for s in range(10))
+    assert not any(schedule.walk_graph(s, s, s) for s in range(10))
 
 
 def test_settings_reject_bad_values_and_feed_the_help():

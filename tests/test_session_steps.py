@@ -5,8 +5,10 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import gradscope
+from gradscope.settings import DEFAULTS
 
 
 def _hand_trained(record, epochs=2, iterations=3):
@@ -103,3 +105,32 @@ def test_call_shapes_follow_each_step_when_the_batch_changes(tmp_path):
         assert calls["0"]["inputs"][0]["shape"] == [batch, 3]
         assert calls["2"]["outputs"][0]["shape"] == [batch, 2]
         assert calls["2"]["outputs"][0]["dtype"] == "float32" and calls["0"]["training"]
+
+
+def test_light_steps_record_root_calls_and_the_record_shows_the_last_described_ones(tmp_path):
+    """Between statistics steps module hooks see root calls only; a validation forward (no
+    gradients) is still described whole, and the record gives a light step's inner calls as of
+    the last step that described them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.Linear(4, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(3, 4), torch.randn(3, 2)
+    path = tmp_path / "r.sqlite"
+    with gradscope.watch(net, opt, record=path, stats_every=1000, graph_every=0):
+        for i in range(DEFAULTS.dense_steps + 3):
+            opt.zero_grad()
+            F.mse_loss(net(x), y).backward()
+            opt.step()
+            if i == DEFAULTS.dense_steps + 1:
+                with torch.no_grad():
+                    net(x)  # validation without model.eval(): belongs to the next step
+    record = gradscope.open_record(path)
+    described = record.step(DEFAULTS.dense_steps - 1)
+    light = record.step(DEFAULTS.dense_steps)
+    assert described.described and {c["module"] for c in described.calls} == {"", "0", "1", "2"}
+    assert not light.described and [c["module"] for c in light.calls] == [""]
+    assert {c.module for c in record.calls_as_of(DEFAULTS.dense_steps)} == {"", "0", "1", "2"}
+    validated = record.step(DEFAULTS.dense_steps + 2)
+    # the validation forward opened the step: described whole, and so is the rest of the step
+    assert [c["module"] for c in validated.calls] == ["0", "1", "2", ""] * 2
+    assert "dropout-at-eval" in {f["check"] for f in record.findings()}

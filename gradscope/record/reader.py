@@ -232,6 +232,15 @@ class Record:
             sql, args = sql + " AND module = ?", args + [module]
         return self._select(schema.CALLS, sql + " ORDER BY step, rowid", args)
 
+    def calls_as_of(self, step: int, module: str | None = None) -> list[schema.CallRow]:
+        """The module calls of `step`, or where the step recorded its root calls only
+        (`StepData.described`), those of the latest step at or before it that recorded them all
+        (each row says its step)."""
+        if not any(r["name"] == "described" for r in self._rows("PRAGMA table_info(steps)")):
+            return self.calls(step, module)  # a record from before light steps: all described
+        rows = self._rows("SELECT max(step) AS step FROM steps WHERE step <= ? AND described", (step,))
+        return self.calls(step if rows[0]["step"] is None else rows[0]["step"], module)
+
     def stats(self, *, step: int | None = None, kind: str | None = None,
               subject: str | None = None) -> list[Stat]:
         sql, args = "WHERE 1=1", []

@@ -280,8 +280,8 @@ class OptimizerRow(Row):
 @dataclass(frozen=True)
 class StepRow(Row):
     """One step's summary: backward passes, optimizers that stepped, zero_grad calls, modules in
-    eval mode, learning rates (each the `StepData` field of the same name), and how many module
-    calls were recorded."""
+    eval mode, learning rates, whether every module call was recorded (each the `StepData` field
+    of the same name), and how many module calls were recorded."""
 
     step: int
     time: float
@@ -291,6 +291,7 @@ class StepRow(Row):
     eval_modules: list
     lrs: dict
     calls: int
+    described: bool = True
 
     @classmethod
     def of(cls, data) -> "StepRow":

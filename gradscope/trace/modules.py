@@ -13,6 +13,11 @@ open; unwatched modules stop there. Hooks do nothing while ``torch.jit.trace`` o
 become part of a compiled graph), nor inside a backward pass (activation checkpointing
 recomputing a forward: those calls were already seen).
 
+On a light step (no full statistics, no graph walk: most steps) only root calls are seen; every
+other module call leaves after two lookups, so hooks cost nothing measurable however many
+modules a model has. A root call without gradients (validation) turns the step heavy: that
+forward is described whole.
+
 For each watched call, up to `max_calls` calls per module per step, the hooks describe the call
 (shapes, dtypes, devices, training mode), mark its tensors in the autograd graph (when the step
 walks it) and, on full-statistics steps, summarize inputs of root calls, activations, requested
@@ -104,8 +109,10 @@ class ModuleHooks:
         return None, None
 
     def _pre_hook(self, module, args):
-        # Every module call in the process comes here: unwatched ones leave after one lookup.
-        if not _compiling() and self._registry.may_watch(module):
+        # Every module call in the process comes here: unwatched ones leave after one lookup,
+        # watched ones below a root on a light step after two.
+        if not _compiling() and self._registry.may_watch(module) and (
+                not self._session.open.light or self._registry.is_root(module)):
             self._on_pre(module, args)
 
     @guarded
@@ -125,6 +132,8 @@ class ModuleHooks:
             session.boundary("forward")
             step = session.open
             step.full = step.full or session.alarm
+            if step.light and (step.full or not torch.is_grad_enabled()):
+                step.light = False  # describe this forward whole (statistics, validation)
             if step.full:
                 self._summarize_inputs(step, name, args, new_call=True)
         self._local.depth = depth + 1
@@ -144,7 +153,8 @@ class ModuleHooks:
                 step.staging.add(step.batch, "input", (name, call, path), leaf)
 
     def _post_hook(self, module, args, *rest):
-        if not _compiling() and self._registry.may_watch(module):
+        if not _compiling() and self._registry.may_watch(module) and (
+                not self._session.open.light or self._registry.is_root(module)):
             self._on_post(module, args, *rest)
 
     @guarded
@@ -178,7 +188,7 @@ class ModuleHooks:
             inputs, outputs, tensors = self._describer.describe((name, call), args, output)
         step.calls.append({
             "module": name, "call": call, "training": module.training,
-            "grad": torch.is_grad_enabled(), "inputs": inputs, "outputs": outputs,
+            "grad": torch.is_grad_enabled(), "inputs": inputs, "outputs": outputs, "root": depth == 0,
         })
         if not step.full:
             if step.want_graph:

@@ -23,6 +23,7 @@ class Registry:
         self._prefixes: set[str] = set()
         self._prefixed_models = False  # a root with parameters was given a prefix by name
         self._param_ids: dict[int, str] = {}
+        self._root_ids: set[int] = set()  # ids of watched root modules (checked against `_modules`)
         self.params: dict[str, weakref.ref] = {}  # qualified name -> parameter
 
     def _entry(self, module) -> tuple | None:
@@ -38,6 +39,16 @@ class Registry:
         """The name prefix of the root a watched module belongs to, else None."""
         entry = self._entry(module)
         return None if entry is None else entry[2]
+
+    def is_root(self, module) -> bool:
+        """Whether `module` is a watched root, or a ``torch.compile`` wrapper of one."""
+        if id(module) in self._root_ids:
+            entry = self._entry(module)
+            return entry is not None and entry[1] == entry[2]
+        if not self._wrappers:
+            return False
+        inner = self.compiled_inner(module)
+        return inner is not None and self.is_root(inner)
 
     def may_watch(self, module) -> bool:
         """A quick first test for module hooks: False means `module` is surely not watched."""
@@ -103,6 +114,8 @@ class Registry:
                 del modules[key]
 
         self._modules[key] = (weakref.ref(module, forget), name, root)
+        if name == root:
+            self._root_ids.add(key)
 
     def modules(self) -> Iterator[tuple[torch.nn.Module, str]]:
         """(module, name) of every watched module still alive."""

@@ -45,11 +45,15 @@ def ends_step(event: str, step: "OpenStep", *, optimizers: bool, primary: bool =
 @dataclass
 class OpenStep:
     """Everything recorded so far in step `number`. `full`: this step takes full statistics;
-    `want_graph`: this step walks the autograd graph at its first backward."""
+    `want_graph`: this step walks the autograd graph at its first backward; `light`: module
+    hooks record root calls only, for now (a forward without gradients, validation, is described
+    whole: the step turns heavy then); `described`: every module call of the step is recorded
+    (the step never was light)."""
 
     number: int
     full: bool
     want_graph: bool
+    light: bool = False
     started: float = field(default_factory=time.time)
     batch: RowBatch = field(default_factory=RowBatch)
     calls: list[dict] = field(default_factory=list)
@@ -67,15 +71,18 @@ class OpenStep:
     backwards: int = 0
     graph: object = None
 
+    def __post_init__(self):
+        self.described = not self.light
+
     def active(self) -> bool:
         return bool(self.calls or self.backwards or self.optimizer_steps or self.skipped)
 
-    def signature(self) -> tuple:
-        """The shape of the step's module calls: a new signature means a new graph to walk."""
-        return tuple(
-            (c["module"], c["call"], tuple(tuple(i.get("shape", ())) for i in c["inputs"]))
-            for c in self.calls
-        )
+    def signature(self) -> tuple[tuple, tuple | None]:
+        """The shape of the step's root calls, and of all its module calls (None when the step
+        was not described): a new signature means a new graph to walk."""
+        shapes = lambda c: (c["module"], c["call"], tuple(tuple(i.get("shape", ())) for i in c["inputs"]))  # noqa: E731
+        roots = tuple(shapes(c) for c in self.calls if c.get("root"))
+        return roots, tuple(shapes(c) for c in self.calls) if self.described else None
 
     def book_zero_grads(self, name_of) -> None:
         """Book the pending zero_grad calls whose owner `name_of(owner)` now names."""
@@ -120,5 +127,6 @@ class OpenStep:
             lrs=lrs,
             calls=self.calls,
             graph=self.graph,
+            described=self.described,
         )
         return StepSnapshot(data, batch.freeze())

@@ -71,6 +71,8 @@ class Reader:
         if state.steps:
             state.step = state.steps[-1] if step is None or step not in state.steps else step
             state.data = record.step(state.step, graph=False)
+            if not state.data.described:  # shapes of the modules as last described
+                state.data.calls = record.calls_as_of(state.step)
             state.graph_step = record.graph_step(state.step)
             if state.graph_step != self._graph_step:
                 self._graph_step = state.graph_step
@@ -178,7 +180,7 @@ def read_details(record: Record, kind: str, name: str, step: int | None) -> Deta
         details.info = next((m for m in record.modules() if m["name"] == name), {})
         details.grad_norms = [s.norm for _, s in record.stat_series("grad-output", name) if math.isfinite(s.norm)]
         if step is not None:
-            details.calls = record.calls(step=step, module=name)
+            details.calls = record.calls_as_of(step, module=name)
     elif kind == "optimizer":
         index = int(name.removeprefix("optimizer")) if name.removeprefix("optimizer").isdigit() else -1
         details.info = next((o for o in record.optimizers() if o["index"] == index), {})

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import math
+
+
+def per_step(fn):
+    """Memoize `fn(step, ...)` for the step it last saw: several checks ask the same question of
+    one step, and a step holds a row per tensor."""
+    last: list = [None, (), None]  # step, other arguments, result
+
+    @functools.wraps(fn)
+    def wrapper(step, *args):
+        if last[0] is not step or len(args) != len(last[1]) or any(a is not b for a, b in zip(args, last[1])):
+            last[:] = [step, args, fn(step, *args)]
+        return last[2]
+
+    return wrapper
 
 
 class Streak:
@@ -20,15 +35,18 @@ def rms(norm: float, count: int) -> float:
     return norm / math.sqrt(count) if count else 0.0
 
 
+@per_step
 def layer_gradients(step, run) -> list[tuple[str, float, float]]:
     """(layer, RMS of the gradient at its output, norm of its parameters' gradient) for each
     module that owns parameters and whose output got a gradient, in forward order."""
-    owners = {row.get("module") for row in run.parameters.values()}
     at_output = {
         s.subject: rms(s.norm, s.count) for s in step.stats
-        if s.kind == "grad-output" and s.call == 0 and s.path == "" and s.subject in owners
-        and math.isfinite(s.norm)
+        if s.kind == "grad-output" and s.call == 0 and s.path == "" and math.isfinite(s.norm)
     }
+    if not at_output:  # output gradients are measured on full-statistics steps only
+        return []
+    owners = {row.get("module") for row in run.parameters.values()}
+    at_output = {m: value for m, value in at_output.items() if m in owners}
     param_sq: dict[str, float] = {}
     for s in step.stats:
         if s.kind == "grad" and math.isfinite(s.norm):
@@ -47,6 +65,7 @@ def label(name: str, run) -> str:
     return run.modules.get(name, {}).get("type", "the model")
 
 
+@per_step
 def finite(step) -> bool:
     """Whether every statistic of the step is finite (nonfinite reports the rest)."""
     return not any(s.nonfinite for s in step.stats)
@@ -92,6 +111,7 @@ def fed_by(graph, node, op: str) -> list:
     return [child for child in through_views(graph, node) if graph.nodes[child]["op"] == op]
 
 
+@per_step
 def finite_before_update(step) -> bool:
     """Whether everything the step computed before its update was finite (weights may not be)."""
     return not any(s.nonfinite for s in step.stats if s.kind != "weight")

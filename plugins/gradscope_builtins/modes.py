@@ -51,8 +51,8 @@ def _order(names: list[str], run) -> list[str]:
 class EvalModeTraining:
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
-        if not step.optimizer_steps or not step.eval_modules:
-            return None
+        if not step.optimizer_steps or not step.eval_modules or not step.described:
+            return None  # judged on steps whose every module call is known (the mode it ran in)
         updated = _updated(step, run)
         trained = {run.module_of(p) for p in updated}
         called = {}

@@ -26,12 +26,13 @@ import statistics
 import gradscope
 from gradscope import Finding
 
-from ._util import Streak, finite
+from ._util import Streak, finite, per_step
 
 #: Optimizers whose step size comes from a line search, not from the learning rate.
 LINE_SEARCH = {"LBFGS"}
 
 
+@per_step
 def _grad_names(step) -> set[str]:
     return {s.subject for s in step.stats if s.kind == "grad"}
 
