@@ -21,7 +21,7 @@ tensors; nothing is read back here.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
