@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradscope.trace.capture import local_values, norms, summaries
+from gradscope.trace.capture import (BLOCK, NORM_HOW, local_values, norm_columns, norms, raw_rows, segment_rows,
+                                     summaries)
 from gradscope.trace.params import ParamTracker
 from gradscope.trace.stats import FIELDS, histogram
 
@@ -52,6 +53,37 @@ def test_summaries_match_torch_per_tensor(chunk):
         row = dict(zip(FIELDS, got[i][0]))
         for key, value in want.items():
             assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (i, key)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_segment_rows_agree_with_each_segment_reduced_alone(dtype):
+    """Segments that start and end anywhere relative to the blocks, with zeros and non-finite
+    values in their loose heads and tails as well as in their whole blocks."""
+    torch.manual_seed(3)
+    lengths = (1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5, 2, 1000, BLOCK)
+    x = torch.randn(sum(lengths), dtype=dtype)
+    for position, value in [(0, 0.0), (1, math.nan), (BLOCK + 3, math.inf), (2 * BLOCK + 1, 0.0),
+                            (3 * BLOCK + 40, -math.inf), (sum(lengths) - 1, math.nan), (700, 0.0)]:
+        x[position] = value
+    raw = raw_rows(x, lengths)
+    norm = segment_rows(x, lengths, norm_columns, NORM_HOW)
+    start = 0
+    for i, n in enumerate(lengths):
+        s = x[start:start + n].double()
+        want = [s.sum(), s.square().sum(), s.min(), s.max(), (s == 0).sum(), (~s.isfinite()).sum(),
+                s.square().sum(), s.abs().max()]
+        for j, (g, w) in enumerate(zip(raw[i].tolist() + norm[i].tolist(), want)):
+            loose = j in (0, 1, 6) and dtype != torch.float64  # float32 sums: errors relative to sum |x|
+            scale = s.abs().sum().item() if j == 0 else abs(w.item())
+            assert g == pytest.approx(w.item(), rel=1e-12, abs=(1e-6 if loose else 1e-12) * scale, nan_ok=True), (i, j)
+        start += n
+
+
+def test_spread_is_exact_when_the_mean_dwarfs_it():
+    torch.manual_seed(4)
+    weight = 1 + torch.randn(5000) * 1e-4  # a norm layer's weight after some training
+    row = dict(zip(FIELDS, summaries([weight])[0].rows[0].tolist()))
+    assert row["std"] == pytest.approx(weight.double().std(correction=0).item(), rel=1e-3)
 
 
 @pytest.mark.parametrize("chunk", [1 << 20, 50])

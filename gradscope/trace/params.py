@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import _layouts, _to_device, local_values
+from .capture import NORM_HOW, _to_device, local_values, norm_columns, segment_rows
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -56,8 +56,7 @@ class _Samples:
         self._size = size
         self._views = [e.view for e in entries]
         self._copies = [i for i, e in enumerate(entries) if not e.follows]  # resampled each time
-        device = entries[0].key[0]
-        self.lengths = _layouts.get(device, tuple(v.numel() for v in self._views), 0)[0]
+        self._lengths = tuple(v.numel() for v in self._views)
         self.last = torch.cat([e.last.reshape(-1) for e in entries])
         self.before = torch.empty_like(self.last)
         self.now = torch.empty_like(self.last)
@@ -80,8 +79,8 @@ class _Samples:
     def norms(self, *columns: torch.Tensor) -> torch.Tensor:
         """[parameters, len(columns)]: the L2 norm of each parameter's segment of each column
         (reduced in float64)."""
-        wide = torch.stack(columns, 1).double()
-        return torch.segment_reduce(wide * wide, "sum", lengths=self.lengths, axis=0, unsafe=True).sqrt()
+        squares = segment_rows(torch.cat(columns), self._lengths * len(columns), norm_columns, NORM_HOW)[:, 0]
+        return squares.reshape(len(columns), -1).T.sqrt()
 
     def subset(self, names: tuple[str, ...]) -> tuple[list[str], torch.Tensor | None] | None:
         """(names, device index of their rows, None for all rows) of the tracked ones of
