@@ -182,38 +182,43 @@ _layouts = _Layouts()
 #: along one axis; only the elements of a segment outside its whole blocks go element by element.
 BLOCK = 128
 
-def _accumulator(v: torch.Tensor) -> torch.dtype:
-    return torch.float64 if v.dtype == torch.float64 else torch.float32
+_scratch = threading.local()
 
 
-def _zeros(v: torch.Tensor) -> torch.Tensor:
-    # a comparison written straight into floats (counts per block are exact in float32): several
-    # times faster on the CPU than summing bools
-    return torch.eq(v, 0, out=torch.empty(v.shape, dtype=torch.float32, device=v.device)).sum(1).double()
-
-
-def _nonfinite(v: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(v - v, nan=1.0).sum(1).double()  # x - x: 0, or NaN for NaN and infinities
+def _temporary(v: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like `v`, from a buffer of the calling thread kept for the next call:
+    large temporaries freshly allocated on every pass cost the CPU more than the pass itself."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    key = (v.device, v.dtype)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < v.numel():
+        buffer = buffers[key] = torch.empty(v.numel(), dtype=v.dtype, device=v.device)
+    return buffer[:v.numel()].view(v.shape)
 
 
 def raw_columns(v: torch.Tensor) -> torch.Tensor:
     """Per-row `RAW` of a 2-D `v`. Sums are taken in float32 about each row's first value and
     moved back in float64, so a tensor whose mean is far larger than its spread (a norm layer's
-    weight near 1) keeps an exact variance without a float64 pass over every element."""
+    weight near 1) keeps an exact variance without a float64 pass over every element. Counts
+    go through float values (exact per row): several times faster on the CPU than bools."""
     v = v.float() if v.dtype in _LOW_PRECISION else v
     pivot = v[:, :1]
-    shifted = v - pivot
+    work = _temporary(v)
+    shifted = torch.sub(v, pivot, out=work)
     p = pivot[:, 0].double()
     n = v.shape[1]
-    about = shifted.sum(1, dtype=_accumulator(v)).double()
-    spread = torch.linalg.vector_norm(shifted, dim=1, dtype=_accumulator(v)).double().square()
+    about = shifted.sum(1).double()
+    spread = torch.linalg.vector_norm(shifted, dim=1).double().square()
+    zeros = torch.eq(v, 0, out=work).sum(1).double()
+    nonfinite = torch.sub(v, v, out=work).nan_to_num_(nan=1.0).sum(1).double()  # x - x: 0, or NaN
     return torch.stack((about + n * p, spread + 2 * p * about + n * p * p, v.amin(1).double(),
-                        v.amax(1).double(), _zeros(v), _nonfinite(v)), 1)
+                        v.amax(1).double(), zeros, nonfinite), 1)
 
 
 def norm_columns(v: torch.Tensor) -> torch.Tensor:
     """Per-row (sum of squares, largest magnitude) of a 2-D `v`."""
-    squares = torch.linalg.vector_norm(v, dim=1, dtype=_accumulator(v)).double().square()
+    wide = torch.float32 if v.dtype in _LOW_PRECISION else None
+    squares = torch.linalg.vector_norm(v, dim=1, dtype=wide).double().square()
     return torch.stack((squares, v.abs().amax(1).double()), 1)
 
 
