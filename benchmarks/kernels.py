@@ -8,7 +8,9 @@ statistics steps at gradscope's default `stats_every`, 10), for the 16-block Res
 (134 parameter tensors) and the 4-layer transformer (50 tensors); then the extra operations of
 one step without statistics as the number of parameter tensors grows, and the host reads
 (``aten._local_scalar_dense``) gradscope makes on the training thread. Timing-free: the
-figures are the same on any machine.
+figures are the same on any machine. The CPU reduces segments of packed tensors by blocks (more
+operations, each vectorized); a GPU reduces them directly (`gradscope.trace.capture.BLOCKED`):
+`--reduction` picks which path is counted, the GPU's by default.
 """
 
 import argparse
@@ -21,6 +23,7 @@ import torch
 import gradscope
 from common import step
 from gradscope.settings import DEFAULTS
+from gradscope.trace import capture
 from models import make
 
 # The counter the test suite checks its own figures with (tests/kernel_count.py explains why it
@@ -61,9 +64,14 @@ def measure(model: str, steps: int, *, size: int = 0, stats_every: int = 10):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--reduction", choices=("direct", "blocks"), default="direct",
+                        help="how segments are reduced: directly, as on a GPU (default), or by blocks, "
+                             "as on the CPU (more, cheaper operations)")
     args = parser.parse_args()
+    capture.BLOCKED = {"cpu"} if args.reduction == "blocks" else set()
     print(f"torch {torch.__version__}; non-view aten ops per step, {args.steps} steady-state steps "
-          f"after the dense start (stats_every=10: {args.steps // 10} statistics steps in the window)\n")
+          f"after the dense start (stats_every=10: {args.steps // 10} statistics steps in the window); "
+          f"segments reduced {'by blocks (the CPU path)' if args.reduction == 'blocks' else 'directly (the GPU path)'}\n")
     print("| model | tensors | bare | watched (mean) | ratio | non-stats step | stats step | host reads |")
     print("|---|---|---|---|---|---|---|---|")
     for model in ("resnet", "transformer"):

@@ -7,10 +7,18 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradscope.trace.capture import (BLOCK, NORM_HOW, local_values, norm_columns, norms, raw_rows, segment_rows,
-                                     summaries)
+from gradscope.trace import capture
+from gradscope.trace.capture import BLOCK, local_values, norm_rows, norms, raw_rows, summaries
 from gradscope.trace.params import ParamTracker
 from gradscope.trace.stats import FIELDS, histogram
+
+
+@pytest.fixture(params=["blocks", "direct"])
+def reduction(request, monkeypatch):
+    """Both ways of reducing segments: by blocks (the CPU's) and directly (CUDA's)."""
+    if request.param == "direct":
+        monkeypatch.setattr(capture, "BLOCKED", set())
+    return request.param
 
 
 def oracle(t):
@@ -44,7 +52,7 @@ def rows_by_position(results, width):
 
 
 @pytest.mark.parametrize("chunk", [1 << 20, 100, 7])
-def test_summaries_match_torch_per_tensor(chunk):
+def test_summaries_match_torch_per_tensor(chunk, reduction):
     tensors = mixed_tensors()
     got = rows_by_position(summaries(tensors, chunk=chunk), len(FIELDS))
     assert sorted(got) == list(range(len(tensors)))
@@ -56,7 +64,7 @@ def test_summaries_match_torch_per_tensor(chunk):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_segment_rows_agree_with_each_segment_reduced_alone(dtype):
+def test_segment_rows_agree_with_each_segment_reduced_alone(dtype, reduction):
     """Segments that start and end anywhere relative to the blocks, with zeros and non-finite
     values in their loose heads and tails as well as in their whole blocks."""
     torch.manual_seed(3)
@@ -66,7 +74,7 @@ def test_segment_rows_agree_with_each_segment_reduced_alone(dtype):
                             (3 * BLOCK + 40, -math.inf), (sum(lengths) - 1, math.nan), (700, 0.0)]:
         x[position] = value
     raw = raw_rows(x, lengths)
-    norm = segment_rows(x, lengths, norm_columns, NORM_HOW)
+    norm = norm_rows(x, lengths)
     start = 0
     for i, n in enumerate(lengths):
         s = x[start:start + n].double()
@@ -79,7 +87,7 @@ def test_segment_rows_agree_with_each_segment_reduced_alone(dtype):
         start += n
 
 
-def test_spread_is_exact_when_the_mean_dwarfs_it():
+def test_spread_is_exact_when_the_mean_dwarfs_it(reduction):
     torch.manual_seed(4)
     weight = 1 + torch.randn(5000) * 1e-4  # a norm layer's weight after some training
     row = dict(zip(FIELDS, summaries([weight])[0].rows[0].tolist()))
@@ -87,7 +95,7 @@ def test_spread_is_exact_when_the_mean_dwarfs_it():
 
 
 @pytest.mark.parametrize("chunk", [1 << 20, 50])
-def test_histograms_match_the_single_tensor_histogram(chunk):
+def test_histograms_match_the_single_tensor_histogram(chunk, reduction):
     torch.manual_seed(1)
     tensors = [torch.randn(1000), torch.randn(3, 4) * 10, torch.tensor([1.0, 1.0]),
                torch.randn(77).half(), torch.tensor([0.5, -float("inf"), 3.0])]
@@ -97,7 +105,7 @@ def test_histograms_match_the_single_tensor_histogram(chunk):
         assert sum(got[i][1][2:]) == t.numel()
 
 
-def test_nonfinite_values_are_counted_and_propagate():
+def test_nonfinite_values_are_counted_and_propagate(reduction):
     t = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0])
     for chunk in (1 << 20, 2):
         row = dict(zip(FIELDS, summaries([torch.ones(3), t], chunk=chunk)[0].rows[-1].tolist()))
@@ -105,12 +113,12 @@ def test_nonfinite_values_are_counted_and_propagate():
         assert math.isnan(row["mean"]) and math.isnan(row["min"]) and math.isnan(row["max"])
 
 
-def test_norms_match_torch_vector_norm_per_group():
+def test_norms_match_torch_vector_norm_per_group(reduction):
     torch.manual_seed(2)
     tensors = [torch.randn(40, 3), torch.randn(5).double(), torch.randn(8).half(), torch.randn(9) * 3,
                torch.randn(4).bfloat16(), torch.randn(300, 300).t()]  # the last one is not packed
     results = norms(tensors)
-    assert len(results) == 5  # per (device, dtype); float32 tensors packed or not
+    assert len(results) == (5 if reduction == "blocks" else 4)  # per (device, dtype); float32 packed or not
     seen = set()
     for positions, rows in results:
         for j, i in enumerate(positions):
@@ -121,7 +129,7 @@ def test_norms_match_torch_vector_norm_per_group():
     assert seen == set(range(len(tensors)))
 
 
-def test_norms_tell_overflow_from_nonfinite_values():
+def test_norms_tell_overflow_from_nonfinite_values(reduction):
     big = torch.full((10,), 60000.0).half()  # finite, but its norm overflows float16
     bad = torch.tensor([1.0, float("nan")])
     inf = torch.tensor([1.0, float("inf")])
@@ -213,7 +221,7 @@ def sample_oracle(t, size):
     return flat[::stride][:size].clone()
 
 
-def test_update_auditing_matches_torch_on_the_samples():
+def test_update_auditing_matches_torch_on_the_samples(reduction):
     torch.manual_seed(3)
     params = {"a": torch.nn.Parameter(torch.randn(100, 30)), "b": torch.nn.Parameter(torch.randn(5)),
               "c": torch.nn.Parameter(torch.randn(50).double())}
@@ -256,6 +264,26 @@ def test_replaced_parameter_data_is_sampled_afresh():
     assert rows[0].tolist() == [2.0, 4.0]
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_a_new_layout_keeps_every_last_sample(steps, reduction):
+    """Laying the samples out anew (a parameter got new storage) after any number of steps keeps
+    the other parameters' samples of the previous step."""
+    a, b = torch.nn.Parameter(torch.zeros(6)), torch.nn.Parameter(torch.zeros(5))
+    tracker = ParamTracker(8)
+    tracker.add("a", a)
+    tracker.add("b", b)
+    for step in range(steps):
+        with torch.no_grad():
+            b.fill_(float(step + 1))
+        tracker.end_step()
+    a.data = torch.ones(6)  # new storage: a new layout at the next step
+    with torch.no_grad():
+        b.add_(2.0)
+    got = {name: row for names, rows in tracker.end_step() for name, row in zip(names, rows.tolist())}
+    assert got["b"] == pytest.approx([2.0 * math.sqrt(5), steps * math.sqrt(5)])  # |+2|, |w| then
+    assert got["a"] == pytest.approx([math.sqrt(6), 0.0])
+
+
 class OpCount(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -268,7 +296,7 @@ class OpCount(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("what", ["norms", "summaries", "tracker"])
-def test_launches_do_not_grow_with_the_number_of_tensors(what):
+def test_launches_do_not_grow_with_the_number_of_tensors(what, reduction):
     def count(n):
         tensors = [torch.randn(8) for _ in range(n)]
         tracker = ParamTracker(4)

@@ -42,6 +42,12 @@ from .tails import DeadUnits, count_dead, count_outside, unit_maxima
 #: about 25 bytes per element, 50 MB, whatever the size of the largest tensor.
 CHUNK = 1 << 21
 
+#: Device types where a multi-tensor op is a loop over its tensors and a segment reduction a loop
+#: over elements: there gradients are packed for their norms and segments are reduced by blocks
+#: (`segment_rows`). Elsewhere (CUDA) a multi-tensor op is a fused kernel and a segment reduction
+#: a parallel one: the fewest launches.
+BLOCKED = {"cpu"}
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -95,7 +101,7 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
     for (device, dtype), positions in groups.items():
         xs = [tensors[i] if dtype.is_floating_point or dtype.is_complex else _real(tensors[i])
               for i in positions]
-        if device.type == "cpu":
+        if device.type in BLOCKED:
             packed = [j for j, x in enumerate(xs) if x.numel() <= PACK]
             if packed:
                 out += _packed_norms(device, [positions[j] for j in packed], [xs[j] for j in packed])
@@ -120,8 +126,7 @@ def _packed_norms(device, positions: list[int], xs: list[torch.Tensor]) -> list[
             size += xs[end].numel()
             end += 1
         flat = [_flat(x) for x in xs[start:end]]
-        rows = segment_rows(torch.cat(flat) if len(flat) > 1 else flat[0], tuple(f.numel() for f in flat),
-                            norm_columns, NORM_HOW)
+        rows = norm_rows(torch.cat(flat) if len(flat) > 1 else flat[0], tuple(f.numel() for f in flat))
         squares, largest = rows.unbind(1)
         if xs[start].dtype != torch.float64:
             squares = _float32_range(squares)
@@ -133,7 +138,7 @@ def _packed_norms(device, positions: list[int], xs: list[torch.Tensor]) -> list[
 def _float32_range(squares: torch.Tensor) -> torch.Tensor:
     """Sums of squares past float32's range made infinite, as in torch's own norm of float32
     values (which reduces in float32); the others keep their float64 precision."""
-    return torch.where(squares > torch.finfo(torch.float32).max, math.inf, squares)
+    return squares.masked_fill_(squares > torch.finfo(torch.float32).max, math.inf)
 
 
 def rows_of(*columns: list[torch.Tensor]) -> torch.Tensor:
@@ -296,7 +301,10 @@ def segment_rows(x: torch.Tensor, lengths: tuple[int, ...], columns, how: tuple[
 
 
 def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
-    """Raw per-segment statistics of a flat floating `x`: rows of `RAW`, float64, [segments, 6]."""
+    """Raw per-segment statistics of a flat floating `x` (segments of `lengths`): rows of `RAW`,
+    float64, [segments, 6]."""
+    if x.device.type not in BLOCKED:
+        return _direct_raw_rows(x, lengths)
     raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
     total, squares, low, high, _, nonfinite = raw.unbind(1)
     # with a non-finite value about, the shifted sums say NaN: give what a plain sum would say
@@ -306,10 +314,34 @@ def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     plain_total = torch.where(has_nan | ((high == inf) & (low == -inf)), nan, torch.where(high == inf, inf, -inf))
     raw[:, 0] = torch.where(bad, plain_total, total)
     squares = torch.where(bad, torch.where(has_nan, nan, inf), squares)
-    if x.dtype != torch.float64:
-        squares = _float32_range(squares)
-    raw[:, 1] = squares
+    raw[:, 1] = _float32_range(squares) if x.dtype != torch.float64 else squares
     return raw
+
+
+def _direct_raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
+    wide = x.double()
+    segments, counts, _ = _layouts.get(x.device, lengths, 0)
+    reduce = lambda values, how: torch.segment_reduce(values, how, lengths=segments, unsafe=True)
+    squares = reduce(wide * wide, "sum")
+    return torch.stack((
+        reduce(wide, "sum"), _float32_range(squares) if x.dtype != torch.float64 else squares,
+        reduce(x, "min").double(), reduce(x, "max").double(), reduce((x == 0).double(), "sum"),
+        counts - reduce(torch.isfinite(x).double(), "sum"),
+    ), 1)
+
+
+def norm_rows(x: torch.Tensor, lengths: tuple[int, ...], *, largest: bool = True) -> torch.Tensor:
+    """[segments, 2] float64: (sum of squares, largest magnitude) of each segment of a flat `x`;
+    [segments, 1], the sums of squares alone, without `largest`."""
+    if x.device.type in BLOCKED:
+        rows = segment_rows(x, lengths, norm_columns, NORM_HOW)
+        return rows if largest else rows[:, :1]
+    wide = x.double()
+    segments = _layouts.get(x.device, lengths, 0)[0]
+    reduce = lambda values, how: torch.segment_reduce(values, how, lengths=segments, unsafe=True)
+    if not largest:
+        return reduce(wide * wide, "sum")[:, None]
+    return torch.stack((reduce(wide * wide, "sum"), reduce(wide.abs(), "max")), 1)
 
 
 def _finish(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import NORM_HOW, _to_device, local_values, norm_columns, segment_rows
+from .capture import BLOCKED, _layouts, _to_device, local_values, norm_rows
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -43,12 +43,15 @@ class _Entry:
     ptr: int = 0  # data_ptr of the storage the view was made on
     view: torch.Tensor | None = None  # None: the parameter has no values to sample
     follows: bool = False  # whether `view` follows the parameter (contiguous storage)
-    last: torch.Tensor | None = None  # sample at the end of the previous step (a segment of a buffer)
+    last: torch.Tensor | None = None  # sample at the end of the previous step
+    laid: bool = False  # whether `last` was laid out in a group's buffers (then the group has it)
 
 
 class _Samples:
     """The samples of some parameters of one (device, dtype), in flat buffers: `last` (end of the
-    previous step), `before` (before the optimizer's step) and `now` (scratch)."""
+    previous step), `before` (before the optimizer's step) and `now` (scratch). At the end of a
+    step `now` and `last` trade places (no copy); `dissolve` hands the entries their last samples
+    back before the parameters are laid out anew."""
 
     def __init__(self, names: list[str], entries: list[_Entry], size: int):
         self.names = names
@@ -57,15 +60,21 @@ class _Samples:
         self._views = [e.view for e in entries]
         self._copies = [i for i, e in enumerate(entries) if not e.follows]  # resampled each time
         self._lengths = tuple(v.numel() for v in self._views)
+        self._segments = _layouts.get(entries[0].key[0], self._lengths, 0)[0]
         self.last = torch.cat([e.last.reshape(-1) for e in entries])
         self.before = torch.empty_like(self.last)
         self.now = torch.empty_like(self.last)
-        offset = 0
-        for entry in entries:  # each entry's last sample is now its segment of `last`
-            n = entry.view.numel()
-            entry.last = self.last[offset:offset + n]
-            offset += n
+        for entry in entries:
+            entry.laid = True
         self._subsets: dict[tuple[str, ...], tuple[list[str], torch.Tensor | None] | None] = {}
+
+    def dissolve(self) -> None:
+        """Give each laid-out entry its last sample (a segment of the current `last`)."""
+        offset = 0
+        for entry, n in zip(self.entries, self._lengths):
+            if entry.laid:
+                entry.last = self.last[offset:offset + n]
+            offset += n
 
     def take(self, out: torch.Tensor) -> torch.Tensor:
         """The current samples, into `out`."""
@@ -79,8 +88,11 @@ class _Samples:
     def norms(self, *columns: torch.Tensor) -> torch.Tensor:
         """[parameters, len(columns)]: the L2 norm of each parameter's segment of each column
         (reduced in float64)."""
-        squares = segment_rows(torch.cat(columns), self._lengths * len(columns), norm_columns, NORM_HOW)[:, 0]
-        return squares.reshape(len(columns), -1).T.sqrt()
+        if self.last.device.type in BLOCKED:
+            squares = norm_rows(torch.cat(columns), self._lengths * len(columns), largest=False)
+            return squares.reshape(len(columns), -1).T.sqrt()
+        wide = torch.stack(columns, 1).double()
+        return torch.segment_reduce(wide * wide, "sum", lengths=self._segments, axis=0, unsafe=True).sqrt()
 
     def subset(self, names: tuple[str, ...]) -> tuple[list[str], torch.Tensor | None] | None:
         """(names, device index of their rows, None for all rows) of the tracked ones of
@@ -114,9 +126,14 @@ class ParamTracker:
         self._entries[name] = entry
         if self._refresh(entry):
             entry.last = entry.view.clone()
+        self._relayout()
+        return param.numel() > self.size
+
+    def _relayout(self) -> None:
+        for group in self._groups or ():
+            group.dissolve()
         self._groups = None
         self._armed.clear()
-        return param.numel() > self.size
 
     def _refresh(self, entry: _Entry) -> bool:
         """Make `entry.view` current; returns whether the parameter has values to sample."""
@@ -132,7 +149,7 @@ class ParamTracker:
             return True
         view, follows = _sample(local, self.size)
         if entry.last is not None and (entry.last.shape != view.shape or entry.last.dtype != view.dtype):
-            entry.last = view.clone()  # a different parameter now: start over from here
+            entry.last, entry.laid = view.clone(), False  # a different parameter now: start over from here
         entry.view, entry.follows, entry.ptr = view, follows, local.data_ptr()
         entry.key = (view.device, view.dtype)
         return True
@@ -181,7 +198,7 @@ class ParamTracker:
         for group in self._layout():
             now = group.take(group.now)
             out.append((group.names, group.norms(now - group.last, group.last)))
-            group.last.copy_(now)
+            group.last, group.now = now, group.last
         return out
 
     def _revalidate(self) -> None:
@@ -193,11 +210,10 @@ class ParamTracker:
                 continue
             had = (entry.view is not None, entry.ptr, entry.key)
             if self._refresh(entry) and entry.last is None:
-                entry.last = entry.view.clone()
+                entry.last, entry.laid = entry.view.clone(), False
             changed |= (entry.view is not None, entry.ptr, entry.key) != had
         if changed:
-            self._groups = None
-            self._armed.clear()
+            self._relayout()
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
