@@ -13,11 +13,15 @@ from gradscope.trace.params import ParamTracker
 from gradscope.trace.stats import FIELDS, histogram
 
 
-@pytest.fixture(params=["blocks", "direct"])
+@pytest.fixture(params=["cpu", "blocks", "direct"])
 def reduction(request, monkeypatch):
-    """Both ways of reducing segments: by blocks (the CPU's) and directly (CUDA's)."""
+    """The ways of reducing segments: the CPU's as it chooses, always packed and by blocks
+    (whatever the size and number of tensors), and directly (CUDA's)."""
     if request.param == "direct":
         monkeypatch.setattr(capture, "BLOCKED", set())
+    elif request.param == "blocks":
+        monkeypatch.setattr(capture, "BLOCKS_FROM", 0)
+        monkeypatch.setattr(capture, "FEW", 0)
     return request.param
 
 
@@ -118,7 +122,7 @@ def test_norms_match_torch_vector_norm_per_group(reduction):
     tensors = [torch.randn(40, 3), torch.randn(5).double(), torch.randn(8).half(), torch.randn(9) * 3,
                torch.randn(4).bfloat16(), torch.randn(300, 300).t()]  # the last one is not packed
     results = norms(tensors)
-    assert len(results) == (5 if reduction == "blocks" else 4)  # per (device, dtype); float32 packed or not
+    assert len(results) == (4 if reduction == "direct" else 5)  # per (device, dtype); CPU: small and large apart
     seen = set()
     for positions, rows in results:
         for j, i in enumerate(positions):
@@ -295,6 +299,7 @@ class OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("reduction", ["blocks", "direct"], indirect=True)  # the CPU's own choice varies
 @pytest.mark.parametrize("what", ["norms", "summaries", "tracker"])
 def test_launches_do_not_grow_with_the_number_of_tensors(what, reduction):
     def count(n):

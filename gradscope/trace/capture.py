@@ -48,6 +48,9 @@ CHUNK = 1 << 21
 #: a parallel one: the fewest launches.
 BLOCKED = {"cpu"}
 
+#: Fewer elements than this are reduced directly even there: blocks take more, smaller operations.
+BLOCKS_FROM = 1 << 15
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -81,9 +84,11 @@ def _real(t: torch.Tensor) -> torch.Tensor:
 
 
 # -- every step: norms ------------------------------------------------------------------------
-#: On the CPU a multi-tensor op is a loop over its tensors; tensors of at most this many elements
-#: are packed instead (one copy) and reduced per segment, a few ops per chunk whatever their number.
+#: On the CPU a multi-tensor op is a loop over its tensors; more than `FEW` tensors of at most
+#: `PACK` elements are packed instead (one copy) and reduced per segment, a few ops per chunk
+#: whatever their number.
 PACK = 1 << 16
+FEW = 32
 
 
 def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
@@ -91,9 +96,10 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
     tensor [k, 2]), grouped by (device, dtype). `tensors` must hold values (`local_values`).
 
     Two multi-tensor launches and one stack per group (on a GPU: fused kernels); on the CPU
-    small tensors are packed into chunks and reduced per segment. Half-precision tensors are
-    reduced in float32, so a norm above 65504 is not reported as infinite; like torch's own
-    norm, a float32 norm past float32's range is infinite (its largest magnitude is not)."""
+    many small tensors are packed into chunks and reduced per segment, and largest magnitudes
+    are not taken as infinity norms (a scalar loop there). Half-precision tensors are reduced
+    in float32, so a norm above 65504 is not reported as infinite; like torch's own norm, a
+    float32 norm past float32's range is infinite (its largest magnitude is not)."""
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
@@ -101,20 +107,31 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
     for (device, dtype), positions in groups.items():
         xs = [tensors[i] if dtype.is_floating_point or dtype.is_complex else _real(tensors[i])
               for i in positions]
-        if device.type in BLOCKED:
-            packed = [j for j, x in enumerate(xs) if x.numel() <= PACK]
-            if packed:
-                out += _packed_norms(device, [positions[j] for j in packed], [xs[j] for j in packed])
-                keep = set(packed)
-                positions = [p for j, p in enumerate(positions) if j not in keep]
-                xs = [x for j, x in enumerate(xs) if j not in keep]
-                if not xs:
-                    continue
         extra = {"dtype": torch.float32} if dtype in _LOW_PRECISION else {}
-        two = torch._foreach_norm(xs, 2, **extra)
-        top = torch._foreach_norm(xs, math.inf, **extra)
-        out.append((positions, rows_of(two, top)))
+        if device.type not in BLOCKED:
+            out.append((positions, rows_of(torch._foreach_norm(xs, 2, **extra),
+                                           torch._foreach_norm(xs, math.inf, **extra))))
+            continue
+        small = [j for j, x in enumerate(xs) if x.numel() <= PACK]
+        large = [j for j, x in enumerate(xs) if x.numel() > PACK]
+        if len(small) > FEW:
+            out += _packed_norms(device, [positions[j] for j in small], [xs[j] for j in small])
+        elif small:
+            few = [xs[j] for j in small]
+            out.append(([positions[j] for j in small],
+                        rows_of(torch._foreach_norm(few, 2, **extra), torch._foreach_max(torch._foreach_abs(few)))))
+        if large:
+            big = [xs[j] for j in large]
+            out.append(([positions[j] for j in large],
+                        rows_of(torch._foreach_norm(big, 2, **extra), [_largest(x) for x in big])))
     return out
+
+
+def _largest(x: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of `x` without a full-size copy (NaN if it holds one)."""
+    if x.is_complex():
+        return torch.linalg.vector_norm(x, math.inf)
+    return torch.stack(torch.aminmax(x)).abs().amax()
 
 
 def _packed_norms(device, positions: list[int], xs: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
@@ -300,10 +317,15 @@ def segment_rows(x: torch.Tensor, lengths: tuple[int, ...], columns, how: tuple[
                         for i, h in enumerate(how)], 1)
 
 
+def by_blocks(x: torch.Tensor) -> bool:
+    """Whether segments of the flat `x` are reduced by blocks (`segment_rows`)."""
+    return x.device.type in BLOCKED and x.numel() >= BLOCKS_FROM
+
+
 def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     """Raw per-segment statistics of a flat floating `x` (segments of `lengths`): rows of `RAW`,
     float64, [segments, 6]."""
-    if x.device.type not in BLOCKED:
+    if not by_blocks(x):
         return _direct_raw_rows(x, lengths)
     raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
     total, squares, low, high, _, nonfinite = raw.unbind(1)
@@ -333,7 +355,7 @@ def _direct_raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
 def norm_rows(x: torch.Tensor, lengths: tuple[int, ...], *, largest: bool = True) -> torch.Tensor:
     """[segments, 2] float64: (sum of squares, largest magnitude) of each segment of a flat `x`;
     [segments, 1], the sums of squares alone, without `largest`."""
-    if x.device.type in BLOCKED:
+    if by_blocks(x):
         rows = segment_rows(x, lengths, norm_columns, NORM_HOW)
         return rows if largest else rows[:, :1]
     wide = x.double()

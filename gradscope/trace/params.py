@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import BLOCKED, _layouts, _to_device, local_values, norm_rows
+from .capture import _layouts, _to_device, by_blocks, local_values, norm_rows
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -88,7 +88,7 @@ class _Samples:
     def norms(self, *columns: torch.Tensor) -> torch.Tensor:
         """[parameters, len(columns)]: the L2 norm of each parameter's segment of each column
         (reduced in float64)."""
-        if self.last.device.type in BLOCKED:
+        if by_blocks(self.last):
             squares = norm_rows(torch.cat(columns), self._lengths * len(columns), largest=False)
             return squares.reshape(len(columns), -1).T.sqrt()
         wide = torch.stack(columns, 1).double()
