@@ -138,6 +138,7 @@ class Table:
         self.integer_key = integer_key
         self.indexes = indexes or {}
         self._fix = fix
+        self._statements: dict[tuple[bool, int], str] = {}
         hints = typing.get_type_hints(row)
         renamed = columns or {}
         self.scope = [Column(n, n, "INTEGER NOT NULL" if t is int else "TEXT NOT NULL",
@@ -166,14 +167,27 @@ class Table:
     def insert(self, conn: sqlite3.Connection, rows: Iterable, *, replace: bool = False, **scope) -> sqlite3.Cursor:
         """Write `rows` (instances of the row class, or mappings with its field names); `scope`
         gives the values of the scope columns. Returns the cursor (``lastrowid`` of one row)."""
-        names = [c.name for c in self.scope + self.columns]
-        sql = (f"INSERT {'OR REPLACE ' if replace else ''}INTO {self.name} ({', '.join(names)})"
-               f" VALUES ({', '.join('?' * len(names))})")
         head = tuple(scope[c.name] for c in self.scope)
         values = [head + self._encoded(row) for row in rows]
-        if len(values) == 1:
-            return conn.execute(sql, values[0])
-        return conn.executemany(sql, values)
+        width = len(self.scope) + len(self.columns)
+        per_statement = max(1, min(_ROWS_PER_STATEMENT, _VARIABLES // width))
+        cursor = None
+        for start in range(0, len(values), per_statement):  # one statement per many rows: SQLite
+            part = values[start:start + per_statement]        # runs it without taking the GIL back
+            cursor = conn.execute(self._sql(replace, len(part)), [v for row in part for v in row])
+        return cursor
+
+    def _sql(self, replace: bool, rows: int) -> str:
+        key = (replace, rows)
+        sql = self._statements.get(key)
+        if sql is None:
+            names = [c.name for c in self.scope + self.columns]
+            group = f"({', '.join('?' * len(names))})"
+            sql = (f"INSERT {'OR REPLACE ' if replace else ''}INTO {self.name} ({', '.join(names)})"
+                   f" VALUES {', '.join([group] * rows)}")
+            if rows in (1, _ROWS_PER_STATEMENT) or len(self._statements) < 16:  # the usual sizes
+                self._statements[key] = sql
+        return sql
 
     def _encoded(self, row) -> tuple:
         if type(row) is self.row or (isinstance(row, Row) and isinstance(row, self.row)):
@@ -194,6 +208,11 @@ class Table:
         values = {c.field: c.decode(r[c.name]) if c.name in present else c.default for c in self.columns}
         row = self.row(**values, **derived_values)
         return self._fix(row) if self._fix else row
+
+
+#: Rows per INSERT statement, and the most parameters one statement may have (SQLite's limit).
+_ROWS_PER_STATEMENT = 256
+_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 
 class _Once:
