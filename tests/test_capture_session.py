@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 import gradscope
 from gradscope.settings import DEFAULTS
+from gradscope.trace import capture
 from kernel_count import Count, from_gradscope
 
 DENSE = DEFAULTS.dense_steps
@@ -47,7 +48,14 @@ def extra_ops_of_a_quiet_step(tensors: int, tmp_path) -> int:
     return sum(watched.ops.values()) - sum(bare.ops.values())
 
 
-def test_extra_work_of_a_step_without_statistics_does_not_grow_with_parameters(tmp_path):
+@pytest.mark.parametrize("path", ["gpu", "cpu"])
+def test_extra_work_of_a_step_without_statistics_does_not_grow_with_parameters(tmp_path, monkeypatch, path):
+    """The launches a GPU would make (segments reduced directly), and the CPU's packed path."""
+    if path == "gpu":
+        monkeypatch.setattr(capture, "BLOCKED", set())
+    else:  # always packed, always by blocks (the CPU's choice otherwise depends on the sizes)
+        monkeypatch.setattr(capture, "FEW", 0)
+        monkeypatch.setattr(capture, "BLOCKS_FROM", 0)
     small = extra_ops_of_a_quiet_step(10, tmp_path)
     large = extra_ops_of_a_quiet_step(200, tmp_path)
     assert 0 < small == large  # a constant number of multi-tensor launches, not one per tensor

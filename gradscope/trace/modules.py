@@ -109,10 +109,10 @@ class ModuleHooks:
         return None, None
 
     def _pre_hook(self, module, args):
-        # Every module call in the process comes here: unwatched ones leave after one lookup,
-        # watched ones below a root on a light step after two.
-        if not _compiling() and self._registry.may_watch(module) and (
-                not self._session.open.light or self._registry.is_root(module)):
+        # Every module call in the process comes here and leaves after one lookup unless it is
+        # watched (on a light step: unless it is a root call).
+        if (self._registry.is_root(module) if self._session.open.light else self._registry.may_watch(module)) \
+                and not _compiling():
             self._on_pre(module, args)
 
     @guarded
@@ -153,8 +153,8 @@ class ModuleHooks:
                 step.staging.add(step.batch, "input", (name, call, path), leaf)
 
     def _post_hook(self, module, args, *rest):
-        if not _compiling() and self._registry.may_watch(module) and (
-                not self._session.open.light or self._registry.is_root(module)):
+        if (self._registry.is_root(module) if self._session.open.light else self._registry.may_watch(module)) \
+                and not _compiling():
             self._on_post(module, args, *rest)
 
     @guarded

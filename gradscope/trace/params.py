@@ -119,11 +119,13 @@ class ParamTracker:
         self._entries: dict[str, _Entry] = {}
         self._groups: list[_Samples] | None = None  # None: to be laid out again
         self._armed: set[tuple[str, ...]] = set()  # optimizers' name lists whose `before` is current
+        self._plain: tuple[list, list] | None = None  # (refs, storage pointers) when all are plain
 
     def add(self, name: str, param: torch.Tensor) -> bool:
         """Track `param`; returns whether only a sample of its elements is tracked."""
         entry = _Entry(weakref.ref(param))
         self._entries[name] = entry
+        self._plain = None
         if self._refresh(entry):
             entry.last = entry.view.clone()
         self._relayout()
@@ -201,7 +203,21 @@ class ParamTracker:
             group.last, group.now = now, group.last
         return out
 
+    def _unmoved(self) -> bool:
+        """Whether every parameter is a plain tensor whose storage is where it was, told in one
+        list comparison (the usual case, every step)."""
+        if self._plain is None:
+            return False
+        refs, pointers = self._plain
+        try:
+            return [ref().data_ptr() for ref in refs] == pointers
+        except Exception:  # a parameter is gone, or has no storage of its own now
+            return False
+
     def _revalidate(self) -> None:
+        if self._unmoved():
+            return
+        self._plain = None
         changed = False
         for name, entry in list(self._entries.items()):
             if entry.ref() is None:
@@ -214,6 +230,9 @@ class ParamTracker:
             changed |= (entry.view is not None, entry.ptr, entry.key) != had
         if changed:
             self._relayout()
+        entries = list(self._entries.values())
+        if all(e.view is not None and e.follows and type(e.ref()) in _PLAIN for e in entries):
+            self._plain = ([e.ref for e in entries], [e.ptr for e in entries])
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
