@@ -15,6 +15,14 @@ works on a whole list of tensors at once:
   a few launches per chunk whatever the number of tensors; a tensor larger than a chunk is
   reduced piece by piece, so no full-size float copy of it is ever made.
 
+The CPU is another machine: there a segment reduction is a plain loop over elements (ten to
+twenty times slower per element than a vectorized reduction) and a launch costs microseconds,
+not a kernel. So on the CPU (`BLOCKED`) large packs are reduced by blocks (`segment_rows`):
+whole blocks of `BLOCK` elements by vectorized reductions along their rows, the few elements
+outside them alone, then a segment reduction over the block rows; a few gradients get their
+norms from multi-tensor ops without packing. The numbers are the same either way (tests run
+both paths); `benchmarks/kernels.py` counts the GPU's.
+
 Everything stays on the tensors' devices (results are small device tensors); nothing reads a
 value back to the host. Index tensors that describe a chunk's layout are built once per layout
 and cached (on CUDA through pinned memory and a non-blocking copy, so building them never waits
@@ -376,9 +384,10 @@ def _finish(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 def _bin_index(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int) -> torch.Tensor:
     """Bin of each element given its tensor's range (`low`/`high` broadcast to `x`); the same
-    arithmetic as `stats.histogram`, so the counts agree exactly."""
+    arithmetic as `stats.histogram`, so the counts agree exactly. In place after the first
+    difference, and int32: one float and one int temporary the size of `x`."""
     width = (high - low).clamp(min=torch.finfo(torch.float32).tiny) / bins
-    return ((x - low) / width).nan_to_num(0.0).floor().clamp(0, bins - 1).long()
+    return (x - low).div_(width).nan_to_num_(0.0).floor_().clamp_(0, bins - 1).int()
 
 
 @dataclass
