@@ -240,7 +240,12 @@ def raw_columns(v: torch.Tensor) -> torch.Tensor:
     about = shifted.sum(1).double()
     spread = torch.linalg.vector_norm(shifted, dim=1).double().square()
     zeros = torch.eq(v, 0, out=work).sum(1).double()
-    nonfinite = torch.sub(v, v, out=work).nan_to_num_(nan=1.0).sum(1).double()  # x - x: 0, or NaN
+    # non-finite values are counted only in rows whose shifted sum is not finite (a NaN or an
+    # infinity makes it so): an index the CPU computes without a pass over every element
+    suspect = torch.isfinite(about).logical_not_().nonzero().squeeze(1)
+    rows = v.index_select(0, suspect)
+    nonfinite = torch.zeros_like(about).index_copy_(
+        0, suspect, torch.nan_to_num(rows - rows, nan=1.0).sum(1).double())  # x - x: 0, or NaN
     return torch.stack((about + n * p, spread + 2 * p * about + n * p * p, v.amin(1).double(),
                         v.amax(1).double(), zeros, nonfinite), 1)
 
