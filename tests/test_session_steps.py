@@ -86,6 +86,9 @@ def test_compiled_model_under_watch_emits_no_warning_and_compiles_once(tmp_path)
     assert len(record.steps()) == 6
     assert [c["module"] for c in record.calls(step=3)] == [""]  # the compiled model's call
     assert record.stats(step=3, kind="grad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled(torch.randn(4, 8))  # after the session: no global hook of gradscope's is left
 
 
 def test_call_shapes_follow_each_step_when_the_batch_changes(tmp_path):

@@ -90,6 +90,9 @@ class ModuleHooks:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+            # torch's handle forgets this registry of a forward hook taking keyword arguments:
+            # left there, every later call of a torch.compile'd module warns about global hooks
+            getattr(nn_module, "_global_forward_hooks_with_kwargs", {}).pop(handle.id, None)
         self._handles.clear()
         if self._filter in warnings.filters:
             warnings.filters.remove(self._filter)
