@@ -127,12 +127,19 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
         elif small:
             few = [xs[j] for j in small]
             out.append(([positions[j] for j in small],
-                        rows_of(torch._foreach_norm(few, 2, **extra), torch._foreach_max(torch._foreach_abs(few)))))
+                        rows_of(torch._foreach_norm(few, 2, **extra), _largest_of_few(few))))
         if large:
             big = [xs[j] for j in large]
             out.append(([positions[j] for j in large],
                         rows_of(torch._foreach_norm(big, 2, **extra), [_largest(x) for x in big])))
     return out
+
+
+def _largest_of_few(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The largest magnitude of each of a few small tensors (copies of their magnitudes)."""
+    if not hasattr(torch, "_foreach_max"):  # torch < 2.4
+        return list(torch._foreach_norm(xs, math.inf))
+    return list(torch._foreach_max(torch._foreach_abs(xs)))
 
 
 def _largest(x: torch.Tensor) -> torch.Tensor:
