@@ -234,10 +234,11 @@ def _temporary(v: torch.Tensor) -> torch.Tensor:
 
 
 def raw_columns(v: torch.Tensor) -> torch.Tensor:
-    """Per-row `RAW` of a 2-D `v`. Sums are taken in float32 about each row's first value and
-    moved back in float64, so a tensor whose mean is far larger than its spread (a norm layer's
-    weight near 1) keeps an exact variance without a float64 pass over every element. Counts
-    go through float values (exact per row): several times faster on the CPU than bools."""
+    """Per-row raw statistics (see `RAW_HOW`) of a 2-D `v`. Sums are taken in the values'
+    precision (float32 for half) about each row's first value and moved back in float64, so a
+    tensor whose mean is far larger than its spread (a norm layer's weight near 1) keeps an
+    exact variance without a float64 pass over every element. Counts go through float values
+    (exact per row): several times faster on the CPU than bools."""
     v = v.float() if v.dtype in _LOW_PRECISION else v
     pivot = v[:, :1]
     work = _temporary(v)
@@ -264,9 +265,8 @@ def norm_columns(v: torch.Tensor) -> torch.Tensor:
     return torch.stack((squares, v.abs().amax(1).double()), 1)
 
 
-#: The raw statistics of a segment (`_finish` turns them into `stats.FIELDS`) and how the rows
-#: of one segment combine.
-RAW = ("sum", "squares", "min", "max", "zeros", "nonfinite")
+#: How the rows of one segment combine, per raw statistic: sum, sum of squares, min, max, zeros,
+#: non-finite count (`_finish` turns them into `stats.FIELDS`); and per norm column.
 RAW_HOW = ("sum", "sum", "min", "max", "sum", "sum")
 NORM_HOW = ("sum", "max")
 
@@ -343,8 +343,8 @@ def by_blocks(x: torch.Tensor) -> bool:
 
 
 def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
-    """Raw per-segment statistics of a flat floating `x` (segments of `lengths`): rows of `RAW`,
-    float64, [segments, 6]."""
+    """Raw per-segment statistics of a flat floating `x` (segments of `lengths`): rows of sum,
+    sum of squares, min, max, zeros, non-finite count; float64, [segments, 6]."""
     if not by_blocks(x):
         return _direct_raw_rows(x, lengths)
     raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
