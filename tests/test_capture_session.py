@@ -122,6 +122,31 @@ def test_gradients_and_updates_equal_torch_per_tensor(tmp_path):
     assert set(record.step(DENSE + 1).updates) == {n for n, _ in net.named_parameters()}
 
 
+def test_large_activations_on_the_cpu_route_equal_torch(tmp_path):
+    """Activations large enough for the CPU's block reductions are recorded as torch computes
+    them."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 5))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(256, 64), torch.randint(0, 5, (256,))
+    seen = {}
+    net[1].register_forward_hook(lambda m, a, out: seen.update(relu=out.detach().double()))
+    path = tmp_path / "r.sqlite"
+    with gradscope.watch(net, opt, record=path):
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+    relu = seen["relu"]  # the last step's
+    assert relu.numel() >= capture.BLOCKS_FROM and capture.BLOCKED == {"cpu"}
+    stat = gradscope.open_record(path).step(1).stat("activation", "1")
+    assert stat.count == relu.numel() and stat.zeros == int((relu == 0).sum()) and stat.nonfinite == 0
+    assert (stat.min, stat.max) == (relu.min().item(), pytest.approx(relu.max().item(), rel=1e-7))
+    assert stat.mean == pytest.approx(relu.mean().item(), rel=1e-6)
+    assert stat.std == pytest.approx(relu.std(correction=0).item(), rel=1e-6)
+    assert stat.norm == pytest.approx(torch.linalg.vector_norm(relu).item(), rel=1e-6)
+
+
 def test_sparse_gradients_are_recorded_and_their_nonfinite_values_found(tmp_path):
     torch.manual_seed(2)
     emb = nn.Embedding(20, 4, sparse=True)
