@@ -8,7 +8,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradscope.trace import capture
-from gradscope.trace.capture import BLOCK, local_values, norm_rows, norms, raw_rows, summaries
+from gradscope.trace.blocks import BLOCK
+from gradscope.trace.capture import local_values, norm_rows, norms, raw_rows, summaries
 from gradscope.trace.params import ParamTracker
 from gradscope.trace.stats import FIELDS, histogram
 

@@ -15,13 +15,12 @@ works on a whole list of tensors at once:
   a few launches per chunk whatever the number of tensors; a tensor larger than a chunk is
   reduced piece by piece, so no full-size float copy of it is ever made.
 
-The CPU is another machine: there a segment reduction is a plain loop over elements (ten to
-twenty times slower per element than a vectorized reduction) and a launch costs microseconds,
-not a kernel. So on the CPU (`BLOCKED`) large packs are reduced by blocks (`segment_rows`):
-whole blocks of `BLOCK` elements by vectorized reductions along their rows, the few elements
-outside them alone, then a segment reduction over the block rows; a few gradients get their
-norms from multi-tensor ops without packing. The numbers are the same either way (tests run
-both paths); `benchmarks/kernels.py` counts the GPU's.
+The CPU is another machine: there a segment reduction is a plain loop over elements and a
+multi-tensor op a loop over tensors, while starting an operation costs microseconds, not a
+kernel launch. So on the CPU (`BLOCKED`) large packs are reduced by blocks
+(`gradscope.trace.blocks`) and a few gradients get their norms from multi-tensor ops without
+packing. The numbers are the same either way (tests run both routes); `benchmarks/kernels.py`
+counts the GPU's launches.
 
 Everything stays on the tensors' devices (results are small device tensors); nothing reads a
 value back to the host. Index tensors that describe a chunk's layout are built once per layout
@@ -36,12 +35,12 @@ magnitude of a complex tensor, integer and bool tensors as float32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import threading
+from dataclasses import dataclass
 
 import torch
 
+from .blocks import LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, segment_rows, to_device
 from .shards import local
 from .tails import DeadUnits, count_dead, count_outside, unit_maxima
 
@@ -58,9 +57,6 @@ BLOCKED = {"cpu"}
 
 #: Fewer elements than this are reduced directly even there: blocks take more, smaller operations.
 BLOCKS_FROM = 1 << 15
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
 
 def local_values(t: torch.Tensor) -> torch.Tensor | None:
     """The dense, detached tensor whose elements gradscope summarizes for `t`, or None when `t`
@@ -115,7 +111,7 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
     for (device, dtype), positions in groups.items():
         xs = [tensors[i] if dtype.is_floating_point or dtype.is_complex else _real(tensors[i])
               for i in positions]
-        extra = {"dtype": torch.float32} if dtype in _LOW_PRECISION else {}
+        extra = {"dtype": torch.float32} if dtype in LOW_PRECISION else {}
         if device.type not in BLOCKED:
             out.append((positions, rows_of(torch._foreach_norm(xs, 2, **extra),
                                            torch._foreach_norm(xs, math.inf, **extra))))
@@ -199,142 +195,12 @@ class _Layouts:
                 torch.tensor(lengths, dtype=torch.float64),
                 torch.arange(len(lengths), dtype=torch.int64) * bins,
             )
-            found = tuple(_to_device(h, device) for h in host) + (host,)
+            found = tuple(to_device(h, device) for h in host) + (host,)
             self._cache[key] = found
         return found[:3]
 
 
-def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cpu":
-        return host
-    if device.type == "cuda":  # pinned source: a truly asynchronous copy (no sync)
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
-
-
 _layouts = _Layouts()
-
-
-#: Elements per block of `segment_rows`: each block is reduced by plain (vectorized) reductions
-#: along one axis; only the elements of a segment outside its whole blocks go element by element.
-BLOCK = 128
-
-_scratch = threading.local()
-
-
-def _temporary(v: torch.Tensor) -> torch.Tensor:
-    """A tensor shaped like `v`, from a buffer of the calling thread kept for the next call:
-    large temporaries freshly allocated on every pass cost the CPU more than the pass itself."""
-    buffers = _scratch.__dict__.setdefault("buffers", {})
-    key = (v.device, v.dtype)
-    buffer = buffers.get(key)
-    if buffer is None or buffer.numel() < v.numel():
-        buffer = buffers[key] = torch.empty(v.numel(), dtype=v.dtype, device=v.device)
-    return buffer[:v.numel()].view(v.shape)
-
-
-def raw_columns(v: torch.Tensor) -> torch.Tensor:
-    """Per-row raw statistics (see `RAW_HOW`) of a 2-D `v`. Sums are taken in the values'
-    precision (float32 for half) about each row's first value and moved back in float64, so a
-    tensor whose mean is far larger than its spread (a norm layer's weight near 1) keeps an
-    exact variance without a float64 pass over every element. Counts go through float values
-    (exact per row): several times faster on the CPU than bools."""
-    v = v.float() if v.dtype in _LOW_PRECISION else v
-    pivot = v[:, :1]
-    work = _temporary(v)
-    shifted = torch.sub(v, pivot, out=work)
-    p = pivot[:, 0].double()
-    n = v.shape[1]
-    about = shifted.sum(1).double()
-    spread = torch.linalg.vector_norm(shifted, dim=1).double().square()
-    zeros = torch.eq(v, 0, out=work).sum(1).double()
-    # non-finite values are counted only in rows whose shifted sum is not finite (a NaN or an
-    # infinity makes it so): an index the CPU computes without a pass over every element
-    suspect = torch.isfinite(about).logical_not_().nonzero().squeeze(1)
-    rows = v.index_select(0, suspect)
-    nonfinite = torch.zeros_like(about).index_copy_(
-        0, suspect, torch.nan_to_num(rows - rows, nan=1.0).sum(1).double())  # x - x: 0, or NaN
-    return torch.stack((about + n * p, spread + 2 * p * about + n * p * p, v.amin(1).double(),
-                        v.amax(1).double(), zeros, nonfinite), 1)
-
-
-def norm_columns(v: torch.Tensor) -> torch.Tensor:
-    """Per-row (sum of squares, largest magnitude) of a 2-D `v`."""
-    wide = torch.float32 if v.dtype in _LOW_PRECISION else None
-    squares = torch.linalg.vector_norm(v, dim=1, dtype=wide).double().square()
-    return torch.stack((squares, v.abs().amax(1).double()), 1)
-
-
-#: How the rows of one segment combine, per raw statistic: sum, sum of squares, min, max, zeros,
-#: non-finite count (`_finish` turns them into `stats.FIELDS`); and per norm column.
-RAW_HOW = ("sum", "sum", "min", "max", "sum", "sum")
-NORM_HOW = ("sum", "max")
-
-
-class _Blocks:
-    """How segments of given lengths, laid end to end, fall into blocks of `BLOCK` elements:
-    the number of blocks viewed, the indices of the loose elements (those of a segment outside
-    its whole blocks), and the order of block and loose rows by segment with each segment's
-    row count. Built once per (device, lengths)."""
-
-    LIMIT = 512
-
-    def __init__(self):
-        self._cache: dict[tuple, tuple] = {}
-
-    def get(self, device: torch.device, lengths: tuple[int, ...]) -> tuple:
-        key = (device, lengths)
-        found = self._cache.get(key)
-        if found is None:
-            if len(self._cache) >= self.LIMIT:
-                self._cache.clear()
-            found = self._cache[key] = self._build(device, lengths)
-        return found
-
-    @staticmethod
-    def _build(device: torch.device, lengths: tuple[int, ...]) -> tuple:
-        blocks = sum(lengths) // BLOCK
-        loose: list[range] = []
-        order: list[range] = []
-        rows: list[int] = []
-        start = 0
-        used = 0  # loose elements so far
-        for n in lengths:
-            end = start + n
-            first, last = -(-start // BLOCK), end // BLOCK  # whole blocks: [first, last)
-            if last > first:
-                mine = [range(start, first * BLOCK), range(last * BLOCK, end)]
-                order.append(range(first, last))
-            else:
-                mine = [range(start, end)]
-            count = sum(len(r) for r in mine)
-            loose += mine
-            order.append(range(blocks + used, blocks + used + count))
-            rows.append(max(last - first, 0) + count)
-            used += count
-            start = end
-        index = lambda ranges: torch.tensor([i for r in ranges for i in r], dtype=torch.int64)
-        return (blocks, _to_device(index(loose), device), _to_device(index(order), device),
-                _to_device(torch.tensor(rows, dtype=torch.int64), device))
-
-
-_blocks = _Blocks()
-
-
-def segment_rows(x: torch.Tensor, lengths: tuple[int, ...], columns, how: tuple[str, ...]) -> torch.Tensor:
-    """[segments, len(how)] float64: per segment of the flat tensor `x` (segments of `lengths`,
-    end to end), the per-row reductions `columns` (`raw_columns`, `norm_columns`) combined as
-    `how` says ("sum", "min" or "max" per column).
-
-    Whole blocks are reduced along their rows (vectorized), the loose elements as rows of one;
-    then the rows of each segment are combined by segment reductions over a block's worth fewer
-    values (a CPU segment reduction is a plain loop, far slower per element than a vectorized
-    reduction). The number of launches does not depend on the lengths."""
-    blocks, loose, order, rows = _blocks.get(x.device, lengths)
-    parts = (x[:blocks * BLOCK].view(blocks, BLOCK), x.index_select(0, loose).view(-1, 1))  # either may be empty
-    per_row = torch.cat([columns(v) for v in parts]).index_select(0, order)
-    return torch.stack([torch.segment_reduce(per_row[:, i], h, lengths=rows, unsafe=True)
-                        for i, h in enumerate(how)], 1)
 
 
 def by_blocks(x: torch.Tensor) -> bool:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import _layouts, _to_device, by_blocks, local_values, norm_rows
+from .blocks import to_device
+from .capture import _layouts, by_blocks, local_values, norm_rows
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -105,7 +106,7 @@ class _Samples:
             elif len(positions) == len(self.names):
                 found = (self.names, None)
             else:
-                index = _to_device(torch.tensor(positions, dtype=torch.int64), self.last.device)
+                index = to_device(torch.tensor(positions, dtype=torch.int64), self.last.device)
                 found = ([self.names[i] for i in positions], index)
             self._subsets[names] = found
         return self._subsets[names]

@@ -1,0 +1,148 @@
+"""Segment reductions by blocks, for the CPU.
+
+There a segment reduction (``torch.segment_reduce``) is a plain loop over elements, ten to
+twenty times slower per element than a vectorized reduction, while an operation costs
+microseconds to start, not a kernel launch. `segment_rows` reduces segments laid end to end in
+a flat tensor by blocks of `BLOCK` elements: whole blocks by vectorized reductions along the
+rows of a block view, the few elements outside them alone, then one segment reduction per
+statistic over the block rows. `gradscope.trace.capture` decides when this route is taken.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor (an index, a layout) on `device`, without waiting for the device."""
+    if device.type == "cpu":
+        return host
+    if device.type == "cuda":  # pinned source: a truly asynchronous copy (no sync)
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+#: Elements per block of `segment_rows`: each block is reduced by plain (vectorized) reductions
+#: along one axis; only the elements of a segment outside its whole blocks go element by element.
+BLOCK = 128
+
+_scratch = threading.local()
+
+
+def _temporary(v: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like `v`, from a buffer of the calling thread kept for the next call:
+    large temporaries freshly allocated on every pass cost the CPU more than the pass itself."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    key = (v.device, v.dtype)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < v.numel():
+        buffer = buffers[key] = torch.empty(v.numel(), dtype=v.dtype, device=v.device)
+    return buffer[:v.numel()].view(v.shape)
+
+
+def raw_columns(v: torch.Tensor) -> torch.Tensor:
+    """Per-row raw statistics (see `RAW_HOW`) of a 2-D `v`. Sums are taken in the values'
+    precision (float32 for half) about each row's first value and moved back in float64, so a
+    tensor whose mean is far larger than its spread (a norm layer's weight near 1) keeps an
+    exact variance without a float64 pass over every element. Counts go through float values
+    (exact per row): several times faster on the CPU than bools."""
+    v = v.float() if v.dtype in LOW_PRECISION else v
+    pivot = v[:, :1]
+    work = _temporary(v)
+    shifted = torch.sub(v, pivot, out=work)
+    p = pivot[:, 0].double()
+    n = v.shape[1]
+    about = shifted.sum(1).double()
+    spread = torch.linalg.vector_norm(shifted, dim=1).double().square()
+    zeros = torch.eq(v, 0, out=work).sum(1).double()
+    # non-finite values are counted only in rows whose shifted sum is not finite (a NaN or an
+    # infinity makes it so): an index the CPU computes without a pass over every element
+    suspect = torch.isfinite(about).logical_not_().nonzero().squeeze(1)
+    rows = v.index_select(0, suspect)
+    nonfinite = torch.zeros_like(about).index_copy_(
+        0, suspect, torch.nan_to_num(rows - rows, nan=1.0).sum(1).double())  # x - x: 0, or NaN
+    return torch.stack((about + n * p, spread + 2 * p * about + n * p * p, v.amin(1).double(),
+                        v.amax(1).double(), zeros, nonfinite), 1)
+
+
+def norm_columns(v: torch.Tensor) -> torch.Tensor:
+    """Per-row (sum of squares, largest magnitude) of a 2-D `v`."""
+    wide = torch.float32 if v.dtype in LOW_PRECISION else None
+    squares = torch.linalg.vector_norm(v, dim=1, dtype=wide).double().square()
+    return torch.stack((squares, v.abs().amax(1).double()), 1)
+
+
+#: How the rows of one segment combine, per raw statistic: sum, sum of squares, min, max, zeros,
+#: non-finite count (`_finish` turns them into `stats.FIELDS`); and per norm column.
+RAW_HOW = ("sum", "sum", "min", "max", "sum", "sum")
+NORM_HOW = ("sum", "max")
+
+
+class _Blocks:
+    """How segments of given lengths, laid end to end, fall into blocks of `BLOCK` elements:
+    the number of blocks viewed, the indices of the loose elements (those of a segment outside
+    its whole blocks), and the order of block and loose rows by segment with each segment's
+    row count. Built once per (device, lengths)."""
+
+    LIMIT = 512
+
+    def __init__(self):
+        self._cache: dict[tuple, tuple] = {}
+
+    def get(self, device: torch.device, lengths: tuple[int, ...]) -> tuple:
+        key = (device, lengths)
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= self.LIMIT:
+                self._cache.clear()
+            found = self._cache[key] = self._build(device, lengths)
+        return found
+
+    @staticmethod
+    def _build(device: torch.device, lengths: tuple[int, ...]) -> tuple:
+        blocks = sum(lengths) // BLOCK
+        loose: list[range] = []
+        order: list[range] = []
+        rows: list[int] = []
+        start = 0
+        used = 0  # loose elements so far
+        for n in lengths:
+            end = start + n
+            first, last = -(-start // BLOCK), end // BLOCK  # whole blocks: [first, last)
+            if last > first:
+                mine = [range(start, first * BLOCK), range(last * BLOCK, end)]
+                order.append(range(first, last))
+            else:
+                mine = [range(start, end)]
+            count = sum(len(r) for r in mine)
+            loose += mine
+            order.append(range(blocks + used, blocks + used + count))
+            rows.append(max(last - first, 0) + count)
+            used += count
+            start = end
+        index = lambda ranges: torch.tensor([i for r in ranges for i in r], dtype=torch.int64)
+        return (blocks, to_device(index(loose), device), to_device(index(order), device),
+                to_device(torch.tensor(rows, dtype=torch.int64), device))
+
+
+_blocks = _Blocks()
+
+
+def segment_rows(x: torch.Tensor, lengths: tuple[int, ...], columns, how: tuple[str, ...]) -> torch.Tensor:
+    """[segments, len(how)] float64: per segment of the flat tensor `x` (segments of `lengths`,
+    end to end), the per-row reductions `columns` (`raw_columns`, `norm_columns`) combined as
+    `how` says ("sum", "min" or "max" per column).
+
+    Whole blocks are reduced along their rows (vectorized), the loose elements as rows of one;
+    then the rows of each segment are combined by segment reductions over a block's worth fewer
+    values (a CPU segment reduction is a plain loop, far slower per element than a vectorized
+    reduction). The number of launches does not depend on the lengths."""
+    blocks, loose, order, rows = _blocks.get(x.device, lengths)
+    parts = (x[:blocks * BLOCK].view(blocks, BLOCK), x.index_select(0, loose).view(-1, 1))  # either may be empty
+    per_row = torch.cat([columns(v) for v in parts]).index_select(0, order)
+    return torch.stack([torch.segment_reduce(per_row[:, i], h, lengths=rows, unsafe=True)
+                        for i, h in enumerate(how)], 1)
