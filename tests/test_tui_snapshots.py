@@ -14,10 +14,21 @@ def record(tmp_path):
     return recorded_run(tmp_path / "run.sqlite", steps=30)
 
 
+def _findings_laid_out(app) -> bool:
+    """Every finding of the record is a row, and the columns have been sized to the rows (a
+    table sizes them when it next gets idle: a picture taken before shows header widths)."""
+    table = app.query_one("#findings")
+    findings = app.state.findings if app.state else []
+    check = list(table.columns.values())[1]
+    return table.row_count == len(findings) and check.content_width >= max((len(f["check"]) for f in findings),
+                                                                            default=0)
+
+
 async def settled(pilot):
-    """Loaded, and the details pane filled for the item under the cursor."""
+    """Loaded, the details pane filled for the item under the cursor, the findings laid out."""
     await loaded(pilot)
     await until(pilot, lambda: "(" in str(pilot.app.query_one("#details-head").render()))
+    await until(pilot, lambda: _findings_laid_out(pilot.app))
     await pilot.wait_for_scheduled_animations()
 
 

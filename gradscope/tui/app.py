@@ -111,6 +111,7 @@ class GradscopeApp(App):
         self._filter = ""
         self._subject: tuple[str, str] | None = None
         self._finding: tuple[tuple[str, str], dict] | None = None  # (its subject, the finding chosen)
+        self._jumped_at = 0.0  # when the last finding was chosen (Textual's clock): older cursor moves are stale
         self._exit_code: int | None = None
         self._poll_wanted = threading.Event()  # set to make the poller look now
         self._error_shown = False
@@ -246,6 +247,8 @@ class GradscopeApp(App):
     def on_subject_selected(self, message: SubjectSelected) -> None:
         if message.source is not None and message.source is not (self.focused if self.screen_stack else None):
             return  # a view rebuilt in the background, not the user's cursor
+        if message.moved < self._jumped_at:
+            return  # a cursor moved before the last jump to a finding, announced late
         self._subject = (message.kind, message.name)
         self.load_details(message.kind, message.name, self.state.step if self.state else None, self._chosen_for())
 
@@ -261,6 +264,7 @@ class GradscopeApp(App):
         optimizer or anything else stays in the details pane."""
         finding = message.finding
         subject = finding["subject"]
+        self._jumped_at = message.time
         if self._filter:
             self._set_filter("")
         tabs = self.query_one("#views", TabbedContent)

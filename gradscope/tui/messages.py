@@ -33,11 +33,12 @@ class DetailsLoaded(Message):
 class SubjectSelected(Message):
     """A module, parameter or autograd node was selected in one of the three views."""
 
-    def __init__(self, kind: str, name: str, source=None) -> None:
+    def __init__(self, kind: str, name: str, source=None, moved: float | None = None) -> None:
         super().__init__()
         self.kind = kind  # module, param, loss or optimizer
         self.name = name
         self.source = source  # the widget whose cursor moved (only the focused one counts)
+        self.moved = self.time if moved is None else moved  # when the cursor moved (Textual's clock)
 
 
 class FindingChosen(Message):

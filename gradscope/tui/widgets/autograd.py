@@ -195,4 +195,4 @@ class AutogradTree(Tree):
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
         subject = self._details_subject(self._node_info.get(event.node.data) if event.node.data else None)
         if subject is not None:
-            self.post_message(SubjectSelected(*subject, self))
+            self.post_message(SubjectSelected(*subject, self, event.time))

@@ -101,4 +101,4 @@ class ModuleTree(Tree):
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
         if event.node.data is not None:
-            self.post_message(SubjectSelected("module", event.node.data, self))
+            self.post_message(SubjectSelected("module", event.node.data, self, event.time))

@@ -109,4 +109,4 @@ class ParamTable(DataTable):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None and event.row_key.value is not None:
-            self.post_message(SubjectSelected("param", event.row_key.value, self))
+            self.post_message(SubjectSelected("param", event.row_key.value, self, event.time))
