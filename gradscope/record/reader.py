@@ -129,8 +129,9 @@ class Record:
             ).fetchone()
             if odd is not None:  # a doctored file: a view could recurse forever on every read
                 raise RecordError(f"{path}: not a gradscope record (unexpected {odd[0]} {odd[1]!r})")
+            self._columns: dict[str, set[str]] = {}  # table -> its columns in this record
             for table, columns in _required_columns().items():
-                have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                have = self._columns[table] = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
                 if not columns <= have:
                     missing = ", ".join(sorted(columns - have))
                     raise RecordError(f"{path}: corrupt record (table {table} lacks {missing})")
@@ -236,7 +237,7 @@ class Record:
         """The module calls of `step`, or where the step recorded its root calls only
         (`StepData.described`), those of the latest step at or before it that recorded them all
         (each row says its step)."""
-        if not any(r["name"] == "described" for r in self._rows("PRAGMA table_info(steps)")):
+        if "described" not in self._columns["steps"]:
             return self.calls(step, module)  # a record from before light steps: all described
         rows = self._rows("SELECT max(step) AS step FROM steps WHERE step <= ? AND described", (step,))
         return self.calls(step if rows[0]["step"] is None else rows[0]["step"], module)

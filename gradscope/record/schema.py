@@ -185,7 +185,7 @@ class Table:
             group = f"({', '.join('?' * len(names))})"
             sql = (f"INSERT {'OR REPLACE ' if replace else ''}INTO {self.name} ({', '.join(names)})"
                    f" VALUES {', '.join([group] * rows)}")
-            if rows in (1, _ROWS_PER_STATEMENT) or len(self._statements) < 16:  # the usual sizes
+            if rows in (1, _ROWS_PER_STATEMENT):  # kept: the usual sizes (others are one remainder)
                 self._statements[key] = sql
         return sql
 

@@ -238,18 +238,25 @@ def _direct_raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     ), 1)
 
 
-def norm_rows(x: torch.Tensor, lengths: tuple[int, ...], *, largest: bool = True) -> torch.Tensor:
-    """[segments, 2] float64: (sum of squares, largest magnitude) of each segment of a flat `x`;
-    [segments, 1], the sums of squares alone, without `largest`."""
+def norm_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
+    """[segments, 2] float64: (sum of squares, largest magnitude) of each segment of a flat `x`."""
     if by_blocks(x):
-        rows = segment_rows(x, lengths, norm_columns, NORM_HOW)
-        return rows if largest else rows[:, :1]
+        return segment_rows(x, lengths, norm_columns, NORM_HOW)
     wide = x.double()
     segments = _layouts.get(x.device, lengths, 0)[0]
     reduce = lambda values, how: torch.segment_reduce(values, how, lengths=segments, unsafe=True)
-    if not largest:
-        return reduce(wide * wide, "sum")[:, None]
     return torch.stack((reduce(wide * wide, "sum"), reduce(wide.abs(), "max")), 1)
+
+
+def column_norms(columns: list[torch.Tensor], lengths: tuple[int, ...]) -> torch.Tensor:
+    """[segments, len(columns)] float64: the L2 norm of each segment (of `lengths`, end to end)
+    of each of the equally long flat `columns`."""
+    if by_blocks(columns[0]):
+        squares = segment_rows(torch.cat(columns), lengths * len(columns), norm_columns, NORM_HOW)[:, 0]
+        return squares.reshape(len(columns), -1).T.sqrt()
+    wide = torch.stack(columns, 1).double()
+    segments = _layouts.get(wide.device, lengths, 0)[0]
+    return torch.segment_reduce(wide * wide, "sum", lengths=segments, axis=0, unsafe=True).sqrt()
 
 
 def _finish(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

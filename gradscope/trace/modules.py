@@ -14,8 +14,8 @@ become part of a compiled graph), nor inside a backward pass (activation checkpo
 recomputing a forward: those calls were already seen).
 
 On a light step (no full statistics, no graph walk: most steps) only root calls are seen; every
-other module call leaves after two lookups, so hooks cost nothing measurable however many
-modules a model has. A root call without gradients (validation) turns the step heavy: that
+other module call leaves after one lookup, so gradscope's own hook work does not grow with the
+number of modules (torch's slower call path while a global hook exists remains). A root call without gradients (validation) turns the step heavy: that
 forward is described whole.
 
 For each watched call, up to `max_calls` calls per module per step, the hooks describe the call

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import to_device
-from .capture import _layouts, by_blocks, local_values, norm_rows
+from .capture import column_norms, local_values
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -61,7 +61,6 @@ class _Samples:
         self._views = [e.view for e in entries]
         self._copies = [i for i, e in enumerate(entries) if not e.follows]  # resampled each time
         self._lengths = tuple(v.numel() for v in self._views)
-        self._segments = _layouts.get(entries[0].key[0], self._lengths, 0)[0]
         self.last = torch.cat([e.last.reshape(-1) for e in entries])
         self.before = torch.empty_like(self.last)
         self.now = torch.empty_like(self.last)
@@ -89,11 +88,7 @@ class _Samples:
     def norms(self, *columns: torch.Tensor) -> torch.Tensor:
         """[parameters, len(columns)]: the L2 norm of each parameter's segment of each column
         (reduced in float64)."""
-        if by_blocks(self.last):
-            squares = norm_rows(torch.cat(columns), self._lengths * len(columns), largest=False)
-            return squares.reshape(len(columns), -1).T.sqrt()
-        wide = torch.stack(columns, 1).double()
-        return torch.segment_reduce(wide * wide, "sum", lengths=self._segments, axis=0, unsafe=True).sqrt()
+        return column_norms(list(columns), self._lengths)
 
     def subset(self, names: tuple[str, ...]) -> tuple[list[str], torch.Tensor | None] | None:
         """(names, device index of their rows, None for all rows) of the tracked ones of
