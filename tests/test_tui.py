@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -18,7 +19,7 @@ import gradscope
 from gradscope.record import schema
 from gradscope.record.writer import DROP_BEHIND, DROP_FAILED
 from gradscope.tui.app import make_app
-from gradscope.tui.messages import FindingChosen, RecordUpdated
+from gradscope.tui.messages import DetailsLoaded, FindingChosen, RecordUpdated
 from gradscope.tui.process import ScriptProcess
 from gradscope.tui.screens.help import HelpScreen
 from gradscope.tui.state import Reader
@@ -113,6 +114,32 @@ async def test_replay_shows_the_three_views_and_steps_through_history(record):
         await until(pilot, lambda: app.state.step == 3)
         await pilot.press("l")
         await until(pilot, lambda: app.state.step == 4 and app.shown_step is None)
+
+
+async def test_details_answered_late_for_an_earlier_selection_are_not_shown(record, monkeypatch):
+    """A details worker that passed its cancelled check just before a newer selection still posts
+    its answer: the pane must keep the newer subject."""
+    built, release = threading.Event(), threading.Event()
+    app = make_app(record)
+    post = app.post_message
+
+    def post_first_late(message):
+        if isinstance(message, DetailsLoaded) and not built.is_set():  # the model's details, checked, not posted
+            built.set()
+            release.wait(10)
+        return post(message)
+
+    monkeypatch.setattr(app, "post_message", post_first_late)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, built.is_set)
+        await loaded(pilot)
+        app.query_one(ModuleTree).focus()
+        await pilot.press("down", "down")  # the model, then fc1
+        await until(pilot, lambda: "fc1  (module)" in details_text(app))
+        release.set()
+        await until(pilot, lambda: not any(w.group == "details" and w.is_running for w in app.workers))
+        await pilot.pause()
+        assert "fc1  (module)" in details_text(app)
 
 
 async def test_search_filters_every_view(record):

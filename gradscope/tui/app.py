@@ -111,6 +111,7 @@ class GradscopeApp(App):
         self._filter = ""
         self._subject: tuple[str, str] | None = None
         self._finding: tuple[tuple[str, str], dict] | None = None  # (its subject, the finding chosen)
+        self._details_asked = 0  # the latest details request: a worker's late answer to an older one is dropped
         self._jumped_at = 0.0  # when the last finding was chosen (Textual's clock): older cursor moves are stale
         self._exit_code: int | None = None
         self._poll_wanted = threading.Event()  # set to make the poller look now
@@ -167,8 +168,12 @@ class GradscopeApp(App):
             if reader is not None:
                 reader.record.close()
 
+    def ask_details(self, kind: str, name: str, step: int | None, finding: dict | None = None) -> None:
+        self._details_asked += 1
+        self.load_details(self._details_asked, kind, name, step, finding)
+
     @work(thread=True, exclusive=True, name="details-loader", group="details", exit_on_error=False)
-    def load_details(self, kind: str, name: str, step: int | None, finding: dict | None = None) -> None:
+    def load_details(self, request: int, kind: str, name: str, step: int | None, finding: dict | None) -> None:
         worker = get_current_worker()
         record = open_when_ready(self.record_path)
         if record is not None:
@@ -176,7 +181,7 @@ class GradscopeApp(App):
                 details = read_details(record, kind, name, step)
             details.finding = finding
             if not worker.is_cancelled:
-                self.post_message(DetailsLoaded(details))
+                self.post_message(DetailsLoaded(details, request))
 
     @work(thread=True, name="script-output", exit_on_error=False)
     def read_output(self, stream: str) -> None:
@@ -227,7 +232,7 @@ class GradscopeApp(App):
             previous = None
         if self._subject is not None and (previous is None or previous.step != state.step
                                           or previous.version != state.version):
-            self.load_details(*self._subject, state.step, self._chosen_for())
+            self.ask_details(*self._subject, state.step, self._chosen_for())
 
     def _show_record_error(self, run: dict) -> None:
         """A crashed record keeps the script's error: show it where the output would be."""
@@ -241,6 +246,8 @@ class GradscopeApp(App):
             log.write(literal(line))
 
     def on_details_loaded(self, message: DetailsLoaded) -> None:
+        if message.request != self._details_asked:
+            return  # answered after a newer request was made (a cancelled worker can still post)
         findings = [f for f in (self.state.findings if self.state else []) if f["subject"] == message.details.name]
         self.query_one(DetailsPanel).show(message.details, findings)
 
@@ -250,7 +257,7 @@ class GradscopeApp(App):
         if message.moved < self._jumped_at:
             return  # a cursor moved before the last jump to a finding, announced late
         self._subject = (message.kind, message.name)
-        self.load_details(message.kind, message.name, self.state.step if self.state else None, self._chosen_for())
+        self.ask_details(message.kind, message.name, self.state.step if self.state else None, self._chosen_for())
 
     def _chosen_for(self) -> dict | None:
         """The finding last chosen, while its subject is the one shown."""
@@ -288,7 +295,7 @@ class GradscopeApp(App):
             kind = "optimizer" if subject.startswith("optimizer") else "other"
         self._subject = (kind, target)
         self._finding = (self._subject, finding)
-        self.load_details(kind, target, self.state.step if self.state else None, finding)
+        self.ask_details(kind, target, self.state.step if self.state else None, finding)
 
     def on_script_output(self, message: ScriptOutput) -> None:
         log = self.query_one(ScriptLog)

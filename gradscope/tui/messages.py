@@ -22,9 +22,10 @@ class RecordUpdated(Message):
 class DetailsLoaded(Message):
     """Details (statistics, series, histogram) of the selected subject, read off the UI thread."""
 
-    def __init__(self, details: Details) -> None:
+    def __init__(self, details: Details, request: int) -> None:
         super().__init__()
         self.details = details
+        self.request = request
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, DetailsLoaded)
