@@ -6,6 +6,13 @@ Update the stored pictures after a deliberate change with: pytest tests/test_tui
 import pytest
 
 from gradscope.tui.app import make_app
+from gradscope.tui.widgets import details as _dm
+_LOG = []
+_orig_show = _dm.DetailsPanel.show
+def _show(self, details, findings=()):
+    _LOG.append((details.kind, details.name, details.step, details.stats_step, len(details.info or {}), len(details.calls or []), len(details.stats or []), getattr(self.app, "_details_asked", None)))
+    return _orig_show(self, details, findings)
+_dm.DetailsPanel.show = _show
 from test_tui import loaded, recorded_run, until
 
 
@@ -25,11 +32,22 @@ def _findings_laid_out(app) -> bool:
 
 
 async def settled(pilot):
-    """Loaded, the details pane filled for the item under the cursor, the findings laid out."""
+    """Loaded, the details pane showing the answer to the latest request, the findings laid out;
+    checked again after the app has handled what was pending (a late answer may start a layout),
+    then laid out once more."""
+    app = pilot.app
     await loaded(pilot)
-    await until(pilot, lambda: "(" in str(pilot.app.query_one("#details-head").render()))
-    await until(pilot, lambda: _findings_laid_out(pilot.app))
-    await pilot.wait_for_scheduled_animations()
+    for _ in range(2):
+        await until(pilot, lambda: app.details_current and "(" in str(app.query_one("#details-head").render())
+                    and _findings_laid_out(app))
+        await pilot.wait_for_scheduled_animations()
+    head = app.query_one("#details-head")
+    await until(pilot, lambda: head.region.height >= str(head.render()).count("\n") + 1,
+                message=lambda: f"details head never laid out: {head.region} {head._layout_required} {head._layout_updates} {head.parent._layout_required} {head.parent._layout_updates} {head.parent.size} {head._repaint_required} {head._running}")
+    import os
+    d = app.query_one("#details-stats")
+    open(f"/tmp/fl/dbg_{os.getpid()}.txt", "a").write(repr((_LOG, app._subject, app._details_asked, app._details_shown, str(app.query_one("#details-head").render()), app.query_one("#details-head").region, d.region, str(d.render())[:300], app.focused))+"\n")
+    _LOG.clear()
 
 
 def test_main_screen_80x24(snap_compare, record):
@@ -41,6 +59,7 @@ def test_main_screen_with_details_120x40(snap_compare, record):
         await settled(pilot)
         await pilot.press("down", "down")
         await until(pilot, lambda: "fc1  (module)" in str(pilot.app.query_one("#details-head").render()))
+        await settled(pilot)
 
     assert snap_compare(make_app(record), terminal_size=(120, 40), run_before=select_fc1)
 
@@ -50,6 +69,7 @@ def test_gradient_flow_chart_120x40(snap_compare, record):
         await settled(pilot)
         await pilot.press("c", "c")
         await until(pilot, lambda: pilot.app.query_one("#charts").active == "chart-flow")
+        await settled(pilot)
 
     assert snap_compare(make_app(record), terminal_size=(120, 40), run_before=flow)
 
@@ -74,5 +94,6 @@ def test_autograd_view(snap_compare, record):
         for child in top.children:
             child.expand()
         await until(pilot, lambda: all(c.children or not c.allow_expand for c in top.children))
+        await settled(pilot)
 
     assert snap_compare(make_app(record), terminal_size=(120, 40), run_before=expand)

@@ -112,6 +112,7 @@ class GradscopeApp(App):
         self._subject: tuple[str, str] | None = None
         self._finding: tuple[tuple[str, str], dict] | None = None  # (its subject, the finding chosen)
         self._details_asked = 0  # the latest details request: a worker's late answer to an older one is dropped
+        self._details_shown = 0  # the request whose answer the details pane shows
         self._jumped_at = 0.0  # when the last finding was chosen (Textual's clock): older cursor moves are stale
         self._exit_code: int | None = None
         self._poll_wanted = threading.Event()  # set to make the poller look now
@@ -167,6 +168,11 @@ class GradscopeApp(App):
         finally:
             if reader is not None:
                 reader.record.close()
+
+    @property
+    def details_current(self) -> bool:
+        """Whether the details pane shows the answer to the latest request."""
+        return self._details_shown == self._details_asked
 
     def ask_details(self, kind: str, name: str, step: int | None, finding: dict | None = None) -> None:
         self._details_asked += 1
@@ -248,6 +254,7 @@ class GradscopeApp(App):
     def on_details_loaded(self, message: DetailsLoaded) -> None:
         if message.request != self._details_asked:
             return  # answered after a newer request was made (a cancelled worker can still post)
+        self._details_shown = message.request
         findings = [f for f in (self.state.findings if self.state else []) if f["subject"] == message.details.name]
         self.query_one(DetailsPanel).show(message.details, findings)
 

@@ -43,17 +43,28 @@ def _histogram(hist) -> Text:
     return Text.assemble(("gradient histogram  ", "bold"), (f"{low:.3g} ", "dim"), (bars, "cyan"), (f" {high:.3g}", "dim"))
 
 
+class Block(Static):
+    """A Static measured again on every update. Textual counts a layout refresh only when none
+    is pending, and a layout done meanwhile caches the old content's height under that count:
+    the details then kept the height of the text they replaced (one line) until a resize."""
+
+    def update(self, content="", *, layout: bool = True) -> None:
+        if layout:
+            self._layout_required = False  # this refresh then counts: the height is measured anew
+        super().update(content, layout=layout)
+
+
 class DetailsPanel(VerticalScroll):
     """Everything about one module or parameter at the shown step."""
 
     def compose(self) -> ComposeResult:
-        yield Static("Select a module, parameter or autograd node.", id="details-head")
-        yield Static(id="details-stats")
+        yield Block("Select a module, parameter or autograd node.", id="details-head")
+        yield Block(id="details-stats")
         yield Label("gradient norm over steps", id="grad-label")
         yield Sparkline([], id="grad-spark")
         yield Label("update / weight over steps", id="ratio-label")
         yield Sparkline([], id="ratio-spark")
-        yield Static(id="details-hist")
+        yield Block(id="details-hist")
 
     def show(self, details: Details, findings: list[dict] = ()) -> None:
         info = details.info

@@ -6,6 +6,7 @@ and the horizontal scroll stay where the user put them while a repeating finding
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from textual.widgets import DataTable
 
 from ...findings import severity_rank
@@ -19,6 +20,11 @@ def _steps(f: dict) -> str:
     if f["step"] is None:
         return "-"
     return str(f["step"]) if f["count"] == 1 else f"{f['step']}..{f['last_step']} ({f['count']}x)"
+
+
+def _cells(f: dict) -> tuple:
+    return (literal(f["severity"], COLOURS[f["severity"]]), literal(f["check"]), literal(f["subject"]),
+            _steps(f), literal(f["message"]))
 
 
 def _key(f: dict) -> str:
@@ -45,9 +51,10 @@ class FindingsTable(DataTable):
         if fresh:
             cursor = self.coordinate_to_cell_key(self.cursor_coordinate).row_key if self.row_count else None
             scroll_x = self.scroll_x
-            for f in fresh:
-                self.add_row(literal(f["severity"], COLOURS[f["severity"]]), literal(f["check"]),
-                             literal(f["subject"]), _steps(f), literal(f["message"]), key=_key(f))
+            rows = [_cells(f) for f in fresh]
+            self._widen(rows)
+            for f, cells in zip(fresh, rows):
+                self.add_row(*cells, key=_key(f))
             self.sort(key=self._order)  # errors first, each by its first step
             if cursor is not None:
                 self.move_cursor(row=self.get_row_index(cursor), animate=False, scroll=False)
@@ -55,6 +62,13 @@ class FindingsTable(DataTable):
         errors = sum(1 for f in findings if f["severity"] == "error")
         self.border_title = f"findings ({len(findings)}{f', {errors} errors' if errors else ''})"
         self.set_class(not findings, "empty")
+
+    def _widen(self, rows: list[tuple]) -> None:
+        """Size the columns for `rows` before they are added. The table sizes them only when it
+        next gets idle, and a line drawn in between (the header) could stay cached at the
+        width of the column labels."""
+        for column, cells in zip(self.columns.values(), zip(*rows)):
+            column.content_width = max(column.content_width, *(cell_len(str(c)) for c in cells))
 
     def _order(self, row) -> tuple:
         severity, _, _, steps, _ = row
