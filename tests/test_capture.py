@@ -359,3 +359,30 @@ def test_staging_takes_values_when_added_and_summarizes_them_together():
             assert got[field] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, field)
     assert {key: kind for kind, key, _, _ in batch.rows} == {
         "a": "activation", "b": "activation", "big": "grad-output", "c": "grad-output", "a2": "input"}
+
+
+def test_staging_takes_a_tensor_seen_again_unchanged_once():
+    """A container's output is its last child's (and its gradient the same tensor): one copy, the
+    same row for both; a tensor changed in place since (an in-place ReLU) is taken again."""
+    from gradscope.trace.capture import Staging
+
+    torch.manual_seed(5)
+    staging = Staging(chunk=64)
+    batch = Rows()
+    t, big = torch.randn(40), torch.randn(100)
+    with OpCount() as first:
+        staging.add(batch, "activation", "fc", t)
+    with OpCount():
+        staging.add(batch, "activation", "seq", t)
+        staging.add(batch, "grad-output", "big", big)
+        staging.add(batch, "grad-output", "big-again", big)
+    with OpCount() as again:
+        staging.add(batch, "activation", "seq-again", t)
+    assert again.ops == 0
+    t.relu_()
+    staging.add(batch, "activation", "relu", t)
+    staging.drain(batch)
+    rows = {key: row for _, key, _, row in batch.rows}
+    assert rows["seq"] == rows["fc"] == rows["seq-again"] and rows["big-again"] == rows["big"]
+    assert dict(zip(FIELDS, rows["relu"]))["min"] == 0 != dict(zip(FIELDS, rows["fc"]))["min"]
+    assert {key: kind for kind, key, _, _ in batch.rows}["big-again"] == "grad-output"
