@@ -339,7 +339,7 @@ def test_staging_takes_values_when_added_and_summarizes_them_together():
     from gradscope.trace.capture import Staging
 
     torch.manual_seed(4)
-    staging = Staging(chunk=64)
+    staging = Staging(chunk=256)  # a quarter of a chunk or more is summarized on the spot (big)
     batch = Rows()
     a, b, big = torch.randn(30), torch.randn(5, 5).double(), torch.randn(100)
     c = torch.randint(0, 3, (20,))
@@ -367,7 +367,7 @@ def test_staging_takes_a_tensor_seen_again_unchanged_once():
     from gradscope.trace.capture import Staging
 
     torch.manual_seed(5)
-    staging = Staging(chunk=64)
+    staging = Staging(chunk=256)  # `t` is staged, `big` summarized on the spot
     batch = Rows()
     t, big = torch.randn(40), torch.randn(100)
     with OpCount() as first:

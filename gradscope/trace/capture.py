@@ -431,8 +431,10 @@ class Staging:
 
     A tensor may be changed in place right after its hook saw it (an in-place ReLU after a
     batch-norm), so its values are taken at once: a small tensor is copied into a chunk-sized
-    staging buffer of its device (one copy kernel), a tensor larger than a chunk is summarized on
-    the spot (`summaries`, piece by piece). A full buffer, and every buffer at `drain`, is
+    staging buffer of its device (one copy kernel), a tensor of a quarter of a chunk or more is
+    summarized on the spot from its own memory (`summaries`; piece by piece when larger than a
+    chunk): a buffer would hold few of them, and their copy was a pass over memory as costly as
+    a reduction. A full buffer, and every buffer at `drain`, is
     summarized with one pass of segment reductions. Rows go to the `RowBatch` given to `drain`
     (and to `add`, for what is summarized on the spot), in blocks of one kind each. Threads that
     train under one session share the open step, so adding and draining hold a lock.
@@ -471,7 +473,7 @@ class Staging:
         n = values.numel()
         row = [None, 0]  # (rows tensor, index) once summarized
         self._seen[id(t)] = (weakref.ref(t), t._version, row, n)
-        if n > self.chunk:
+        if n >= self.chunk // 4:
             result = summaries([values], chunk=self.chunk)[0]
             row[:] = result.rows, 0
             batch.add(kind, [key], [n], result.rows)
