@@ -99,6 +99,18 @@ def test_spread_is_exact_when_the_mean_dwarfs_it(reduction):
     assert row["std"] == pytest.approx(weight.double().std(correction=0).item(), rel=1e-3)
 
 
+def test_spread_is_exact_on_both_sides_of_summing_about_a_first_value(reduction):
+    """Tensors whose mean is from nothing to 1e4 times their spread: on the CPU's blocks some
+    rows are summed as they are, others again about their first value."""
+    torch.manual_seed(6)
+    tensors = [offset + torch.randn(4, 128) for offset in (0.0, 0.5, 3.0, 5.0, 1e2, 1e4)]
+    rows = summaries(tensors)[0].rows.tolist()
+    for t, row in zip(tensors, rows):
+        got, want = dict(zip(FIELDS, row)), oracle(t)
+        for field in ("mean", "std", "norm"):
+            assert got[field] == pytest.approx(want[field], rel=2e-6), (t.mean().item(), field)
+
+
 @pytest.mark.parametrize("chunk", [1 << 20, 50])
 def test_histograms_match_the_single_tensor_histogram(chunk, reduction):
     torch.manual_seed(1)

@@ -44,29 +44,43 @@ def _temporary(v: torch.Tensor) -> torch.Tensor:
     return buffer[:v.numel()].view(v.shape)
 
 
+#: A row whose squared mean is more than this many times its variance is summed again about its
+#: first value: there the float32 sum of squares would lose the spread to rounding.
+DWARFED = 16
+
+
 def raw_columns(v: torch.Tensor) -> torch.Tensor:
     """Per-row raw statistics (see `RAW_HOW`) of a 2-D `v`. Sums are taken in the values'
-    precision (float32 for half) about each row's first value and moved back in float64, so a
-    tensor whose mean is far larger than its spread (a norm layer's weight near 1) keeps an
-    exact variance without a float64 pass over every element. Counts go through float values
-    (exact per row): several times faster on the CPU than bools."""
+    precision (float32 for half) and moved to float64. A row whose mean dwarfs its spread (a
+    norm layer's weight near 1), or whose sums are not finite, is summed again about its first
+    value, so the variance stays exact without a float64 pass or a shifted copy of every row.
+    Counts go through float values (exact per row): several times faster on the CPU than bools."""
     v = v.float() if v.dtype in LOW_PRECISION else v
-    pivot = v[:, :1]
-    work = _temporary(v)
-    shifted = torch.sub(v, pivot, out=work)
-    p = pivot[:, 0].double()
     n = v.shape[1]
+    total = v.sum(1).double()
+    squares = torch.linalg.vector_norm(v, dim=1).double().square()
+    work = _temporary(v)
+    zeros = torch.eq(v, 0, out=work).sum(1).double()
+    mean = total / n
+    # n·mean² against the sum of squares (n·(mean² + variance)): mean² > DWARFED·variance
+    retake = (total * mean * (DWARFED + 1) > squares * DWARFED).logical_or_(~torch.isfinite(squares * mean))
+    index = retake.nonzero().squeeze(1)
+    rows = v.index_select(0, index)
+    pivot = rows[:, :1]
+    shifted = torch.sub(rows, pivot, out=_temporary(rows))
+    p = pivot[:, 0].double()
     about = shifted.sum(1).double()
     spread = torch.linalg.vector_norm(shifted, dim=1).double().square()
-    zeros = torch.eq(v, 0, out=work).sum(1).double()
+    total = total.index_copy(0, index, about + n * p)
+    squares = squares.index_copy(0, index, spread + 2 * p * about + n * p * p)
     # non-finite values are counted only in rows whose shifted sum is not finite (a NaN or an
-    # infinity makes it so): an index the CPU computes without a pass over every element
+    # infinity makes it so; such a row is always taken again): an index the CPU computes
+    # without a pass over every element
     suspect = torch.isfinite(about).logical_not_().nonzero().squeeze(1)
-    rows = v.index_select(0, suspect)
-    nonfinite = torch.zeros_like(about).index_copy_(
-        0, suspect, torch.nan_to_num(rows - rows, nan=1.0).sum(1).double())  # x - x: 0, or NaN
-    return torch.stack((about + n * p, spread + 2 * p * about + n * p * p, v.amin(1).double(),
-                        v.amax(1).double(), zeros, nonfinite), 1)
+    bad = rows.index_select(0, suspect)
+    nonfinite = torch.zeros_like(mean).index_copy_(
+        0, index.index_select(0, suspect), torch.nan_to_num(bad - bad, nan=1.0).sum(1).double())  # x - x: 0, or NaN
+    return torch.stack((total, squares, v.amin(1).double(), v.amax(1).double(), zeros, nonfinite), 1)
 
 
 def norm_columns(v: torch.Tensor) -> torch.Tensor:
