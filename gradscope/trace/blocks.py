@@ -53,34 +53,41 @@ def raw_columns(v: torch.Tensor) -> torch.Tensor:
     """Per-row raw statistics (see `RAW_HOW`) of a 2-D `v`. Sums are taken in the values'
     precision (float32 for half) and moved to float64. A row whose mean dwarfs its spread (a
     norm layer's weight near 1), or whose sums are not finite, is summed again about its first
-    value, so the variance stays exact without a float64 pass or a shifted copy of every row.
-    Counts go through float values (exact per row): several times faster on the CPU than bools."""
+    value (`_about_first`), so the variance stays exact without a float64 pass or a shifted copy
+    of every row. Counts go through float values (exact per row): several times faster on the
+    CPU than bools."""
     v = v.float() if v.dtype in LOW_PRECISION else v
-    n = v.shape[1]
     total = v.sum(1).double()
     squares = torch.linalg.vector_norm(v, dim=1).double().square()
-    work = _temporary(v)
-    zeros = torch.eq(v, 0, out=work).sum(1).double()
-    mean = total / n
+    zeros = torch.eq(v, 0, out=_temporary(v)).sum(1).double()
+    nonfinite = torch.zeros_like(total)
     # n·mean² against the sum of squares (n·(mean² + variance)): mean² > DWARFED·variance
+    mean = total / v.shape[1]
     retake = (total * mean * (DWARFED + 1) > squares * DWARFED).logical_or_(~torch.isfinite(squares * mean))
     index = retake.nonzero().squeeze(1)
-    rows = v.index_select(0, index)
+    if len(index):  # a count the CPU (this route's device) knows at once; rare in activations
+        about, spread, found = _about_first(v.index_select(0, index))
+        total, squares = total.index_copy(0, index, about), squares.index_copy(0, index, spread)
+        nonfinite.index_copy_(0, index, found)
+    return torch.stack((total, squares, v.amin(1).double(), v.amax(1).double(), zeros, nonfinite), 1)
+
+
+def _about_first(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum, sum of squares, non-finite count) of each row of `rows`, float64, the sums taken
+    about the row's first value. Non-finite values are counted only in rows whose shifted sum is
+    not finite (a NaN or an infinity makes it so): an index found without a pass over every
+    element."""
+    n = rows.shape[1]
     pivot = rows[:, :1]
     shifted = torch.sub(rows, pivot, out=_temporary(rows))
     p = pivot[:, 0].double()
     about = shifted.sum(1).double()
     spread = torch.linalg.vector_norm(shifted, dim=1).double().square()
-    total = total.index_copy(0, index, about + n * p)
-    squares = squares.index_copy(0, index, spread + 2 * p * about + n * p * p)
-    # non-finite values are counted only in rows whose shifted sum is not finite (a NaN or an
-    # infinity makes it so; such a row is always taken again): an index the CPU computes
-    # without a pass over every element
     suspect = torch.isfinite(about).logical_not_().nonzero().squeeze(1)
     bad = rows.index_select(0, suspect)
-    nonfinite = torch.zeros_like(mean).index_copy_(
-        0, index.index_select(0, suspect), torch.nan_to_num(bad - bad, nan=1.0).sum(1).double())  # x - x: 0, or NaN
-    return torch.stack((total, squares, v.amin(1).double(), v.amax(1).double(), zeros, nonfinite), 1)
+    nonfinite = torch.zeros_like(about).index_copy_(
+        0, suspect, torch.nan_to_num(bad - bad, nan=1.0).sum(1).double())  # x - x: 0, or NaN
+    return about + n * p, spread + 2 * p * about + n * p * p, nonfinite
 
 
 def norm_columns(v: torch.Tensor) -> torch.Tensor:

@@ -425,6 +425,17 @@ def weight_rows(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, list, 
 
 
 # -- statistics steps: module tensors as they come --------------------------------------------
+@dataclass
+class _Taken:
+    """A module tensor taken by `Staging`, and where its statistics row is once summarized."""
+
+    ref: weakref.ref
+    version: int
+    n: int
+    rows: torch.Tensor | None = None
+    index: int = 0
+
+
 class Staging:
     """Statistics of module tensors (inputs, activations, output gradients) taken as they come,
     summarized together.
@@ -450,9 +461,9 @@ class Staging:
         self.chunk = chunk
         self._lock = threading.Lock()
         self._buffers: dict[tuple, torch.Tensor] = {}  # (device, dtype) -> staging buffer, reused
-        self._staged: dict[tuple, list[tuple[str, object, int, list]]] = {}  # (kind, key, numel, row) per buffer
-        self._seen: dict[int, tuple] = {}  # id of a tensor taken -> (weak reference, version, its row)
-        self._repeats: list[tuple[str, object, int, list]] = []  # (kind, key, numel, the row it repeats)
+        self._staged: dict[tuple, list[tuple[str, object, _Taken]]] = {}  # (kind, key, tensor) per buffer
+        self._seen: dict[int, _Taken] = {}  # id of a tensor taken -> what was taken
+        self._repeats: list[tuple[str, object, _Taken]] = []  # (kind, key, the tensor it repeats)
         self._used: dict[tuple, int] = {}
         self._counts: list[tuple[object, int, torch.Tensor]] = []  # tail counts: key, total, 0-d
         self._maxima: list[tuple[object, int, torch.Tensor]] = []  # dead units: key, units, maxima
@@ -464,19 +475,17 @@ class Staging:
 
     def _add(self, batch, kind: str, key, t: torch.Tensor) -> None:
         seen = self._seen.get(id(t))
-        if seen is not None and seen[0]() is t and seen[1] == t._version:
-            self._repeats.append((kind, key, seen[3], seen[2]))
+        if seen is not None and seen.ref() is t and seen.version == t._version:
+            self._repeats.append((kind, key, seen))
             return
         values = local_values(t)
         if values is None:
             return
         n = values.numel()
-        row = [None, 0]  # (rows tensor, index) once summarized
-        self._seen[id(t)] = (weakref.ref(t), t._version, row, n)
+        taken = self._seen[id(t)] = _Taken(weakref.ref(t), t._version, n)
         if n >= self.chunk // 4:
-            result = summaries([values], chunk=self.chunk)[0]
-            row[:] = result.rows, 0
-            batch.add(kind, [key], [n], result.rows)
+            taken.rows = summaries([values], chunk=self.chunk)[0].rows
+            batch.add(kind, [key], [n], taken.rows)
             return
         dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
         slot = (values.device, dtype)
@@ -489,7 +498,7 @@ class Staging:
             buffer = self._buffers[slot] = torch.empty(self.chunk, dtype=dtype, device=values.device)
         buffer[used:used + n].view(values.shape).copy_(_real(values))
         self._used[slot] = used + n
-        self._staged.setdefault(slot, []).append((kind, key, n, row))
+        self._staged.setdefault(slot, []).append((kind, key, taken))
 
     def add_tail(self, key, t: torch.Tensor, request) -> None:
         """Take a plugin's tail count or dead units (`tails`) of `t` now; rows at `drain`."""
@@ -517,8 +526,8 @@ class Staging:
     def _drain(self, batch) -> None:
         for slot in list(self._staged):
             self._flush(batch, slot)
-        for kind, key, n, (rows, i) in self._repeats:
-            batch.add(kind, [key], [n], rows[i:i + 1])
+        for kind, key, taken in self._repeats:
+            batch.add(kind, [key], [taken.n], taken.rows[taken.index:taken.index + 1])
         self._repeats, self._seen = [], {}
         if self._counts:
             keys, totals, counted = zip(*self._counts)
@@ -545,11 +554,11 @@ class Staging:
         if not staged:
             return
         device = slot[0]
-        layout = tuple(n for _, _, n, _ in staged)
+        layout = tuple(taken.n for _, _, taken in staged)
         counts = _layouts.get(device, layout, 0)[1]
         rows = _finish(raw_rows(self._buffers[slot][:used], layout), counts)
-        for i, (_, _, _, row) in enumerate(staged):
-            row[:] = rows, i
+        for i, (_, _, taken) in enumerate(staged):
+            taken.rows, taken.index = rows, i
         start = 0
         while start < len(staged):  # one block per run of the same kind (views of `rows`)
             kind = staged[start][0]
@@ -557,5 +566,5 @@ class Staging:
             while end < len(staged) and staged[end][0] == kind:
                 end += 1
             run = staged[start:end]
-            batch.add(kind, [key for _, key, _, _ in run], [n for _, _, n, _ in run], rows[start:end])
+            batch.add(kind, [key for _, key, _ in run], [taken.n for _, _, taken in run], rows[start:end])
             start = end
