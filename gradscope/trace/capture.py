@@ -214,16 +214,25 @@ def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     sum of squares, min, max, zeros, non-finite count; float64, [segments, 6]."""
     if not by_blocks(x):
         return _direct_raw_rows(x, lengths)
-    raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
-    total, squares, low, high, _, nonfinite = raw.unbind(1)
-    # with a non-finite value about, the shifted sums say NaN: give what a plain sum would say
+    # one segment: reduced as one row (the segment machinery costs more than the reductions)
+    raw = raw_columns(x.view(1, -1)) if len(lengths) == 1 else segment_rows(x, lengths, raw_columns, RAW_HOW)
+    if x.dtype != torch.float64:
+        _float32_range(raw[:, 1])
+    bad = (raw[:, 5] > 0).nonzero().squeeze(1)
+    if len(bad):  # a count the CPU (this route's device) knows at once; rare
+        raw.index_copy_(0, bad, _plain_sums(raw.index_select(0, bad)))
+    return raw
+
+
+def _plain_sums(raw: torch.Tensor) -> torch.Tensor:
+    """Raw rows of segments holding NaN or infinity with the sums a plain sum would give (the
+    sums about a first value say NaN): NaN with a NaN or both infinities, else that infinity."""
+    total, squares, low, high, _, _ = raw.unbind(1)
     nan, inf = math.nan, math.inf
     has_nan = low.isnan() | high.isnan()
-    bad = nonfinite > 0
-    plain_total = torch.where(has_nan | ((high == inf) & (low == -inf)), nan, torch.where(high == inf, inf, -inf))
-    raw[:, 0] = torch.where(bad, plain_total, total)
-    squares = torch.where(bad, torch.where(has_nan, nan, inf), squares)
-    raw[:, 1] = _float32_range(squares) if x.dtype != torch.float64 else squares
+    raw = raw.clone()
+    raw[:, 0] = torch.where(has_nan | ((high == inf) & (low == -inf)), nan, torch.where(high == inf, inf, -inf))
+    raw[:, 1] = torch.where(has_nan, nan, inf)
     return raw
 
 
@@ -369,6 +378,9 @@ def _large(t: torch.Tensor, device, bins: int, chunk: int) -> tuple[torch.Tensor
     parts = []
     for start in range(0, n, step):
         piece = flat[start:start + step]
+        if by_blocks(piece):
+            parts.append(raw_rows(piece, (piece.numel(),))[0])
+            continue
         low, high = torch.aminmax(piece)
         parts.append(torch.stack((
             piece.sum(dtype=torch.float64),
@@ -463,6 +475,7 @@ class Staging:
         self._buffers: dict[tuple, torch.Tensor] = {}  # (device, dtype) -> staging buffer, reused
         self._staged: dict[tuple, list[tuple[str, object, _Taken]]] = {}  # (kind, key, tensor) per buffer
         self._seen: dict[int, _Taken] = {}  # id of a tensor taken -> what was taken
+        self._spot: list[tuple[str, object, _Taken, torch.Tensor]] = []  # (kind, key, tensor, raw row)
         self._repeats: list[tuple[str, object, _Taken]] = []  # (kind, key, the tensor it repeats)
         self._used: dict[tuple, int] = {}
         self._counts: list[tuple[object, int, torch.Tensor]] = []  # tail counts: key, total, 0-d
@@ -484,8 +497,7 @@ class Staging:
         n = values.numel()
         taken = self._seen[id(t)] = _Taken(weakref.ref(t), t._version, n)
         if n >= self.chunk // 4:
-            taken.rows = summaries([values], chunk=self.chunk)[0].rows
-            batch.add(kind, [key], [n], taken.rows)
+            self._spot.append((kind, key, taken, _raw_row(values, self.chunk)))
             return
         dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
         slot = (values.device, dtype)
@@ -526,13 +538,21 @@ class Staging:
     def _drain(self, batch) -> None:
         for slot in list(self._staged):
             self._flush(batch, slot)
+        by_device: dict[torch.device, list] = {}
+        for entry in self._spot:
+            by_device.setdefault(entry[3].device, []).append(entry)
+        for device, entries in by_device.items():
+            layout = tuple(taken.n for _, _, taken, _ in entries)
+            raw = torch.cat([raw for *_, raw in entries])
+            _emit(batch, [entry[:3] for entry in entries], _finish(raw, _layouts.get(device, layout, 0)[1]))
+        self._spot = []
         for kind, key, taken in self._repeats:
             batch.add(kind, [key], [taken.n], taken.rows[taken.index:taken.index + 1])
         self._repeats, self._seen = [], {}
         if self._counts:
             keys, totals, counted = zip(*self._counts)
             batch.add("tail", list(keys), list(totals), torch.stack(counted))
-        by_device: dict[torch.device, list] = {}
+        by_device = {}
         for entry in self._maxima:
             by_device.setdefault(entry[2].device, []).append(entry)
         for device, entries in by_device.items():
@@ -556,15 +576,28 @@ class Staging:
         device = slot[0]
         layout = tuple(taken.n for _, _, taken in staged)
         counts = _layouts.get(device, layout, 0)[1]
-        rows = _finish(raw_rows(self._buffers[slot][:used], layout), counts)
-        for i, (_, _, taken) in enumerate(staged):
-            taken.rows, taken.index = rows, i
-        start = 0
-        while start < len(staged):  # one block per run of the same kind (views of `rows`)
-            kind = staged[start][0]
-            end = start
-            while end < len(staged) and staged[end][0] == kind:
-                end += 1
-            run = staged[start:end]
-            batch.add(kind, [key for _, key, _ in run], [taken.n for _, _, taken in run], rows[start:end])
-            start = end
+        _emit(batch, staged, _finish(raw_rows(self._buffers[slot][:used], layout), counts))
+
+
+def _emit(batch, entries: list[tuple[str, object, _Taken]], rows: torch.Tensor) -> None:
+    """Give `batch` the statistics `rows` of taken tensors `entries` (kind, key, tensor), one
+    block per run of the same kind (views of `rows`), and remember each tensor's row."""
+    for i, (_, _, taken) in enumerate(entries):
+        taken.rows, taken.index = rows, i
+    start = 0
+    while start < len(entries):
+        kind = entries[start][0]
+        end = start
+        while end < len(entries) and entries[end][0] == kind:
+            end += 1
+        run = entries[start:end]
+        batch.add(kind, [key for _, key, _ in run], [taken.n for _, _, taken in run], rows[start:end])
+        start = end
+
+
+def _raw_row(t: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Raw row [1, 6] of one tensor (`raw_rows`), piece by piece when larger than `chunk`."""
+    n = t.numel()
+    if n > chunk:
+        return _large(t, t.device, 0, chunk)[0]
+    return raw_rows(_flat(t), (n,))
