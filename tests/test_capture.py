@@ -347,7 +347,7 @@ class Rows:
             self.rows.append((kind, key, count, row))
 
 
-def test_staging_takes_values_when_added_and_summarizes_them_together():
+def test_staging_takes_values_when_added_and_summarizes_them_together(reduction):
     from gradscope.trace.capture import Staging
 
     torch.manual_seed(4)
@@ -355,9 +355,12 @@ def test_staging_takes_values_when_added_and_summarizes_them_together():
     batch = Rows()
     a, b, big = torch.randn(30), torch.randn(5, 5).double(), torch.randn(100)
     c = torch.randint(0, 3, (20,))
-    wants = {}
+    huge, bad = torch.randn(600), torch.randn(70)  # larger than a chunk; on the spot with NaN and inf
+    bad[[3, 50]] = torch.tensor([math.inf, -math.inf])
+    wants = {"bad": {"count": 70, "nonfinite": 2, "min": -math.inf, "max": math.inf}}
+    staging.add(batch, "activation", "bad", bad)
     for kind, key, t in [("activation", "a", a), ("activation", "b", b), ("grad-output", "big", big),
-                         ("grad-output", "c", c), ("input", "a2", a * 2)]:
+                         ("grad-output", "c", c), ("input", "a2", a * 2), ("input", "huge", huge)]:
         wants[key] = oracle(t.float() if not t.is_floating_point() else t)
         wants[key]["count"] = t.numel()
         staging.add(batch, kind, key, t)
@@ -369,8 +372,10 @@ def test_staging_takes_values_when_added_and_summarizes_them_together():
         assert count == wants[key].pop("count")
         for field, value in wants[key].items():
             assert got[field] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, field)
+    assert math.isnan(dict(zip(FIELDS, [r for _, k, _, r in batch.rows if k == "bad"][0]))["mean"])
     assert {key: kind for kind, key, _, _ in batch.rows} == {
-        "a": "activation", "b": "activation", "big": "grad-output", "c": "grad-output", "a2": "input"}
+        "a": "activation", "b": "activation", "big": "grad-output", "c": "grad-output", "a2": "input",
+        "huge": "input", "bad": "activation"}
 
 
 def test_staging_takes_a_tensor_seen_again_unchanged_once():
