@@ -185,6 +185,37 @@ def test_a_large_tensor_is_reduced_in_chunks_without_a_full_copy():
     assert result.hists[0].tolist() == histogram(t).tolist()
 
 
+class LargeStorages(TorchDispatchMode):
+    """Keeps every output living in a storage of at least `nbytes` (so a fresh allocation
+    cannot take the address of a freed one) and the addresses of those storages."""
+
+    def __init__(self, nbytes):
+        super().__init__()
+        self.nbytes, self.kept, self.storages = nbytes, [], set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= self.nbytes:
+                self.kept.append(t)
+                self.storages.add(t.untyped_storage().data_ptr())
+        return out
+
+
+def test_a_large_tensor_again_allocates_no_new_large_temporaries():
+    """On the CPU, the chunk-sized temporaries of a tensor larger than a chunk come from buffers
+    kept for the next pass: fresh ones on every statistics step made the allocator keep their
+    memory (a 50M-element parameter's steps grew the resident size by 110-150 MB, now 40 MB)."""
+    torch.manual_seed(8)
+    t = torch.randn(200_000)
+    summaries([t], bins=16, chunk=40_000)  # the buffers, once
+    with LargeStorages(10_000 * 4) as mode:
+        summaries([t], bins=16, chunk=40_000)
+        first = len(mode.storages)
+        summaries([t], bins=16, chunk=40_000)
+    assert 0 < first == len(mode.storages)
+
+
 def test_sparse_gradients_are_summarized_by_their_values():
     emb = torch.nn.Embedding(10, 4, sparse=True)
     emb(torch.tensor([1, 1, 3])).sum().backward()  # index 1 twice: uncoalesced duplicates

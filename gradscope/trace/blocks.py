@@ -10,6 +10,7 @@ statistic over the block rows. `gradscope.trace.capture` decides when this route
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -33,15 +34,17 @@ BLOCK = 128
 _scratch = threading.local()
 
 
-def _temporary(v: torch.Tensor) -> torch.Tensor:
-    """A tensor shaped like `v`, from a buffer of the calling thread kept for the next call:
-    large temporaries freshly allocated on every pass cost the CPU more than the pass itself."""
+def temporary(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialized tensor from a buffer of the calling thread (one per device and dtype),
+    kept for the next call: large temporaries freshly allocated on every pass cost the CPU more
+    than the pass itself, and the allocator may keep the freed ones (resident memory grows)."""
     buffers = _scratch.__dict__.setdefault("buffers", {})
-    key = (v.device, v.dtype)
+    key = (device, dtype)
+    n = math.prod(shape)
     buffer = buffers.get(key)
-    if buffer is None or buffer.numel() < v.numel():
-        buffer = buffers[key] = torch.empty(v.numel(), dtype=v.dtype, device=v.device)
-    return buffer[:v.numel()].view(v.shape)
+    if buffer is None or buffer.numel() < n:
+        buffer = buffers[key] = torch.empty(n, dtype=dtype, device=device)
+    return buffer[:n].view(shape)
 
 
 #: A row whose squared mean is more than this many times its variance is summed again about its
@@ -59,14 +62,14 @@ def raw_columns(v: torch.Tensor) -> torch.Tensor:
     v = v.float() if v.dtype in LOW_PRECISION else v
     total = v.sum(1).double()
     squares = torch.linalg.vector_norm(v, dim=1).double().square()
-    zeros = torch.eq(v, 0, out=_temporary(v)).sum(1).double()
+    zeros = torch.eq(v, 0, out=temporary(v.shape, v.dtype, v.device)).sum(1).double()
     nonfinite = torch.zeros_like(total)
     # n·mean² against the sum of squares (n·(mean² + variance)): mean² > DWARFED·variance
     mean = total / v.shape[1]
     retake = (total * mean * (DWARFED + 1) > squares * DWARFED).logical_or_(~torch.isfinite(squares * mean))
     index = retake.nonzero().squeeze(1)
     if len(index):  # a count the CPU (this route's device) knows at once; rare in activations
-        about, spread, found = _about_first(v.index_select(0, index))
+        about, spread, found = _about_first(v if len(index) == len(v) else v.index_select(0, index))
         total, squares = total.index_copy(0, index, about), squares.index_copy(0, index, spread)
         nonfinite.index_copy_(0, index, found)
     return torch.stack((total, squares, v.amin(1).double(), v.amax(1).double(), zeros, nonfinite), 1)
@@ -79,7 +82,7 @@ def _about_first(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     element."""
     n = rows.shape[1]
     pivot = rows[:, :1]
-    shifted = torch.sub(rows, pivot, out=_temporary(rows))
+    shifted = torch.sub(rows, pivot, out=temporary(rows.shape, rows.dtype, rows.device))
     p = pivot[:, 0].double()
     about = shifted.sum(1).double()
     spread = torch.linalg.vector_norm(shifted, dim=1).double().square()

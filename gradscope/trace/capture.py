@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, segment_rows, to_device
+from .blocks import LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, segment_rows, temporary, to_device
 from .shards import local
 from .tails import DeadUnits, count_dead, count_outside, unit_maxima
 
@@ -279,10 +279,12 @@ def _finish(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 def _bin_index(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int) -> torch.Tensor:
     """Bin of each element given its tensor's range (`low`/`high` broadcast to `x`); the same
-    arithmetic as `stats.histogram`, so the counts agree exactly. In place after the first
-    difference, and int32: one float and one int temporary the size of `x`."""
+    arithmetic as `stats.histogram`, so the counts agree exactly. Into the thread's temporaries
+    (`temporary`): a float32 and an int32 tensor the size of `x`, reused from call to call."""
     width = (high - low).clamp(min=torch.finfo(torch.float32).tiny) / bins
-    return (x - low).div_(width).nan_to_num_(0.0).floor_().clamp_(0, bins - 1).int()
+    scaled = torch.sub(x, low, out=temporary(x.shape, torch.float32, x.device))
+    scaled.div_(width).nan_to_num_(0.0).floor_().clamp_(0, bins - 1)
+    return temporary(x.shape, torch.int32, x.device).copy_(scaled)
 
 
 @dataclass
@@ -329,7 +331,7 @@ def _device_summaries(tensors, positions, device, bins, chunk) -> Summary:
             x32 = x.float()
             low, high = raw[:, 2].float(), raw[:, 3].float()
             spread = lambda v: torch.repeat_interleave(v, lengths, output_size=x32.numel())
-            index = _bin_index(x32, spread(low), spread(high), bins) + spread(offsets)
+            index = _bin_index(x32, spread(low), spread(high), bins).add_(spread(offsets))
             found = torch.zeros(len(pack) * bins, dtype=torch.float32, device=device)
             found.index_add_(0, index, torch.ones((), device=device).expand(x32.numel()))
             hists.append(torch.cat((low.double()[:, None], high.double()[:, None],
