@@ -127,6 +127,53 @@ def test_injected_write_error_keeps_judging_in_memory(monkeypatch, tmp_path, cap
         assert run["recording_stopped"] == "disk I/O error" and run["recording_stopped_at"] == 5
 
 
+def _count_commits(monkeypatch) -> list[int]:
+    commits = []
+    original = writer_module._Connection.commit
+
+    def commit(self):
+        original(self)
+        commits.append(1)
+
+    monkeypatch.setattr(writer_module._Connection, "commit", commit)
+    return commits
+
+
+def test_steps_are_committed_together_and_all_reach_the_record(monkeypatch, tmp_path):
+    commits = _count_commits(monkeypatch)
+    monkeypatch.setattr(writer_module, "COMMIT_EVERY", 600.0)  # only what must go in at once
+    model, opt = _model_and_opt()
+    session = gradscope.watch(model, opt, record=tmp_path / "r.sqlite")
+    _train(model, opt, 30)
+    session.close()
+    assert len(commits) < 10, len(commits)  # one per step before
+    with open_record(tmp_path / "r.sqlite") as record:
+        assert record.step_numbers() == list(range(30)) and record.run()["status"] == "finished"
+
+
+def test_a_step_that_fails_is_undone_alone_among_uncommitted_ones(monkeypatch, tmp_path):
+    """Step 5 fails half-written: its rows are undone, the steps around it in the same
+    transaction stay, and the failure is a finding."""
+    original = writer_module.RecordWriter._on_step
+
+    def on_step(self, conn, snapshot):
+        original(self, conn, snapshot)
+        if snapshot.data.step == 5:
+            raise RuntimeError("half-written")
+
+    monkeypatch.setattr(writer_module.RecordWriter, "_on_step", on_step)
+    monkeypatch.setattr(writer_module, "COMMIT_EVERY", 600.0)
+    model, opt = _model_and_opt()
+    session = gradscope.watch(model, opt, record=tmp_path / "r.sqlite")
+    _train(model, opt, 12)
+    session.close()
+    assert session._writer.dropped == {writer_module.DROP_FAILED: 1}
+    with open_record(tmp_path / "r.sqlite") as record:
+        assert record.step_numbers() == [s for s in range(12) if s != 5]
+        assert record.stats(step=5) == [] and record.updates(step=5) == []
+        assert any("half-written" in f.message for f in record.findings())
+
+
 def test_stalled_writer_never_blocks_training_and_close_gives_up(monkeypatch, tmp_path, capfd):
     gate = threading.Event()
     _inject(monkeypatch, block=gate)

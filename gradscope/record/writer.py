@@ -13,9 +13,11 @@ recording with one line on stderr; the recorder goes on judging steps in memory 
 `unrecorded_findings`) and training goes on. One value the database cannot store (a name with
 a lone surrogate) is stored escaped instead of failing its step.
 
-What a crash can lose: each step is committed on its own in WAL mode, so a process that dies
-loses the steps still queued (none when the recorder keeps up, at most `MAX_PENDING`) and the
-step in progress. The record of a killed process is recovered by its first reader. On close
+What a crash can lose: steps are committed together in WAL mode, at most `COMMIT_EVERY`
+seconds apart (at once when the recorder goes idle or a finding is written), so a process that
+dies loses the steps of the last `COMMIT_EVERY` seconds and those still queued (none when the
+recorder keeps up, at most `MAX_PENDING`). Each message is written in a savepoint of its own:
+one that fails is undone alone. The record of a killed process is recovered by its first reader. On close
 the record is checkpointed and switched out of WAL, so a finished record is one
 self-contained file. While the writer lives it holds a shared ``flock`` on the record file:
 readers tell a live record from a crashed one by it.
@@ -50,6 +52,9 @@ except ImportError:  # Windows: no liveness lock; readers treat every -wal as li
 MAX_PENDING = 256
 #: How long `close` (and the start) waits for a recorder that makes no progress at all.
 STALL_SECONDS = 30.0
+#: Seconds between commits at most while steps come in: a commit per step cost a fifth of the
+#: recorder's time (every step rewrote the same last pages of each table into the WAL).
+COMMIT_EVERY = 0.25
 
 DROP_BEHIND = "the recorder fell behind"
 DROP_FAILED = "the step could not be written"
@@ -152,6 +157,27 @@ class _Connection:
     def commit(self):
         self.raw.commit()
 
+    def begin(self):
+        """Start one message's writes: a savepoint in the open transaction (begun if none is)."""
+        if not self.raw.in_transaction:
+            self.raw.execute("BEGIN")
+        self.raw.execute("SAVEPOINT message")
+
+    def keep(self):
+        self.raw.execute("RELEASE message")
+
+    def undo(self) -> bool:
+        """Undo the writes of the message in progress alone; False when SQLite could not (it
+        rolled back the whole transaction itself after an I/O error, or cannot go on): then the
+        whole transaction is rolled back."""
+        try:
+            self.raw.execute("ROLLBACK TO message")
+            self.raw.execute("RELEASE message")
+            return True
+        except sqlite3.Error:
+            self.rollback()
+            return False
+
     def rollback(self):
         self.raw.rollback()
 
@@ -245,6 +271,10 @@ class RecordWriter:
         self._failed_steps = 0  # steps whose write failed (recorder thread only)
         self._unrecorded = 0  # steps judged after the recording stopped (recorder thread only)
         self._written_drops = 0
+        self._since: float | None = None  # when the oldest write not yet committed was made
+        self._uncommitted = 0  # steps written since the last commit
+        self._committed = 0  # the run's step count as of the last commit
+        self._commit_now = False  # a finding was written: commit it without waiting
         #: set once a non-finite statistic was recorded (read by the training thread, no lock)
         self.alarm = False
         #: why the recording stopped (a persistent write error), or None while it goes on
@@ -363,7 +393,12 @@ class RecordWriter:
         if self._analyzer is not None:
             self._analyzer.start(self.path, self._run)
         while True:
-            kind, payload = self._queue.get()
+            try:
+                wait = None if self._since is None else max(0.0, self._since + COMMIT_EVERY - time.monotonic())
+                kind, payload = self._queue.get(timeout=wait)
+            except queue.Empty:  # idle: what was written goes in now
+                self._commit(conn)
+                continue
             if kind == "step":
                 self._taken += 1
             if kind == "close":
@@ -384,19 +419,43 @@ class RecordWriter:
 
     def _write(self, conn: _Connection, kind: str, payload) -> None:
         try:
+            conn.begin()
             getattr(self, f"_on_{kind}")(conn, payload)
             if self._analyzer is not None and kind in OBSERVED:
                 self._analyzer.observe(kind, payload)
             self._note_drops(conn)
-            conn.commit()
-            if kind == "step":
-                self._run["steps"] = payload.data.step + 1
+            conn.keep()
         except Exception as exc:  # the record must survive whatever one message does
-            self._failed(conn, kind, exc)
+            self._failed(conn, kind, exc, undo=True)
             if kind == "step" and self.stopped is None:
                 self._failed_steps += 1
             elif kind == "step":
                 self._unrecorded += 1
+            return
+        if kind == "step":
+            self._run["steps"] = payload.data.step + 1
+            self._uncommitted += 1
+        now = time.monotonic()
+        self._since = now if self._since is None else self._since
+        if self._commit_now or kind == "run" or now - self._since >= COMMIT_EVERY:
+            self._commit(conn)
+
+    def _commit(self, conn: _Connection) -> None:
+        """Commit what was written; when that fails its steps are lost (counted as failed)."""
+        try:
+            conn.commit()
+        except Exception as exc:
+            self._lose_uncommitted()
+            self._failed(conn, "commit", exc)
+            return
+        self._committed = self._run.get("steps", 0)
+        self._uncommitted, self._since, self._commit_now = 0, None, False
+
+    def _lose_uncommitted(self) -> None:
+        """The open transaction is rolled back: the steps written in it are not in the record."""
+        self._run["steps"] = self._committed
+        self._failed_steps += self._uncommitted
+        self._uncommitted, self._since, self._commit_now = 0, None, False
 
     def _note_drops(self, conn) -> None:
         """Keep ``dropped_steps`` current in the record (the UI shows it while the run goes on)."""
@@ -405,22 +464,33 @@ class RecordWriter:
             self._set_run(conn, {"dropped_steps": dropped, "dropped": self.dropped})
             self._written_drops = dropped
 
-    def _failed(self, conn: _Connection, kind: str, exc: Exception) -> None:
+    def _failed(self, conn: _Connection, kind: str, exc: Exception, undo: bool = False) -> None:
+        """After a failed write: undo it (the message's own writes with `undo`, else the whole
+        transaction), then stop recording on a write error or record an internal error."""
         try:
-            conn.rollback()
+            kept = undo and conn.undo()
+            if not undo:
+                conn.rollback()
         except sqlite3.Error:
-            pass
+            kept = False
+        if not kept:  # the whole transaction is gone
+            self._lose_uncommitted()
         if _is_write_error(exc):
+            if self._since is not None:
+                self._commit(conn)  # what came before, if the storage still takes it
             self._stop(_reason(exc))
             return
         try:
             self._on_finding(conn, internal_error(f"recorder ({kind})", exc))
             conn.commit()
+            self._committed = self._run.get("steps", 0)
+            self._uncommitted, self._since, self._commit_now = 0, None, False
         except Exception as again:  # even the finding cannot be written: the storage is gone
             try:
                 conn.rollback()
             except sqlite3.Error:
                 pass
+            self._lose_uncommitted()
             self._stop(_reason(again))
 
     def _judge(self, kind: str, payload) -> None:
@@ -455,6 +525,8 @@ class RecordWriter:
         self.unrecorded_findings.append(row)
 
     def _finish(self, conn: _Connection, fields: dict) -> None:
+        if self._since is not None:
+            self._commit(conn)
         findings = []
         if self._analyzer is not None:
             try:
@@ -522,6 +594,7 @@ class RecordWriter:
             )
             return
         self._count_new(finding)
+        self._commit_now = True
         row = dict(finding, step=finding.get("step"), last_step=finding.get("step"), count=1)
         self._findings[key] = schema.FINDINGS.insert(conn, [row]).lastrowid
 
