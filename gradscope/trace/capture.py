@@ -457,12 +457,13 @@ class Staging:
     A tensor may be changed in place right after its hook saw it (an in-place ReLU after a
     batch-norm), so its values are taken at once: a small tensor is copied into a chunk-sized
     staging buffer of its device (one copy kernel), a tensor of a quarter of a chunk or more is
-    summarized on the spot from its own memory (`summaries`; piece by piece when larger than a
-    chunk): a buffer would hold few of them, and their copy was a pass over memory as costly as
-    a reduction. A full buffer, and every buffer at `drain`, is
-    summarized with one pass of segment reductions. Rows go to the `RowBatch` given to `drain`
-    (and to `add`, for what is summarized on the spot), in blocks of one kind each. Threads that
-    train under one session share the open step, so adding and draining hold a lock.
+    reduced on the spot from its own memory (`raw_rows` as one segment; piece by piece when
+    larger than a chunk): a buffer would hold few of them, and their copy was a pass over memory
+    as costly as a reduction; their rows are finished together at `drain`. A full buffer, and
+    every buffer at `drain`, is summarized with one pass of segment reductions. Rows go to the
+    `RowBatch` given to `drain` (and to `add`, for a full buffer), in blocks of one kind each.
+    Threads that train under one session share the open step, so adding and draining hold a
+    lock.
 
     A tensor seen again unchanged (the same object at the same version: a container's output is
     its last child's, and so is the gradient of that output) is not taken again: its row is the
