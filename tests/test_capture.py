@@ -160,6 +160,36 @@ def test_norms_tell_overflow_from_nonfinite_values(reduction):
     assert got[3][0] == torch.linalg.vector_norm(huge).item() and math.isfinite(got[3][1])
 
 
+class OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_many_small_tensors_of_a_few_shapes_are_reduced_run_by_run():
+    """On the CPU, small gradients of a few shapes (weights and biases of like layers, in any
+    order) are packed by size and each run of one size reduced as a [count, length] view: no
+    segment reduction, the same norms and largest magnitudes as torch."""
+    torch.manual_seed(9)
+    tensors = [torch.randn(16, 16) if i % 2 else torch.randn(16) * 100 for i in range(80)]
+    tensors += [torch.randn(3, 5).t(), torch.randn(5, 3)]  # a third shape, one of them transposed
+    tensors[7][2, 3], tensors[10][4] = math.nan, -math.inf
+    with OpNames() as mode:
+        blocks = norms(tensors)
+    assert "segment_reduce" not in mode.names
+    got = {i: row for positions, rows in blocks for i, row in zip(positions, rows.tolist())}
+    assert sorted(got) == list(range(len(tensors)))
+    for i, t in enumerate(tensors):
+        norm, largest = got[i]
+        assert norm == pytest.approx(torch.linalg.vector_norm(t).item(), rel=1e-6, nan_ok=True), i
+        want = math.nan if t.isnan().any() else t.abs().max().item()
+        assert largest == pytest.approx(want, nan_ok=True), i
+
+
 class LargestOutput(TorchDispatchMode):
     def __init__(self):
         super().__init__()

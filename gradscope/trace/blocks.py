@@ -156,6 +156,43 @@ class _Blocks:
 _blocks = _Blocks()
 
 
+#: Segments falling into at most this many runs of equal lengths are reduced run by run.
+RUNS = 8
+
+_runs: dict[tuple[int, ...], tuple | None] = {}
+
+
+def _runs_of(lengths: tuple[int, ...]) -> tuple | None:
+    """((start, count, length) of each run of equal adjacent lengths), or None past `RUNS` runs."""
+    found = _runs.get(lengths, False)
+    if found is False:
+        runs, start, i = [], 0, 0
+        while i < len(lengths) and len(runs) <= RUNS:
+            j = i
+            while j < len(lengths) and lengths[j] == lengths[i]:
+                j += 1
+            runs.append((start, j - i, lengths[i]))
+            start += (j - i) * lengths[i]
+            i = j
+        found = tuple(runs) if len(runs) <= RUNS else None
+        if len(_runs) >= 512:
+            _runs.clear()
+        _runs[lengths] = found
+    return found
+
+
+def run_rows(x: torch.Tensor, lengths: tuple[int, ...], columns) -> torch.Tensor | None:
+    """Per-segment rows of `columns` (`norm_columns`) of the flat `x` when its segments fall
+    into at most `RUNS` runs of equal lengths: each run is one [count, length] view reduced
+    along its rows (no index, no segment reduction: many small parameters of a few shapes cost
+    a few operations); None otherwise."""
+    runs = _runs_of(lengths)
+    if runs is None:
+        return None
+    parts = [columns(x[start:start + count * n].view(count, n)) for start, count, n in runs]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 def segment_rows(x: torch.Tensor, lengths: tuple[int, ...], columns, how: tuple[str, ...]) -> torch.Tensor:
     """[segments, len(how)] float64: per segment of the flat tensor `x` (segments of `lengths`,
     end to end), the per-row reductions `columns` (`raw_columns`, `norm_columns`) combined as

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, segment_rows, temporary, to_device
+from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, run_rows, segment_rows, temporary,
+                     to_device)
 from .shards import local
 from .tails import DeadUnits, count_dead, count_outside, unit_maxima
 
@@ -147,21 +148,45 @@ def _largest(x: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_norms(device, positions: list[int], xs: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+    sizes = [x.numel() for x in xs]
+    order = _by_length(sizes)  # equal lengths side by side: runs (`run_rows`)
+    positions, xs, sizes = [positions[i] for i in order], [xs[i] for i in order], [sizes[i] for i in order]
     out = []
     start = 0
     while start < len(xs):
         end, size = start, 0
-        while end < len(xs) and (end == start or size + xs[end].numel() <= CHUNK):
-            size += xs[end].numel()
+        while end < len(xs) and (end == start or size + sizes[end] <= CHUNK):
+            size += sizes[end]
             end += 1
-        flat = [_flat(x) for x in xs[start:end]]
-        rows = norm_rows(torch.cat(flat) if len(flat) > 1 else flat[0], tuple(f.numel() for f in flat))
+        rows = norm_rows(_packed(xs[start:end]), tuple(sizes[start:end]))
         squares, largest = rows.unbind(1)
         if xs[start].dtype != torch.float64:
             squares = _float32_range(squares)
         out.append((positions[start:end], torch.stack((squares.sqrt(), largest), 1)))
         start = end
     return out
+
+
+def _packed(xs: list[torch.Tensor]) -> torch.Tensor:
+    """The elements of `xs`, flattened end to end in one tensor (one copy)."""
+    if len(xs) > 1 and not xs[0].is_complex():
+        return torch._C._nn.flatten_dense_tensors(xs)  # the loop over tensors in C++
+    flat = [_flat(x) for x in xs]
+    return torch.cat(flat) if len(flat) > 1 else flat[0]
+
+
+_orders: dict[tuple[int, ...], list[int]] = {}
+
+
+def _by_length(sizes: list[int]) -> list[int]:
+    """Positions of `sizes` in the order of their sizes (stable), cached per list of sizes."""
+    key = tuple(sizes)
+    order = _orders.get(key)
+    if order is None:
+        if len(_orders) >= 512:
+            _orders.clear()
+        order = _orders[key] = sorted(range(len(sizes)), key=sizes.__getitem__)
+    return order
 
 
 def _float32_range(squares: torch.Tensor) -> torch.Tensor:
@@ -250,6 +275,10 @@ def _direct_raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
 
 def norm_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     """[segments, 2] float64: (sum of squares, largest magnitude) of each segment of a flat `x`."""
+    if x.device.type in BLOCKED and len(lengths) > 1:
+        rows = run_rows(x, lengths, norm_columns)
+        if rows is not None:
+            return rows
     if by_blocks(x):
         return segment_rows(x, lengths, norm_columns, NORM_HOW)
     wide = x.double()
@@ -261,9 +290,13 @@ def norm_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
 def column_norms(columns: list[torch.Tensor], lengths: tuple[int, ...]) -> torch.Tensor:
     """[segments, len(columns)] float64: the L2 norm of each segment (of `lengths`, end to end)
     of each of the equally long flat `columns`."""
-    if by_blocks(columns[0]):
-        squares = segment_rows(torch.cat(columns), lengths * len(columns), norm_columns, NORM_HOW)[:, 0]
-        return squares.reshape(len(columns), -1).T.sqrt()
+    if columns[0].device.type in BLOCKED:
+        flat = torch.cat(columns)
+        rows = run_rows(flat, lengths * len(columns), norm_columns)
+        if rows is None and by_blocks(flat):
+            rows = segment_rows(flat, lengths * len(columns), norm_columns, NORM_HOW)
+        if rows is not None:
+            return rows[:, 0].reshape(len(columns), -1).T.sqrt()
     wide = torch.stack(columns, 1).double()
     segments = _layouts.get(wide.device, lengths, 0)[0]
     return torch.segment_reduce(wide * wide, "sum", lengths=segments, axis=0, unsafe=True).sqrt()

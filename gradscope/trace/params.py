@@ -55,6 +55,8 @@ class _Samples:
     back before the parameters are laid out anew."""
 
     def __init__(self, names: list[str], entries: list[_Entry], size: int):
+        order = sorted(range(len(entries)), key=lambda i: entries[i].view.numel())  # runs of equal lengths
+        names, entries = [names[i] for i in order], [entries[i] for i in order]
         self.names = names
         self.entries = entries
         self._size = size
