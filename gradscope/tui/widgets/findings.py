@@ -46,7 +46,7 @@ class FindingsTable(DataTable):
             key = _key(f)
             known = self._findings.get(key)
             if known is not None and (known["count"], known["last_step"]) != (f["count"], f["last_step"]):
-                self.update_cell(key, self._columns[3], _steps(f))
+                self.update_cell(key, self._columns[3], _steps(f), update_width=True)
             self._findings[key] = dict(f)
         if fresh:
             cursor = self.coordinate_to_cell_key(self.cursor_coordinate).row_key if self.row_count else None
