@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradscope.trace import capture
+from gradscope.trace import blocks, capture
 from gradscope.trace.blocks import BLOCK
 from gradscope.trace.capture import local_values, norm_rows, norms, raw_rows, summaries
 from gradscope.trace.params import ParamTracker
@@ -16,13 +16,15 @@ from gradscope.trace.stats import FIELDS, histogram
 
 @pytest.fixture(params=["cpu", "blocks", "direct"])
 def reduction(request, monkeypatch):
-    """The ways of reducing segments: the CPU's as it chooses, always packed and by blocks
-    (whatever the size and number of tensors), and directly (CUDA's)."""
+    """The ways of reducing segments: the CPU's as it chooses (runs of equal lengths as views
+    when there are few), always packed and by blocks (whatever the size, number and lengths of
+    the tensors), and directly (CUDA's)."""
     if request.param == "direct":
         monkeypatch.setattr(capture, "BLOCKED", set())
     elif request.param == "blocks":
         monkeypatch.setattr(capture, "BLOCKS_FROM", 0)
         monkeypatch.setattr(capture, "FEW", 0)
+        monkeypatch.setattr(blocks, "RUNS", 0)
     return request.param
 
 

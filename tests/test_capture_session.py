@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 import gradscope
 from gradscope.settings import DEFAULTS
-from gradscope.trace import capture
+from gradscope.trace import blocks, capture
 from kernel_count import Count, from_gradscope
 
 DENSE = DEFAULTS.dense_steps
@@ -48,14 +48,17 @@ def extra_ops_of_a_quiet_step(tensors: int, tmp_path) -> int:
     return sum(watched.ops.values()) - sum(bare.ops.values())
 
 
-@pytest.mark.parametrize("path", ["gpu", "cpu"])
+@pytest.mark.parametrize("path", ["gpu", "cpu-runs", "cpu-blocks"])
 def test_extra_work_of_a_step_without_statistics_does_not_grow_with_parameters(tmp_path, monkeypatch, path):
-    """The launches a GPU would make (segments reduced directly), and the CPU's packed path."""
+    """The launches a GPU would make (segments reduced directly), and the CPU's packed paths:
+    runs of equal lengths as views, and by blocks (whatever the lengths)."""
     if path == "gpu":
         monkeypatch.setattr(capture, "BLOCKED", set())
-    else:  # always packed, always by blocks (the CPU's choice otherwise depends on the sizes)
+    else:  # always packed (the CPU's choice otherwise depends on the number of tensors)
         monkeypatch.setattr(capture, "FEW", 0)
         monkeypatch.setattr(capture, "BLOCKS_FROM", 0)
+    if path == "cpu-blocks":
+        monkeypatch.setattr(blocks, "RUNS", 0)
     small = extra_ops_of_a_quiet_step(10, tmp_path)
     large = extra_ops_of_a_quiet_step(200, tmp_path)
     assert 0 < small == large  # a constant number of multi-tensor launches, not one per tensor

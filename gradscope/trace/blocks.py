@@ -157,12 +157,12 @@ _blocks = _Blocks()
 
 
 #: Segments falling into at most this many runs of equal lengths are reduced run by run.
-RUNS = 8
+RUNS = 16
 
 _runs: dict[tuple[int, ...], tuple | None] = {}
 
 
-def _runs_of(lengths: tuple[int, ...]) -> tuple | None:
+def runs_of(lengths: tuple[int, ...]) -> tuple | None:
     """((start, count, length) of each run of equal adjacent lengths), or None past `RUNS` runs."""
     found = _runs.get(lengths, False)
     if found is False:
@@ -186,7 +186,7 @@ def run_rows(x: torch.Tensor, lengths: tuple[int, ...], columns) -> torch.Tensor
     into at most `RUNS` runs of equal lengths: each run is one [count, length] view reduced
     along its rows (no index, no segment reduction: many small parameters of a few shapes cost
     a few operations); None otherwise."""
-    runs = _runs_of(lengths)
+    runs = runs_of(lengths)
     if runs is None:
         return None
     parts = [columns(x[start:start + count * n].view(count, n)) for start, count, n in runs]

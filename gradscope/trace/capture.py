@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, run_rows, segment_rows, temporary,
-                     to_device)
+from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, runs_of, norm_columns, raw_columns, run_rows, segment_rows,
+                     temporary, to_device)
 from .shards import local
 from .tails import DeadUnits, count_dead, count_outside, unit_maxima
 
@@ -237,10 +237,16 @@ def by_blocks(x: torch.Tensor) -> bool:
 def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     """Raw per-segment statistics of a flat floating `x` (segments of `lengths`): rows of sum,
     sum of squares, min, max, zeros, non-finite count; float64, [segments, 6]."""
-    if not by_blocks(x):
+    if x.device.type not in BLOCKED:
         return _direct_raw_rows(x, lengths)
-    # one segment: reduced as one row (the segment machinery costs more than the reductions)
-    raw = raw_columns(x.view(1, -1)) if len(lengths) == 1 else segment_rows(x, lengths, raw_columns, RAW_HOW)
+    if len(lengths) == 1:  # one segment: one row (the segment machinery costs more than the reductions)
+        raw = raw_columns(x.view(1, -1))
+    else:  # a few runs of equal lengths: one [count, length] view each; else by blocks
+        raw = run_rows(x, lengths, raw_columns)
+        if raw is None and not by_blocks(x):
+            return _direct_raw_rows(x, lengths)
+        if raw is None:
+            raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
     if x.dtype != torch.float64:
         _float32_range(raw[:, 1])
     bad = (raw[:, 5] > 0).nonzero().squeeze(1)
@@ -341,6 +347,8 @@ def summaries(tensors: list[torch.Tensor], *, bins: int = 0, chunk: int = CHUNK)
 
 
 def _device_summaries(tensors, positions, device, bins, chunk) -> Summary:
+    if device.type in BLOCKED:  # equal lengths side by side: packs fall into runs (`run_rows`)
+        positions = [positions[i] for i in _by_length([tensors[i].numel() for i in positions])]
     order: list[int] = []  # positions in the order their rows are produced
     raws: list[torch.Tensor] = []
     counts: list[torch.Tensor] = []
@@ -363,10 +371,19 @@ def _device_summaries(tensors, positions, device, bins, chunk) -> Summary:
         if bins:
             x32 = x.float()
             low, high = raw[:, 2].float(), raw[:, 3].float()
-            spread = lambda v: torch.repeat_interleave(v, lengths, output_size=x32.numel())
-            index = _bin_index(x32, spread(low), spread(high), bins).add_(spread(offsets))
             found = torch.zeros(len(pack) * bins, dtype=torch.float32, device=device)
-            found.index_add_(0, index, torch.ones((), device=device).expand(x32.numel()))
+            one = torch.ones((), device=device)
+            runs = runs_of(layout) if device.type in BLOCKED else None
+            if runs is None:  # each element's bounds and offset spread from its segment's
+                spread = lambda v: torch.repeat_interleave(v, lengths, output_size=x32.numel())
+                index = _bin_index(x32, spread(low), spread(high), bins).add_(spread(offsets))
+                found.index_add_(0, index, one.expand(x32.numel()))
+            row = 0
+            for start, count, n in runs or ():  # broadcast over a [count, length] view instead
+                rows = slice(row, row + count)
+                index = _bin_index(x32[start:start + count * n].view(count, n), low[rows, None], high[rows, None], bins)
+                found.index_add_(0, index.add_(offsets[rows, None]).view(-1), one.expand(count * n))
+                row += count
             hists.append(torch.cat((low.double()[:, None], high.double()[:, None],
                                     found.double().reshape(len(pack), bins)), 1))
         pack, size = [], 0
