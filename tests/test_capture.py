@@ -177,7 +177,8 @@ def test_many_small_tensors_of_a_few_shapes_are_reduced_run_by_run():
     order) are packed by size and each run of one size reduced as a [count, length] view: no
     segment reduction, the same norms and largest magnitudes as torch."""
     torch.manual_seed(9)
-    tensors = [torch.randn(16, 16) if i % 2 else torch.randn(16) * 100 for i in range(80)]
+    tensors = [torch.randn(16, 32) if i % 2 else torch.randn(16) * 100 for i in range(160)]
+    assert sum(t.numel() for t in tensors) >= capture.BLOCKS_FROM  # packed, and not summed directly
     tensors += [torch.randn(3, 5).t(), torch.randn(5, 3)]  # a third shape, one of them transposed
     tensors[7][2, 3], tensors[10][4] = math.nan, -math.inf
     with OpNames() as mode:

@@ -237,14 +237,12 @@ def by_blocks(x: torch.Tensor) -> bool:
 def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     """Raw per-segment statistics of a flat floating `x` (segments of `lengths`): rows of sum,
     sum of squares, min, max, zeros, non-finite count; float64, [segments, 6]."""
-    if x.device.type not in BLOCKED:
+    if not by_blocks(x):
         return _direct_raw_rows(x, lengths)
     if len(lengths) == 1:  # one segment: one row (the segment machinery costs more than the reductions)
         raw = raw_columns(x.view(1, -1))
     else:  # a few runs of equal lengths: one [count, length] view each; else by blocks
         raw = run_rows(x, lengths, raw_columns)
-        if raw is None and not by_blocks(x):
-            return _direct_raw_rows(x, lengths)
         if raw is None:
             raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
     if x.dtype != torch.float64:
@@ -281,12 +279,9 @@ def _direct_raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
 
 def norm_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     """[segments, 2] float64: (sum of squares, largest magnitude) of each segment of a flat `x`."""
-    if x.device.type in BLOCKED and len(lengths) > 1:
-        rows = run_rows(x, lengths, norm_columns)
-        if rows is not None:
-            return rows
     if by_blocks(x):
-        return segment_rows(x, lengths, norm_columns, NORM_HOW)
+        rows = run_rows(x, lengths, norm_columns) if len(lengths) > 1 else None
+        return rows if rows is not None else segment_rows(x, lengths, norm_columns, NORM_HOW)
     wide = x.double()
     segments = _layouts.get(x.device, lengths, 0)[0]
     reduce = lambda values, how: torch.segment_reduce(values, how, lengths=segments, unsafe=True)
@@ -296,13 +291,12 @@ def norm_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
 def column_norms(columns: list[torch.Tensor], lengths: tuple[int, ...]) -> torch.Tensor:
     """[segments, len(columns)] float64: the L2 norm of each segment (of `lengths`, end to end)
     of each of the equally long flat `columns`."""
-    if columns[0].device.type in BLOCKED:
+    if by_blocks(columns[0]):
         flat = torch.cat(columns)
         rows = run_rows(flat, lengths * len(columns), norm_columns)
-        if rows is None and by_blocks(flat):
+        if rows is None:
             rows = segment_rows(flat, lengths * len(columns), norm_columns, NORM_HOW)
-        if rows is not None:
-            return rows[:, 0].reshape(len(columns), -1).T.sqrt()
+        return rows[:, 0].reshape(len(columns), -1).T.sqrt()
     wide = torch.stack(columns, 1).double()
     segments = _layouts.get(wide.device, lengths, 0)[0]
     return torch.segment_reduce(wide * wide, "sum", lengths=segments, axis=0, unsafe=True).sqrt()
@@ -373,7 +367,7 @@ def _device_summaries(tensors, positions, device, bins, chunk) -> Summary:
             low, high = raw[:, 2].float(), raw[:, 3].float()
             found = torch.zeros(len(pack) * bins, dtype=torch.float32, device=device)
             one = torch.ones((), device=device)
-            runs = runs_of(layout) if device.type in BLOCKED else None
+            runs = runs_of(layout) if by_blocks(x) else None
             if runs is None:  # each element's bounds and offset spread from its segment's
                 spread = lambda v: torch.repeat_interleave(v, lengths, output_size=x32.numel())
                 index = _bin_index(x32, spread(low), spread(high), bins).add_(spread(offsets))
