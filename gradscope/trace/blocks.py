@@ -5,7 +5,10 @@ twenty times slower per element than a vectorized reduction, while an operation 
 microseconds to start, not a kernel launch. `segment_rows` reduces segments laid end to end in
 a flat tensor by blocks of `BLOCK` elements: whole blocks by vectorized reductions along the
 rows of a block view, the few elements outside them alone, then one segment reduction per
-statistic over the block rows. `gradscope.trace.capture` decides when this route is taken.
+statistic over the block rows. Segments that fall into a few runs of one length each (the
+weights and biases of like layers, laid out by size) are reduced instead run by run, each run
+one [count, length] view (`run_rows`). `gradscope.trace.capture` decides when these routes are
+taken.
 """
 
 from __future__ import annotations
@@ -182,10 +185,10 @@ def runs_of(lengths: tuple[int, ...]) -> tuple | None:
 
 
 def run_rows(x: torch.Tensor, lengths: tuple[int, ...], columns) -> torch.Tensor | None:
-    """Per-segment rows of `columns` (`norm_columns`) of the flat `x` when its segments fall
-    into at most `RUNS` runs of equal lengths: each run is one [count, length] view reduced
-    along its rows (no index, no segment reduction: many small parameters of a few shapes cost
-    a few operations); None otherwise."""
+    """Per-segment rows of `columns` (`raw_columns`, `norm_columns`) of the flat `x` when its
+    segments fall into at most `RUNS` runs of equal lengths: each run is one [count, length]
+    view reduced along its rows (no index, no segment reduction: many small parameters of a few
+    shapes cost a few operations); None otherwise."""
     runs = runs_of(lengths)
     if runs is None:
         return None
