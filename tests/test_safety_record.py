@@ -151,6 +151,24 @@ def test_steps_are_committed_together_and_all_reach_the_record(monkeypatch, tmp_
         assert record.step_numbers() == list(range(30)) and record.run()["status"] == "finished"
 
 
+def test_an_idle_recorder_commits_what_it_wrote(tmp_path):
+    """Steps written within `COMMIT_EVERY` of each other go in together; once no more come, a
+    reader of the live record sees them without waiting for the next step or the close."""
+    model, opt = _model_and_opt()
+    session = gradscope.watch(model, opt, record=tmp_path / "r.sqlite")
+    try:
+        _train(model, opt, 3)
+        opt.zero_grad()  # the next step begins: the third one is complete
+
+        def seen():
+            with open_record(tmp_path / "r.sqlite") as record:
+                return record.step_numbers() == [0, 1, 2]
+
+        _wait_for(seen, "the three steps in the live record", timeout=60)
+    finally:
+        session.close()
+
+
 def test_a_step_that_fails_is_undone_alone_among_uncommitted_ones(monkeypatch, tmp_path):
     """Step 5 fails half-written: its rows are undone, the steps around it in the same
     transaction stay, and the failure is a finding."""
