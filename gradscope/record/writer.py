@@ -168,18 +168,20 @@ class _Connection:
 
     def undo(self) -> bool:
         """Undo the writes of the message in progress alone; False when SQLite could not (it
-        rolled back the whole transaction itself after an I/O error, or cannot go on): then the
-        whole transaction is rolled back."""
+        rolled back the whole transaction itself after an I/O error, or cannot go on)."""
         try:
             self.raw.execute("ROLLBACK TO message")
             self.raw.execute("RELEASE message")
             return True
         except sqlite3.Error:
-            self.rollback()
             return False
 
     def rollback(self):
-        self.raw.rollback()
+        """Roll back the open transaction; a storage that cannot even do that keeps nothing."""
+        try:
+            self.raw.rollback()
+        except sqlite3.Error:
+            pass
 
     def close(self):
         self.raw.close()
@@ -445,16 +447,17 @@ class RecordWriter:
         try:
             conn.commit()
         except Exception as exc:
-            self._lose_uncommitted()
             self._failed(conn, "commit", exc)
             return
-        self._committed = self._run.get("steps", 0)
-        self._uncommitted, self._since, self._commit_now = 0, None, False
+        self._settled()
 
-    def _lose_uncommitted(self) -> None:
-        """The open transaction is rolled back: the steps written in it are not in the record."""
-        self._run["steps"] = self._committed
-        self._failed_steps += self._uncommitted
+    def _settled(self, lost: bool = False) -> None:
+        """The open transaction is over: committed, or rolled back (`lost`: the steps written in
+        it are not in the record, counted as failed)."""
+        if lost:
+            self._run["steps"] = self._committed
+            self._failed_steps += self._uncommitted
+        self._committed = self._run.get("steps", 0)
         self._uncommitted, self._since, self._commit_now = 0, None, False
 
     def _note_drops(self, conn) -> None:
@@ -467,14 +470,9 @@ class RecordWriter:
     def _failed(self, conn: _Connection, kind: str, exc: Exception, undo: bool = False) -> None:
         """After a failed write: undo it (the message's own writes with `undo`, else the whole
         transaction), then stop recording on a write error or record an internal error."""
-        try:
-            kept = undo and conn.undo()
-            if not undo:
-                conn.rollback()
-        except sqlite3.Error:
-            kept = False
-        if not kept:  # the whole transaction is gone
-            self._lose_uncommitted()
+        if not (undo and conn.undo()):  # the whole transaction is gone
+            conn.rollback()
+            self._settled(lost=True)
         if _is_write_error(exc):
             if self._since is not None:
                 self._commit(conn)  # what came before, if the storage still takes it
@@ -483,14 +481,10 @@ class RecordWriter:
         try:
             self._on_finding(conn, internal_error(f"recorder ({kind})", exc))
             conn.commit()
-            self._committed = self._run.get("steps", 0)
-            self._uncommitted, self._since, self._commit_now = 0, None, False
+            self._settled()
         except Exception as again:  # even the finding cannot be written: the storage is gone
-            try:
-                conn.rollback()
-            except sqlite3.Error:
-                pass
-            self._lose_uncommitted()
+            conn.rollback()
+            self._settled(lost=True)
             self._stop(_reason(again))
 
     def _judge(self, kind: str, payload) -> None:

@@ -5,14 +5,14 @@ twenty times slower per element than a vectorized reduction, while an operation 
 microseconds to start, not a kernel launch. `segment_rows` reduces segments laid end to end in
 a flat tensor by blocks of `BLOCK` elements: whole blocks by vectorized reductions along the
 rows of a block view, the few elements outside them alone, then one segment reduction per
-statistic over the block rows. Segments that fall into a few runs of one length each (the
-weights and biases of like layers, laid out by size) are reduced instead run by run, each run
-one [count, length] view (`run_rows`). `gradscope.trace.capture` decides when these routes are
-taken.
+statistic over the block rows; segments that fall into a few runs of one length each (the
+weights and biases of like layers, laid out by size) are reduced run by run instead, each run
+one [count, length] view. `gradscope.trace.capture` decides when this route is taken.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 
@@ -169,14 +169,11 @@ def runs_of(lengths: tuple[int, ...]) -> tuple | None:
     """((start, count, length) of each run of equal adjacent lengths), or None past `RUNS` runs."""
     found = _runs.get(lengths, False)
     if found is False:
-        runs, start, i = [], 0, 0
-        while i < len(lengths) and len(runs) <= RUNS:
-            j = i
-            while j < len(lengths) and lengths[j] == lengths[i]:
-                j += 1
-            runs.append((start, j - i, lengths[i]))
-            start += (j - i) * lengths[i]
-            i = j
+        runs, start = [], 0
+        for n, run in itertools.groupby(lengths):
+            count = sum(1 for _ in run)
+            runs.append((start, count, n))
+            start += count * n
         found = tuple(runs) if len(runs) <= RUNS else None
         if len(_runs) >= 512:
             _runs.clear()
@@ -184,27 +181,22 @@ def runs_of(lengths: tuple[int, ...]) -> tuple | None:
     return found
 
 
-def run_rows(x: torch.Tensor, lengths: tuple[int, ...], columns) -> torch.Tensor | None:
-    """Per-segment rows of `columns` (`raw_columns`, `norm_columns`) of the flat `x` when its
-    segments fall into at most `RUNS` runs of equal lengths: each run is one [count, length]
-    view reduced along its rows (no index, no segment reduction: many small parameters of a few
-    shapes cost a few operations); None otherwise."""
-    runs = runs_of(lengths)
-    if runs is None:
-        return None
-    parts = [columns(x[start:start + count * n].view(count, n)) for start, count, n in runs]
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-
 def segment_rows(x: torch.Tensor, lengths: tuple[int, ...], columns, how: tuple[str, ...]) -> torch.Tensor:
     """[segments, len(how)] float64: per segment of the flat tensor `x` (segments of `lengths`,
     end to end), the per-row reductions `columns` (`raw_columns`, `norm_columns`) combined as
     `how` says ("sum", "min" or "max" per column).
 
-    Whole blocks are reduced along their rows (vectorized), the loose elements as rows of one;
-    then the rows of each segment are combined by segment reductions over a block's worth fewer
-    values (a CPU segment reduction is a plain loop, far slower per element than a vectorized
-    reduction). The number of launches does not depend on the lengths."""
+    Segments that fall into at most `RUNS` runs of one length (one tensor; the weights and
+    biases of like layers laid out by size) are reduced run by run, each run one
+    [count, length] view along its rows: no index, no segment reduction. Otherwise whole blocks
+    are reduced along their rows (vectorized), the loose elements as rows of one; then the rows
+    of each segment are combined by segment reductions over a block's worth fewer values (a CPU
+    segment reduction is a plain loop, far slower per element than a vectorized reduction).
+    Either way the number of launches does not grow with the number of segments."""
+    runs = runs_of(lengths)
+    if runs is not None:
+        parts = [columns(x[start:start + count * n].view(count, n)) for start, count, n in runs]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
     blocks, loose, order, rows = _blocks.get(x.device, lengths)
     parts = (x[:blocks * BLOCK].view(blocks, BLOCK), x.index_select(0, loose).view(-1, 1))  # either may be empty
     per_row = torch.cat([columns(v) for v in parts]).index_select(0, order)

@@ -34,6 +34,7 @@ magnitude of a complex tensor, integer and bool tensors as float32.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import weakref
@@ -41,8 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, runs_of, norm_columns, raw_columns, run_rows, segment_rows,
-                     temporary, to_device)
+from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, runs_of, segment_rows, temporary,
+                     to_device)
 from .shards import local
 from .tails import DeadUnits, count_dead, count_outside, unit_maxima
 
@@ -149,7 +150,7 @@ def _largest(x: torch.Tensor) -> torch.Tensor:
 
 def _packed_norms(device, positions: list[int], xs: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
     sizes = [x.numel() for x in xs]
-    order = _by_length(sizes)  # equal lengths side by side: runs (`run_rows`)
+    order = by_length(sizes)  # equal lengths side by side: runs (`segment_rows`)
     positions, xs, sizes = [positions[i] for i in order], [xs[i] for i in order], [sizes[i] for i in order]
     out = []
     start = 0
@@ -178,7 +179,7 @@ def _packed(xs: list[torch.Tensor]) -> torch.Tensor:
 _orders: dict[tuple[int, ...], list[int]] = {}
 
 
-def _by_length(sizes: list[int]) -> list[int]:
+def by_length(sizes: list[int]) -> list[int]:
     """Positions of `sizes` in the order of their sizes (stable), cached per list of sizes."""
     key = tuple(sizes)
     order = _orders.get(key)
@@ -239,12 +240,7 @@ def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     sum of squares, min, max, zeros, non-finite count; float64, [segments, 6]."""
     if not by_blocks(x):
         return _direct_raw_rows(x, lengths)
-    if len(lengths) == 1:  # one segment: one row (the segment machinery costs more than the reductions)
-        raw = raw_columns(x.view(1, -1))
-    else:  # a few runs of equal lengths: one [count, length] view each; else by blocks
-        raw = run_rows(x, lengths, raw_columns)
-        if raw is None:
-            raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
+    raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
     if x.dtype != torch.float64:
         _float32_range(raw[:, 1])
     bad = (raw[:, 5] > 0).nonzero().squeeze(1)
@@ -255,11 +251,11 @@ def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
 
 def _plain_sums(raw: torch.Tensor) -> torch.Tensor:
     """Raw rows of segments holding NaN or infinity with the sums a plain sum would give (the
-    sums about a first value say NaN): NaN with a NaN or both infinities, else that infinity."""
-    total, squares, low, high, _, _ = raw.unbind(1)
+    sums about a first value say NaN): NaN with a NaN or both infinities, else that infinity.
+    In place."""
+    low, high = raw[:, 2], raw[:, 3]
     nan, inf = math.nan, math.inf
     has_nan = low.isnan() | high.isnan()
-    raw = raw.clone()
     raw[:, 0] = torch.where(has_nan | ((high == inf) & (low == -inf)), nan, torch.where(high == inf, inf, -inf))
     raw[:, 1] = torch.where(has_nan, nan, inf)
     return raw
@@ -280,8 +276,7 @@ def _direct_raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
 def norm_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     """[segments, 2] float64: (sum of squares, largest magnitude) of each segment of a flat `x`."""
     if by_blocks(x):
-        rows = run_rows(x, lengths, norm_columns) if len(lengths) > 1 else None
-        return rows if rows is not None else segment_rows(x, lengths, norm_columns, NORM_HOW)
+        return segment_rows(x, lengths, norm_columns, NORM_HOW)
     wide = x.double()
     segments = _layouts.get(x.device, lengths, 0)[0]
     reduce = lambda values, how: torch.segment_reduce(values, how, lengths=segments, unsafe=True)
@@ -292,11 +287,8 @@ def column_norms(columns: list[torch.Tensor], lengths: tuple[int, ...]) -> torch
     """[segments, len(columns)] float64: the L2 norm of each segment (of `lengths`, end to end)
     of each of the equally long flat `columns`."""
     if by_blocks(columns[0]):
-        flat = torch.cat(columns)
-        rows = run_rows(flat, lengths * len(columns), norm_columns)
-        if rows is None:
-            rows = segment_rows(flat, lengths * len(columns), norm_columns, NORM_HOW)
-        return rows[:, 0].reshape(len(columns), -1).T.sqrt()
+        squares = segment_rows(torch.cat(columns), lengths * len(columns), norm_columns, NORM_HOW)[:, 0]
+        return squares.reshape(len(columns), -1).T.sqrt()
     wide = torch.stack(columns, 1).double()
     segments = _layouts.get(wide.device, lengths, 0)[0]
     return torch.segment_reduce(wide * wide, "sum", lengths=segments, axis=0, unsafe=True).sqrt()
@@ -341,8 +333,8 @@ def summaries(tensors: list[torch.Tensor], *, bins: int = 0, chunk: int = CHUNK)
 
 
 def _device_summaries(tensors, positions, device, bins, chunk) -> Summary:
-    if device.type in BLOCKED:  # equal lengths side by side: packs fall into runs (`run_rows`)
-        positions = [positions[i] for i in _by_length([tensors[i].numel() for i in positions])]
+    if device.type in BLOCKED:  # equal lengths side by side: packs fall into runs (`segment_rows`)
+        positions = [positions[i] for i in by_length([tensors[i].numel() for i in positions])]
     order: list[int] = []  # positions in the order their rows are produced
     raws: list[torch.Tensor] = []
     counts: list[torch.Tensor] = []
@@ -367,17 +359,18 @@ def _device_summaries(tensors, positions, device, bins, chunk) -> Summary:
             low, high = raw[:, 2].float(), raw[:, 3].float()
             found = torch.zeros(len(pack) * bins, dtype=torch.float32, device=device)
             one = torch.ones((), device=device)
-            runs = runs_of(layout) if by_blocks(x) else None
+            runs = runs_of(layout) if by_blocks(x) else None  # as `segment_rows` reduced them
             if runs is None:  # each element's bounds and offset spread from its segment's
                 spread = lambda v: torch.repeat_interleave(v, lengths, output_size=x32.numel())
                 index = _bin_index(x32, spread(low), spread(high), bins).add_(spread(offsets))
                 found.index_add_(0, index, one.expand(x32.numel()))
-            row = 0
-            for start, count, n in runs or ():  # broadcast over a [count, length] view instead
-                rows = slice(row, row + count)
-                index = _bin_index(x32[start:start + count * n].view(count, n), low[rows, None], high[rows, None], bins)
-                found.index_add_(0, index.add_(offsets[rows, None]).view(-1), one.expand(count * n))
-                row += count
+            else:  # broadcast over each run's [count, length] view
+                row = 0
+                for start, count, n in runs:
+                    rows = slice(row, row + count)
+                    index = _bin_index(x32[start:start + count * n].view(count, n), low[rows, None], high[rows, None], bins)
+                    found.index_add_(0, index.add_(offsets[rows, None]).view(-1), one.expand(count * n))
+                    row += count
             hists.append(torch.cat((low.double()[:, None], high.double()[:, None],
                                     found.double().reshape(len(pack), bins)), 1))
         pack, size = [], 0
@@ -632,14 +625,10 @@ def _emit(batch, entries: list[tuple[str, object, _Taken]], rows: torch.Tensor) 
     for i, (_, _, taken) in enumerate(entries):
         taken.rows, taken.index = rows, i
     start = 0
-    while start < len(entries):
-        kind = entries[start][0]
-        end = start
-        while end < len(entries) and entries[end][0] == kind:
-            end += 1
-        run = entries[start:end]
-        batch.add(kind, [key for _, key, _ in run], [taken.n for _, _, taken in run], rows[start:end])
-        start = end
+    for kind, run in itertools.groupby(entries, key=lambda entry: entry[0]):
+        run = list(run)
+        batch.add(kind, [key for _, key, _ in run], [taken.n for _, _, taken in run], rows[start:start + len(run)])
+        start += len(run)
 
 
 def _raw_row(t: torch.Tensor, chunk: int) -> torch.Tensor:

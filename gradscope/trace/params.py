@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import to_device
-from .capture import column_norms, local_values
+from .capture import by_length, column_norms, local_values
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -55,7 +55,7 @@ class _Samples:
     back before the parameters are laid out anew."""
 
     def __init__(self, names: list[str], entries: list[_Entry], size: int):
-        order = sorted(range(len(entries)), key=lambda i: entries[i].view.numel())  # runs of equal lengths
+        order = by_length([e.view.numel() for e in entries])  # equal lengths side by side: runs
         names, entries = [names[i] for i in order], [entries[i] for i in order]
         self.names = names
         self.entries = entries
