@@ -22,7 +22,7 @@ from gradscope.tui.app import make_app
 from gradscope.tui.messages import DetailsLoaded, FindingChosen, RecordUpdated
 from gradscope.tui.process import ScriptProcess
 from gradscope.tui.screens.help import HelpScreen
-from gradscope.tui.state import Reader
+from gradscope.tui.state import Reader, open_when_ready
 from gradscope.tui.widgets.autograd import AutogradTree
 from gradscope.tui.widgets.findings import FindingsTable
 from gradscope.tui.widgets.modules import ModuleTree
@@ -466,6 +466,38 @@ async def test_poller_reads_only_when_the_record_changes(record, monkeypatch):
         assert len(reads) == 1  # ...but a finished record was read once
         await pilot.press("left_square_bracket")  # another step: read again
         await until(pilot, lambda: len(reads) == 2)
+
+
+def test_a_commit_while_the_ui_reads_is_read_at_the_next_poll(record):
+    """The writer committed (a break: ``paused``) while the poller was reading the record: the
+    state read must not claim that commit's version, or the poller never reads it."""
+    import fcntl
+
+    writer = sqlite3.connect(record)
+    writer.execute("PRAGMA journal_mode=WAL")  # a live record, its writer holding the lock
+    lock = os.open(record, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    try:
+        reader = Reader(open_when_ready(record))
+        real_run = reader.record.run
+
+        def run_then_commit():  # the first read of the run fields; the writer commits right after
+            fields = real_run()
+            reader.record.run = real_run
+            writer.execute("INSERT OR REPLACE INTO run (key, value) VALUES ('paused', '7')")
+            writer.commit()
+            return fields
+
+        reader.record.run = run_then_commit
+        state = reader.read(None)
+        assert "paused" not in state.run
+        if reader.version(None) != state.version:  # what the poller does
+            state = reader.read(None)
+        assert state.run.get("paused") == 7
+        reader.record.close()
+    finally:
+        os.close(lock)
+        writer.close()
 
 
 def test_reading_a_record_for_the_ui_does_not_import_torch(record):

@@ -7,6 +7,7 @@ in the file: values are SQLite scalars and JSON.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sqlite3
@@ -147,6 +148,19 @@ class Record:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Read the record as of one commit of its writer: every read inside sees the same
+        data (one read transaction; the writer goes on committing meanwhile)."""
+        try:
+            self._conn.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise RecordError(f"{self.path}: corrupt record ({exc})") from None
+        try:
+            yield self
+        finally:
+            self._conn.rollback()
 
     def _rows(self, sql: str, args=()) -> list[sqlite3.Row]:
         self._conn.row_factory = sqlite3.Row

@@ -60,24 +60,25 @@ class Reader:
         return (self.record.data_version(), step)
 
     def read(self, step: int | None) -> ViewState:
-        """The record at `step` (None: the latest step)."""
+        """The record at `step` (None: the latest step), as of one commit of its writer."""
         record = self.record
-        state = ViewState(record.path, run=record.run(), steps=record.step_numbers())
-        state.version = self.version(step)
-        state.modules = record.modules()
-        state.parameters = record.parameters()
-        state.findings = record.findings()
-        state.series = read_series(record)
-        if state.steps:
-            state.step = state.steps[-1] if step is None or step not in state.steps else step
-            state.data = record.step(state.step, graph=False)
-            if not state.data.described:  # shapes of the modules as last described
-                state.data.calls = record.calls_as_of(state.step)
-            state.graph_step = record.graph_step(state.step)
-            if state.graph_step != self._graph_step:
-                self._graph_step = state.graph_step
-                self._graph = None if state.graph_step is None else record.graph(state.graph_step, exact=True)
-            state.graph = self._graph
+        version = self.version(step)  # before reading: a commit from here on is read next time
+        with record.snapshot():
+            state = ViewState(record.path, run=record.run(), steps=record.step_numbers(), version=version)
+            state.modules = record.modules()
+            state.parameters = record.parameters()
+            state.findings = record.findings()
+            state.series = read_series(record)
+            if state.steps:
+                state.step = state.steps[-1] if step is None or step not in state.steps else step
+                state.data = record.step(state.step, graph=False)
+                if not state.data.described:  # shapes of the modules as last described
+                    state.data.calls = record.calls_as_of(state.step)
+                state.graph_step = record.graph_step(state.step)
+                if state.graph_step != self._graph_step:
+                    self._graph_step = state.graph_step
+                    self._graph = None if state.graph_step is None else record.graph(state.graph_step, exact=True)
+                state.graph = self._graph
         return state
 
 
