@@ -221,8 +221,9 @@ class Session:
     def _own_params(self):
         """(name, weak reference) of the parameters this thread trains: all of them unless the
         session's roots run in several threads; then those of the roots this thread ran."""
-        # copies: another thread may add parameters or roots meanwhile
-        params = list(self._registry.params.items())
+        # copies: another thread may add parameters (at the end: the copies stay aligned) or roots
+        # meanwhile; two lists rather than a pair per parameter, which the collector would track
+        params = zip(list(self._registry.params), list(self._registry.params.values()))
         threads = dict(self._root_threads)
         if len(set(threads.values())) <= 1:
             return params
@@ -254,14 +255,15 @@ class Session:
         if step.eval_modules is None:
             step.eval_modules = self._eval_modules()
         step.backwards += 1
-        named = []
+        names, grads = [], []
         for name, ref in self._own_params():
             param = ref()
             grad = None if param is None else param.grad
             values = None if grad is None else local_values(grad)
             if values is not None:
-                named.append((name, values))
-        step.grads = gradient_rows(named, step.full)  # the latest backward's (accumulated) gradients
+                names.append(name)
+                grads.append(values)
+        step.grads = gradient_rows(names, grads, step.full)  # the latest backward's (accumulated) gradients
 
     def _owner_name(self, owner) -> str | None:
         """How the record names the module or optimizer that called zero_grad (None: not watched)."""

@@ -33,7 +33,9 @@ class FrozenBatch:
 
     def read(self) -> list[tuple[str, list, list[int], list[list[float]]]]:
         """(kind, keys, counts, rows of values) for every block of rows, in the order they were
-        added; each row a list of floats."""
+        added; each row a tuple of floats (the collector stops tracking those at its first look:
+        thousands of lists a step kept alive while the step is written made full collections,
+        which walk every object of the process, run every few steps)."""
         hosts = {}
         for device, (host, event) in self._parts.items():
             while event is not None and not event.query():
@@ -42,8 +44,8 @@ class FrozenBatch:
         blocks = []
         for block, device, offset in self._blocks:
             size = len(block.keys) * block.width
-            values = hosts[device][offset:offset + size].reshape(len(block.keys), block.width).tolist()
-            blocks.append((block.kind, block.keys, block.counts, values))
+            flat = hosts[device][offset:offset + size].tolist()
+            blocks.append((block.kind, block.keys, block.counts, list(zip(*[iter(flat)] * block.width))))
         return blocks
 
 

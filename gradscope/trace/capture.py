@@ -444,32 +444,31 @@ def _large(t: torch.Tensor, device, bins: int, chunk: int) -> tuple[torch.Tensor
 
 
 # -- parameters: the rows a step records --------------------------------------------------------
-def gradient_rows(named: list[tuple[str, torch.Tensor]], full: bool) -> list[tuple[str, list, list[int], torch.Tensor]]:
-    """Row blocks (kind, keys, counts, device values) for parameter gradients, `named` as
-    (parameter name, `local_values` of its gradient). Every step: ``grad-norm`` rows of (L2
-    norm, largest magnitude); with `full` statistics: ``grad`` rows of `stats.FIELDS` and
+def gradient_rows(names: list[str], tensors: list[torch.Tensor], full: bool) -> list[tuple[str, list, list[int], torch.Tensor]]:
+    """Row blocks (kind, keys, counts, device values) for parameter gradients: `tensors` the
+    `local_values` of the gradients of the parameters `names`. Every step: ``grad-norm`` rows of
+    (L2 norm, largest magnitude); with `full` statistics: ``grad`` rows of `stats.FIELDS` and
     ``hist`` rows of histograms (`stats.HIST_BINS` bins)."""
     from .stats import HIST_BINS
 
-    tensors = [t for _, t in named]
     out = []
     if not full:
         for positions, rows in norms(tensors):
-            keys = [(named[i][0], 0, "") for i in positions]
+            keys = [(names[i], 0, "") for i in positions]
             out.append(("grad-norm", keys, [tensors[i].numel() for i in positions], rows))
         return out
     for result in summaries(tensors, bins=HIST_BINS):
         counts = [tensors[i].numel() for i in result.positions]
-        out.append(("grad", [(named[i][0], 0, "") for i in result.positions], counts, result.rows))
-        out.append(("hist", [named[i][0] for i in result.positions], counts, result.hists))
+        out.append(("grad", [(names[i], 0, "") for i in result.positions], counts, result.rows))
+        out.append(("hist", [names[i] for i in result.positions], counts, result.hists))
     return out
 
 
-def weight_rows(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, list, list[int], torch.Tensor]]:
-    """``weight`` row blocks of `stats.FIELDS` for parameters, `named` as (name, `local_values`)."""
-    tensors = [t for _, t in named]
+def weight_rows(names: list[str], tensors: list[torch.Tensor]) -> list[tuple[str, list, list[int], torch.Tensor]]:
+    """``weight`` row blocks of `stats.FIELDS` for parameters `names` whose `local_values` are
+    `tensors`."""
     return [
-        ("weight", [(named[i][0], 0, "") for i in result.positions],
+        ("weight", [(names[i], 0, "") for i in result.positions],
          [tensors[i].numel() for i in result.positions], result.rows)
         for result in summaries(tensors)
     ]

@@ -112,9 +112,15 @@ class OpenStep:
                 batch.add(*block)
             self.staging.drain(batch)
             if self.full:
-                live = ((name, ref()) for name, ref in list(params.items()))
-                named = [(name, v) for name, p in live if p is not None and (v := local_values(p)) is not None]
-                for block in weight_rows(named):
+                names, weights = [], []
+                # copies: another thread may add parameters meanwhile (at the end: still aligned)
+                for name, ref in zip(list(params), list(params.values())):
+                    p = ref()
+                    values = None if p is None else local_values(p)
+                    if values is not None:
+                        names.append(name)
+                        weights.append(values)
+                for block in weight_rows(names, weights):
                     batch.add(*block)
         data = StepData(
             step=self.number,
