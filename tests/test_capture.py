@@ -408,7 +408,7 @@ class Rows:
 
     def add(self, kind, keys, counts, values):
         for key, count, row in zip(keys, counts, values.reshape(len(keys), -1).tolist()):
-            self.rows.append((kind, key, count, row))
+            self.rows.append((*key, count, row) if kind == "stats" else (kind, key, count, row))
 
 
 def test_staging_takes_values_when_added_and_summarizes_them_together(reduction):
@@ -486,3 +486,55 @@ def test_rows_read_back_on_the_host_are_not_left_to_the_collector():
     assert [len(rows) for _, _, _, rows in blocks_read] == [500, 3]
     assert [list(row) for row in blocks_read[1][3]] == updates.tolist()
     assert not any(gc.is_tracked(row) for _, _, _, rows in blocks_read for row in rows)
+
+
+@pytest.mark.parametrize("tensors", [3, 40])  # counted one by one, or in one pass (CPU) over the buffer
+def test_tail_counts_of_staged_tensors_are_those_of_each_tensor(reduction, tensors):
+    from gradscope.trace.capture import Staging
+    from gradscope.trace.tails import TailCount, count_outside
+
+    torch.manual_seed(5)
+    requests = [TailCount("mid", ("Tanh",), -0.5, 0.5), TailCount("high", ("Tanh",), 1.0, math.inf),
+                TailCount("low", ("Tanh",), -math.inf, -1.0)]
+    staging = Staging(chunk=4096)
+    batch = Rows()
+    wants = {}
+    values = [torch.randn(7 + i % 5, 3) for i in range(tensors)] + [torch.randn(2000)]  # the last on the spot
+    values[0][0, 0], values[0][1, 1], values[0][2, 2] = math.nan, math.inf, -math.inf
+    for i, t in enumerate(values):
+        staging.add(batch, "activation", f"t{i}", t)
+        for request in requests:
+            key = (f"t{i}", 0, request.name)
+            wants[key] = (int(count_outside(t, request)), t.numel())
+            staging.add_tail(key, t, request)
+        t.mul_(10)  # changed in place after the hook: counted as they were
+    staging.add(batch, "activation", "ints", torch.arange(6))
+    staging.add_tail(("ints", 0, "mid"), torch.arange(6), requests[0])  # no values to count a tail of
+    staging.drain(batch)
+    got = {key: (int(row[0]), count) for kind, key, count, row in batch.rows if kind == "tail"}
+    assert got == wants
+
+
+@pytest.mark.parametrize("reduction", ["blocks", "direct"], indirect=True)
+def test_tail_counts_of_staged_tensors_take_no_launch_per_tensor(reduction):
+    from gradscope.trace.capture import Staging
+    from gradscope.trace.tails import TailCount
+
+    request = TailCount("mid", ("Tanh",), -0.5, 0.5)
+
+    def launches(n, tails):
+        staging, batch = Staging(chunk=1 << 16), Rows()
+        tensors = [torch.randn(30) for _ in range(n)]
+        with OpCount() as mode:
+            for i, t in enumerate(tensors):
+                staging.add(batch, "activation", i, t)
+                if tails:
+                    staging.add_tail((i, 0, "mid"), t, request)
+            staging.drain(batch)
+        return mode.ops
+
+    def extra(n):  # what the tail counts add, once the layout's index tensors are cached
+        launches(n, True)
+        return launches(n, True) - launches(n, False)
+
+    assert extra(200) == extra(20)

@@ -26,6 +26,7 @@ readers tell a live record from a crashed one by it.
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 import os
 import queue
@@ -83,9 +84,11 @@ def decode(snapshot: StepSnapshot) -> StepData:
             for (subject, call, path), (v,) in zip(keys, rows):
                 stats.append(Stat(kind, subject, call, path, 1, v, 0.0, v, v, abs(v), int(v == 0),
                                   int(not math.isfinite(v))))
-        elif kind in KINDS:
-            for (subject, call, path), count, (mean, std, low, high, norm, zeros, nonfinite) in zip(keys, counts, rows):
-                stats.append(Stat(kind, subject, call, path, count, mean, std, low, high, norm, int(zeros),
+        elif kind in KINDS or kind == "stats":  # "stats": rows of several kinds, each key (kind, key)
+            kinds = keys if kind == "stats" else zip(itertools.repeat(kind), keys)
+            for (of, (subject, call, path)), count, (mean, std, low, high, norm, zeros, nonfinite) in zip(
+                    kinds, counts, rows):
+                stats.append(Stat(of, subject, call, path, count, mean, std, low, high, norm, int(zeros),
                                   int(nonfinite)))
         elif kind == "grad-norm":  # a gradient between full-statistics steps: norm and flag
             for (subject, call, path), count, (norm, largest) in zip(keys, counts, rows):

@@ -34,7 +34,6 @@ magnitude of a complex tensor, integer and bool tensors as float32.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import weakref
@@ -45,7 +44,7 @@ import torch
 from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, runs_of, segment_rows, temporary,
                      to_device)
 from .shards import local
-from .tails import DeadUnits, count_dead, count_outside, unit_maxima
+from .tails import DeadUnits, TailCount, count_dead, count_outside, unit_maxima
 
 #: Elements reduced in one pass over a chunk. The transient extra memory of `summaries` is a
 #: small multiple of this (a float32 and a float64 copy of the chunk, masks and bin indices):
@@ -88,6 +87,23 @@ def _real(t: torch.Tensor) -> torch.Tensor:
     if not t.is_floating_point():
         return t.float()
     return t
+
+
+#: On the CPU, fewer tail counts than this in a staging buffer are counted one by one (a pass
+#: over the whole buffer costs more than a few small counts).
+FEW_TAILS = 16
+
+
+def _outside(x: torch.Tensor, request: TailCount) -> torch.Tensor:
+    """Float mask of the elements of `x` outside the open interval of `request` (as
+    `tails.count_outside` counts them: NaN is outside, an infinite bound is no bound)."""
+    if request.high == math.inf:
+        inside = x > request.low
+    elif request.low == -math.inf:
+        inside = x < request.high
+    else:
+        inside = (x > request.low) & (x < request.high)
+    return inside.logical_not_().to(x.dtype)
 
 
 # -- every step: norms ------------------------------------------------------------------------
@@ -281,6 +297,18 @@ def norm_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     segments = _layouts.get(x.device, lengths, 0)[0]
     reduce = lambda values, how: torch.segment_reduce(values, how, lengths=segments, unsafe=True)
     return torch.stack((reduce(wide * wide, "sum"), reduce(wide.abs(), "max")), 1)
+
+
+def segment_sums(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
+    """[segments] float64: the sum of each segment (of `lengths`, end to end) of a flat `x`."""
+    if by_blocks(x):
+        return segment_rows(x, lengths, _row_sums, ("sum",))[:, 0]
+    segments = _layouts.get(x.device, lengths, 0)[0]
+    return torch.segment_reduce(x.double(), "sum", lengths=segments, unsafe=True)
+
+
+def _row_sums(v: torch.Tensor) -> torch.Tensor:
+    return v.sum(1, dtype=torch.float64, keepdim=True)
 
 
 def column_norms(columns: list[torch.Tensor], lengths: tuple[int, ...]) -> torch.Tensor:
@@ -484,6 +512,7 @@ class _Taken:
     n: int
     rows: torch.Tensor | None = None
     index: int = 0
+    staged: tuple | None = None  # (slot, segment, offset) in a staging buffer not yet summarized
 
 
 class Staging:
@@ -518,6 +547,7 @@ class Staging:
         self._repeats: list[tuple[str, object, _Taken]] = []  # (kind, key, the tensor it repeats)
         self._used: dict[tuple, int] = {}
         self._counts: list[tuple[object, int, torch.Tensor]] = []  # tail counts: key, total, 0-d
+        self._tails: dict[tuple, list[tuple[object, _Taken, TailCount]]] = {}  # counted at the flush
         self._maxima: list[tuple[object, int, torch.Tensor]] = []  # dead units: key, units, maxima
 
     def add(self, batch, kind: str, key, t: torch.Tensor) -> None:
@@ -549,7 +579,9 @@ class Staging:
             buffer = self._buffers[slot] = torch.empty(self.chunk, dtype=dtype, device=values.device)
         buffer[used:used + n].view(values.shape).copy_(_real(values))
         self._used[slot] = used + n
-        self._staged.setdefault(slot, []).append((kind, key, taken))
+        staged = self._staged.setdefault(slot, [])
+        taken.staged = (slot, len(staged), used)
+        staged.append((kind, key, taken))
 
     def add_tail(self, key, t: torch.Tensor, request) -> None:
         """Take a plugin's tail count or dead units (`tails`) of `t` now; rows at `drain`."""
@@ -564,10 +596,16 @@ class Staging:
             maxima = unit_maxima(values, request)
             if maxima is not None:
                 self._maxima.append((key, maxima.numel(), maxima))
-        else:
-            counted = count_outside(values, request)
-            if counted is not None:
-                self._counts.append((key, values.numel(), counted))
+            return
+        taken = self._seen.get(id(t))
+        if (taken is not None and taken.staged is not None and taken.ref() is t and taken.version == t._version
+                and (values.is_floating_point() or values.is_complex())):
+            # its values sit in a staging buffer: counted there with the others at the flush
+            self._tails.setdefault(taken.staged[0], []).append((key, taken, request))
+            return
+        counted = count_outside(values, request)
+        if counted is not None:
+            self._counts.append((key, values.numel(), counted))
 
     def drain(self, batch) -> None:
         """Summarize everything staged into `batch`."""
@@ -615,19 +653,31 @@ class Staging:
         device = slot[0]
         layout = tuple(taken.n for _, _, taken in staged)
         counts = _layouts.get(device, layout, 0)[1]
-        _emit(batch, staged, _finish(raw_rows(self._buffers[slot][:used], layout), counts))
+        x = self._buffers[slot][:used]
+        _emit(batch, staged, _finish(raw_rows(x, layout), counts))
+        tails = self._tails.pop(slot, [])
+        for request in {request: None for _, _, request in tails}:  # each request once, in order
+            mine = [(key, taken) for key, taken, r in tails if r is request]
+            if len(mine) >= FEW_TAILS or not by_blocks(x):  # one pass over the buffer for them all
+                segments = to_device(torch.tensor([taken.staged[1] for _, taken in mine]), device)
+                batch.add("tail", [key for key, _ in mine], [taken.n for _, taken in mine],
+                          segment_sums(_outside(x, request), layout).index_select(0, segments))
+            else:
+                for key, taken in mine:
+                    offset = taken.staged[2]
+                    self._counts.append((key, taken.n, count_outside(x[offset:offset + taken.n], request)))
+        for _, _, taken in staged:
+            taken.staged = None
 
 
 def _emit(batch, entries: list[tuple[str, object, _Taken]], rows: torch.Tensor) -> None:
-    """Give `batch` the statistics `rows` of taken tensors `entries` (kind, key, tensor), one
-    block per run of the same kind (views of `rows`), and remember each tensor's row."""
+    """Give `batch` the statistics `rows` of taken tensors `entries` (kind, key, tensor) as one
+    ``stats`` block whose keys carry each row's kind (a module's input, its activation and the
+    next module's input alternate: a block per run of one kind was a block, a view and their
+    Python objects per tensor), and remember each tensor's row."""
     for i, (_, _, taken) in enumerate(entries):
         taken.rows, taken.index = rows, i
-    start = 0
-    for kind, run in itertools.groupby(entries, key=lambda entry: entry[0]):
-        run = list(run)
-        batch.add(kind, [key for _, key, _ in run], [taken.n for _, _, taken in run], rows[start:start + len(run)])
-        start += len(run)
+    batch.add("stats", [(kind, key) for kind, key, _ in entries], [taken.n for _, _, taken in entries], rows)
 
 
 def _raw_row(t: torch.Tensor, chunk: int) -> torch.Tensor:
