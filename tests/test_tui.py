@@ -142,6 +142,30 @@ async def test_details_answered_late_for_an_earlier_selection_are_not_shown(reco
         assert "fc1  (module)" in details_text(app)
 
 
+async def test_answers_arriving_as_the_app_closes_are_dropped(record, monkeypatch):
+    """A worker's answer (details, a new reading of the record) posted as the app closes can be
+    handled after its screens are gone: the app must close normally, not fail on a missing
+    widget (seen as a failure at the end of a live-run test)."""
+    import asyncio
+
+    from gradscope.tui.state import Details
+
+    app = make_app(record)
+    close_all = app._close_all  # textual's own step of closing: the screens go first
+
+    async def close_all_then_answer():
+        await close_all()
+        app.post_message(DetailsLoaded(Details("module", "fc1", None), app._details_asked))
+        app.post_message(RecordUpdated(app.state))
+        await asyncio.sleep(0.2)  # the app's message loop handles both meanwhile
+
+    monkeypatch.setattr(app, "_close_all", close_all_then_answer)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await until(pilot, lambda: app.details_current)
+    assert app.return_code in (None, 0)
+
+
 async def test_search_filters_every_view(record):
     app = make_app(record)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -12,6 +12,7 @@ Everything shown that comes from the record or the script is inert text (see `te
 from __future__ import annotations
 
 import collections
+import contextlib
 import sys
 import threading
 from pathlib import Path
@@ -210,12 +211,19 @@ class GradscopeApp(App):
                 self.set_timer(1.0, self.poll_record)  # a passing failure: read again
 
     # -- messages -------------------------------------------------------------------------
-    def on_record_updated(self, message: RecordUpdated) -> None:
+    @contextlib.contextmanager
+    def _unless_closing(self):
+        """A worker's answer posted just before the app began to close can arrive once its
+        screen is gone: nothing to show it on then."""
         try:
-            self._show_record(message.state)
-        except NoMatches:  # posted just before quitting cancelled the poller: the screen is gone
-            if not (self._exit or self._closing):
+            yield
+        except NoMatches:
+            if self.is_running and not self._exit:
                 raise
+
+    def on_record_updated(self, message: RecordUpdated) -> None:
+        with self._unless_closing():
+            self._show_record(message.state)
 
     def _show_record(self, state) -> None:
         previous = self.state
@@ -256,7 +264,8 @@ class GradscopeApp(App):
             return  # answered after a newer request was made (a cancelled worker can still post)
         self._details_shown = message.request
         findings = [f for f in (self.state.findings if self.state else []) if f["subject"] == message.details.name]
-        self.query_one(DetailsPanel).show(message.details, findings)
+        with self._unless_closing():
+            self.query_one(DetailsPanel).show(message.details, findings)
 
     def on_subject_selected(self, message: SubjectSelected) -> None:
         if message.source is not None and message.source is not (self.focused if self.screen_stack else None):
