@@ -162,7 +162,7 @@ def test_an_idle_recorder_commits_what_it_wrote(tmp_path):
 
         def seen():
             with open_record(tmp_path / "r.sqlite") as record:
-                return record.step_numbers() == [0, 1, 2]
+                return record.step_numbers() == [0, 1, 2] and record.run()["steps"] == 3  # counted with them
 
         _wait_for(seen, "the three steps in the live record", timeout=60)
     finally:

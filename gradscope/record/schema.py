@@ -191,6 +191,8 @@ class Table:
 
     def _encoded(self, row) -> tuple:
         if type(row) is self.row or (isinstance(row, Row) and isinstance(row, self.row)):
+            if not self._encoders:  # every value goes in as it is (statistics rows)
+                return self._fields(row)
             values = list(self._fields(row))
         elif type(row) is dict:
             values = [row.get(c.field, c.default) if c.default is not dataclasses.MISSING else row[c.field]

@@ -446,8 +446,12 @@ class RecordWriter:
             self._commit(conn)
 
     def _commit(self, conn: _Connection) -> None:
-        """Commit what was written; when that fails its steps are lost (counted as failed)."""
+        """Commit what was written (with the run's step count: readers see only what is
+        committed, so once per commit is as current as once per step); when that fails its
+        steps are lost (counted as failed)."""
         try:
+            if self._uncommitted:
+                self._set_run(conn, {"steps": self._run["steps"]})
             conn.commit()
         except Exception as exc:
             self._failed(conn, "commit", exc)
@@ -619,7 +623,6 @@ class RecordWriter:
         schema.UPDATES.insert(conn, data.updates.values(), replace=True, step=step)
         if data.graph is not None:
             schema.GRAPHS.insert(conn, [schema.GraphRow(step, data.graph.to_json())], replace=True)
-        self._set_run(conn, {"steps": step + 1})
         schema.TAILS.insert(conn, [schema.TailRow(step, m, c, n, count, total)
                                    for (m, c, n), (count, total) in data.tails.items()])
         schema.HISTS.insert(conn, [schema.HistRow(step, n, low, high, counts)
