@@ -142,28 +142,36 @@ async def test_details_answered_late_for_an_earlier_selection_are_not_shown(reco
         assert "fc1  (module)" in details_text(app)
 
 
-async def test_answers_arriving_as_the_app_closes_are_dropped(record, monkeypatch):
-    """A worker's answer (details, a new reading of the record) posted as the app closes can be
-    handled after its screens are gone: the app must close normally, not fail on a missing
-    widget (seen as a failure at the end of a live-run test)."""
+async def test_answers_arriving_as_the_app_closes_are_dropped(tmp_path, monkeypatch):
+    """What workers post (details, a new reading of the record, the script's output and exit) as
+    the app closes can be handled after its screens are gone: the app must close normally, not
+    fail on a missing widget (seen as a failure at the end of a live-run test)."""
     import asyncio
 
+    from gradscope.tui.messages import ScriptExited, ScriptOutput
     from gradscope.tui.state import Details
 
-    app = make_app(record)
+    record = tmp_path / "closing.sqlite"
+    process = ScriptProcess(live_script(tmp_path, "closing"), record)
+    app = make_app(record, process)
     close_all = app._close_all  # textual's own step of closing: the screens go first
 
     async def close_all_then_answer():
         await close_all()
         app.post_message(DetailsLoaded(Details("module", "fc1", None), app._details_asked))
         app.post_message(RecordUpdated(app.state))
-        await asyncio.sleep(0.2)  # the app's message loop handles both meanwhile
+        app.post_message(ScriptOutput("stderr", ["interrupted"]))
+        app.post_message(ScriptExited(-2))
+        await asyncio.sleep(0.2)  # the app's message loop handles them meanwhile
 
     monkeypatch.setattr(app, "_close_all", close_all_then_answer)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await loaded(pilot)
-        await until(pilot, lambda: app.details_current)
-    assert app.return_code in (None, 0)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await loaded(pilot, timeout=60)
+            await until(pilot, lambda: app.details_current, 30)
+        assert app.return_code in (None, 0)
+    finally:
+        process.stop()
 
 
 async def test_search_filters_every_view(record):

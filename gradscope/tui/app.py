@@ -314,18 +314,20 @@ class GradscopeApp(App):
         self.ask_details(kind, target, self.state.step if self.state else None, finding)
 
     def on_script_output(self, message: ScriptOutput) -> None:
-        log = self.query_one(ScriptLog)
-        for line in message.lines:
-            log.write(literal(line))
+        with self._unless_closing():  # closing stops the script, which may still print
+            log = self.query_one(ScriptLog)
+            for line in message.lines:
+                log.write(literal(line))
 
     def on_script_exited(self, message: ScriptExited) -> None:
         self._exit_code = message.code
         self.process.close()
         self.paused = False
-        self._update_status()
-        self.refresh_bindings()
-        severity = "information" if message.code == 0 else "error"
-        self.notify(f"script exited with status {message.code}", severity=severity, timeout=8, markup=False)
+        with self._unless_closing():
+            self._update_status()
+            self.refresh_bindings()
+            severity = "information" if message.code == 0 else "error"
+            self.notify(f"script exited with status {message.code}", severity=severity, timeout=8, markup=False)
 
     # -- filter ---------------------------------------------------------------------------
     @on(Input.Changed, "#search")
