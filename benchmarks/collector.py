@@ -63,7 +63,6 @@ def main() -> None:
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     timed_steps(net, opt, x, y, 3)
     collections = Collections()
-    collections.seen.clear()
     bare = timed_steps(net, opt, x, y, args.steps)
     print(f"{args.model} ({args.size}), {args.steps} steps, {len(gc.get_objects()):,} objects tracked")
     collections.report("bare", args.steps)

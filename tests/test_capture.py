@@ -495,12 +495,17 @@ def test_tail_counts_of_staged_tensors_are_those_of_each_tensor(reduction, tenso
 
     torch.manual_seed(5)
     requests = [TailCount("mid", ("Tanh",), -0.5, 0.5), TailCount("high", ("Tanh",), 1.0, math.inf),
-                TailCount("low", ("Tanh",), -math.inf, -1.0)]
+                TailCount("low", ("Tanh",), -math.inf, -1.0), TailCount("tenth", ("Tanh",), -0.1, 0.1),
+                TailCount("tiny", ("Tanh",), -1e-4, 1e-4)]
     staging = Staging(chunk=4096)
     batch = Rows()
     wants = {}
     values = [torch.randn(7 + i % 5, 3) for i in range(tensors)] + [torch.randn(2000)]  # the last on the spot
     values[0][0, 0], values[0][1, 1], values[0][2, 2] = math.nan, math.inf, -math.inf
+    # on the bounds and next to them: compared in their own precision, not as the buffer's float32
+    near = torch.tensor([0.5, -0.5, 0.49999, 1.0, -1.0, 1.00001, 0.1, -0.1, 0.05, 1e-4 * (1 - 1e-9)] * 3,
+                        dtype=torch.float64)
+    values += [near.half(), near.bfloat16(), near.float(), near, near + 0j, near.to(torch.complex64)]
     for i, t in enumerate(values):
         staging.add(batch, "activation", f"t{i}", t)
         for request in requests:
@@ -508,8 +513,9 @@ def test_tail_counts_of_staged_tensors_are_those_of_each_tensor(reduction, tenso
             wants[key] = (int(count_outside(t, request)), t.numel())
             staging.add_tail(key, t, request)
         t.mul_(10)  # changed in place after the hook: counted as they were
-    staging.add(batch, "activation", "ints", torch.arange(6))
-    staging.add_tail(("ints", 0, "mid"), torch.arange(6), requests[0])  # no values to count a tail of
+    ints = torch.arange(6)
+    staging.add(batch, "activation", "ints", ints)
+    staging.add_tail(("ints", 0, "mid"), ints, requests[0])  # no values to count a tail of
     staging.drain(batch)
     got = {key: (int(row[0]), count) for kind, key, count, row in batch.rows if kind == "tail"}
     assert got == wants

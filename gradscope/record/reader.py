@@ -153,6 +153,9 @@ class Record:
     def snapshot(self):
         """Read the record as of one commit of its writer: every read inside sees the same
         data (one read transaction; the writer goes on committing meanwhile)."""
+        if self._conn.in_transaction:  # inside another snapshot: already one
+            yield self
+            return
         try:
             self._conn.execute("BEGIN")
         except sqlite3.DatabaseError as exc:

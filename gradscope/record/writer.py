@@ -450,13 +450,16 @@ class RecordWriter:
         committed, so once per commit is as current as once per step); when that fails its
         steps are lost (counted as failed)."""
         try:
-            if self._uncommitted:
-                self._set_run(conn, {"steps": self._run["steps"]})
-            conn.commit()
+            self._commit_counted(conn)
         except Exception as exc:
             self._failed(conn, "commit", exc)
             return
         self._settled()
+
+    def _commit_counted(self, conn: _Connection) -> None:
+        if self._uncommitted:
+            self._set_run(conn, {"steps": self._run["steps"]})
+        conn.commit()
 
     def _settled(self, lost: bool = False) -> None:
         """The open transaction is over: committed, or rolled back (`lost`: the steps written in
@@ -487,7 +490,7 @@ class RecordWriter:
             return
         try:
             self._on_finding(conn, internal_error(f"recorder ({kind})", exc))
-            conn.commit()
+            self._commit_counted(conn)
             self._settled()
         except Exception as again:  # even the finding cannot be written: the storage is gone
             conn.rollback()

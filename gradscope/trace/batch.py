@@ -31,7 +31,7 @@ class FrozenBatch:
         self._blocks = blocks  # list of (_Block, device key, offset)
         self._parts = parts  # device key -> (host tensor, event or None)
 
-    def read(self) -> list[tuple[str, list, list[int], list[list[float]]]]:
+    def read(self) -> list[tuple[str, list, list[int], list[tuple[float, ...]]]]:
         """(kind, keys, counts, rows of values) for every block of rows, in the order they were
         added; each row a tuple of floats (the collector stops tracking those at its first look:
         thousands of lists a step kept alive while the step is written made full collections,

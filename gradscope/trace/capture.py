@@ -92,6 +92,10 @@ def _real(t: torch.Tensor) -> torch.Tensor:
 #: On the CPU, fewer tail counts than this in a staging buffer are counted one by one (a pass
 #: over the whole buffer costs more than a few small counts).
 FEW_TAILS = 16
+#: Dtypes a staging buffer holds unchanged (a complex64 tensor as its float32 magnitudes, as
+#: `tails.count_outside` compares them): only their tail counts are taken from the buffer; a
+#: half-precision tensor is compared with bounds rounded to its own precision.
+_STAGED_AS_THEY_ARE = (torch.float32, torch.float64, torch.complex64)
 
 
 def _outside(x: torch.Tensor, request: TailCount) -> torch.Tensor:
@@ -526,7 +530,9 @@ class Staging:
     larger than a chunk): a buffer would hold few of them, and their copy was a pass over memory
     as costly as a reduction; their rows are finished together at `drain`. A full buffer, and
     every buffer at `drain`, is summarized with one pass of segment reductions. Rows go to the
-    `RowBatch` given to `drain` (and to `add`, for a full buffer), in blocks of one kind each.
+    `RowBatch` given to `drain` (and to `add`, for a full buffer): a buffer's rows in one block
+    whose keys carry each row's kind. Plugins' tail counts of a tensor in a buffer are counted
+    there when it is summarized.
     Threads that train under one session share the open step, so adding and draining hold a
     lock.
 
@@ -547,7 +553,7 @@ class Staging:
         self._repeats: list[tuple[str, object, _Taken]] = []  # (kind, key, the tensor it repeats)
         self._used: dict[tuple, int] = {}
         self._counts: list[tuple[object, int, torch.Tensor]] = []  # tail counts: key, total, 0-d
-        self._tails: dict[tuple, list[tuple[object, _Taken, TailCount]]] = {}  # counted at the flush
+        self._tails: dict[tuple, list[tuple]] = {}  # (key, segment, offset, n, request) per buffer, for its flush
         self._maxima: list[tuple[object, int, torch.Tensor]] = []  # dead units: key, units, maxima
 
     def add(self, batch, kind: str, key, t: torch.Tensor) -> None:
@@ -584,7 +590,9 @@ class Staging:
         staged.append((kind, key, taken))
 
     def add_tail(self, key, t: torch.Tensor, request) -> None:
-        """Take a plugin's tail count or dead units (`tails`) of `t` now; rows at `drain`."""
+        """Take a plugin's tail count or dead units (`tails`) of `t` now (a count of values
+        already in a staging buffer is taken there when the buffer is summarized); rows reach the
+        batch at the latest at `drain`."""
         with self._lock:
             self._add_tail(key, t, request)
 
@@ -599,9 +607,10 @@ class Staging:
             return
         taken = self._seen.get(id(t))
         if (taken is not None and taken.staged is not None and taken.ref() is t and taken.version == t._version
-                and (values.is_floating_point() or values.is_complex())):
-            # its values sit in a staging buffer: counted there with the others at the flush
-            self._tails.setdefault(taken.staged[0], []).append((key, taken, request))
+                and values.dtype in _STAGED_AS_THEY_ARE):
+            # its values sit in a staging buffer as they are: counted there with the others at the flush
+            slot, segment, offset = taken.staged
+            self._tails.setdefault(slot, []).append((key, segment, offset, taken.n, request))
             return
         counted = count_outside(values, request)
         if counted is not None:
@@ -650,24 +659,23 @@ class Staging:
         used = self._used.pop(slot, 0)
         if not staged:
             return
+        tails = self._tails.pop(slot, [])
+        for _, _, taken in staged:  # the buffer is free again, whatever happens below
+            taken.staged = None
         device = slot[0]
         layout = tuple(taken.n for _, _, taken in staged)
         counts = _layouts.get(device, layout, 0)[1]
         x = self._buffers[slot][:used]
         _emit(batch, staged, _finish(raw_rows(x, layout), counts))
-        tails = self._tails.pop(slot, [])
-        for request in {request: None for _, _, request in tails}:  # each request once, in order
-            mine = [(key, taken) for key, taken, r in tails if r is request]
+        for request in {entry[4]: None for entry in tails}:  # each request once, in order
+            mine = [entry for entry in tails if entry[4] == request]
             if len(mine) >= FEW_TAILS or not by_blocks(x):  # one pass over the buffer for them all
-                segments = to_device(torch.tensor([taken.staged[1] for _, taken in mine]), device)
-                batch.add("tail", [key for key, _ in mine], [taken.n for _, taken in mine],
+                segments = to_device(torch.tensor([segment for _, segment, _, _, _ in mine]), device)
+                batch.add("tail", [key for key, *_ in mine], [n for _, _, _, n, _ in mine],
                           segment_sums(_outside(x, request), layout).index_select(0, segments))
             else:
-                for key, taken in mine:
-                    offset = taken.staged[2]
-                    self._counts.append((key, taken.n, count_outside(x[offset:offset + taken.n], request)))
-        for _, _, taken in staged:
-            taken.staged = None
+                for key, _, offset, n, _ in mine:
+                    self._counts.append((key, n, count_outside(x[offset:offset + n], request)))
 
 
 def _emit(batch, entries: list[tuple[str, object, _Taken]], rows: torch.Tensor) -> None:
