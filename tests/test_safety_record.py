@@ -169,9 +169,11 @@ def test_an_idle_recorder_commits_what_it_wrote(tmp_path):
         session.close()
 
 
-def test_a_step_that_fails_is_undone_alone_among_uncommitted_ones(monkeypatch, tmp_path):
+@pytest.mark.parametrize("steps", [12, 6], ids=["steps after it", "the last step"])
+def test_a_step_that_fails_is_undone_alone_among_uncommitted_ones(monkeypatch, tmp_path, steps):
     """Step 5 fails half-written: its rows are undone, the steps around it in the same
-    transaction stay, and the failure is a finding."""
+    transaction stay, and the failure is a finding, committed with the steps before it (the
+    record counts them, even when no step comes after)."""
     original = writer_module.RecordWriter._on_step
 
     def on_step(self, conn, snapshot):
@@ -183,33 +185,14 @@ def test_a_step_that_fails_is_undone_alone_among_uncommitted_ones(monkeypatch, t
     monkeypatch.setattr(writer_module, "COMMIT_EVERY", 600.0)
     model, opt = _model_and_opt()
     session = gradscope.watch(model, opt, record=tmp_path / "r.sqlite")
-    _train(model, opt, 12)
+    _train(model, opt, steps)
     session.close()
     assert session._writer.dropped == {writer_module.DROP_FAILED: 1}
+    kept = [s for s in range(steps) if s != 5]
     with open_record(tmp_path / "r.sqlite") as record:
-        assert record.step_numbers() == [s for s in range(12) if s != 5] and record.run()["steps"] == 12
+        assert record.step_numbers() == kept and record.run()["steps"] == kept[-1] + 1
         assert record.stats(step=5) == [] and record.updates(step=5) == []
         assert any("half-written" in f.message for f in record.findings())
-
-
-def test_the_last_step_failing_leaves_the_steps_before_counted(monkeypatch, tmp_path):
-    """The failure is committed with the steps written before it (as an internal-error finding):
-    the record counts them, though no step comes after."""
-    original = writer_module.RecordWriter._on_step
-
-    def on_step(self, conn, snapshot):
-        original(self, conn, snapshot)
-        if snapshot.data.step == 5:
-            raise RuntimeError("half-written")
-
-    monkeypatch.setattr(writer_module.RecordWriter, "_on_step", on_step)
-    monkeypatch.setattr(writer_module, "COMMIT_EVERY", 600.0)
-    model, opt = _model_and_opt()
-    session = gradscope.watch(model, opt, record=tmp_path / "r.sqlite")
-    _train(model, opt, 6)
-    session.close()
-    with open_record(tmp_path / "r.sqlite") as record:
-        assert record.step_numbers() == [0, 1, 2, 3, 4] and record.run()["steps"] == 5
 
 
 def test_stalled_writer_never_blocks_training_and_close_gives_up(monkeypatch, tmp_path, capfd):
