@@ -13,6 +13,7 @@ guarded: an exception inside gradscope becomes an ``internal-error`` finding, ne
 
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from pathlib import Path
@@ -26,7 +27,7 @@ from .record.writer import RecordWriter
 from .settings import DEFAULTS, Settings
 from .trace import keepalive, patches
 from .trace.autograd import walk
-from .trace.capture import gradient_rows, local_values
+from .trace.capture import gradient_rows, named_values
 from .trace.guard import guarded
 from .trace.modules import ModuleHooks
 from .trace.optimizers import Optimizers, describe_groups
@@ -255,14 +256,7 @@ class Session:
         if step.eval_modules is None:
             step.eval_modules = self._eval_modules()
         step.backwards += 1
-        names, grads = [], []
-        for name, ref in self._own_params():
-            param = ref()
-            grad = None if param is None else param.grad
-            values = None if grad is None else local_values(grad)
-            if values is not None:
-                names.append(name)
-                grads.append(values)
+        names, grads = named_values(self._own_params(), operator.attrgetter("grad"))
         step.grads = gradient_rows(names, grads, step.full)  # the latest backward's (accumulated) gradients
 
     def _owner_name(self, owner) -> str | None:

@@ -155,6 +155,14 @@ async def test_answers_arriving_as_the_app_closes_are_dropped(tmp_path, monkeypa
     process = ScriptProcess(live_script(tmp_path, "closing"), record)
     app = make_app(record, process)
     close_all = app._close_all  # textual's own step of closing: the screens go first
+    handled = asyncio.Event()
+    on_script_exited = type(app).on_script_exited
+
+    def exited_then_tell(self, message):  # the last answer posted: the others were handled before it
+        try:
+            on_script_exited(self, message)
+        finally:
+            handled.set()
 
     async def close_all_then_answer():
         await close_all()
@@ -162,9 +170,10 @@ async def test_answers_arriving_as_the_app_closes_are_dropped(tmp_path, monkeypa
         app.post_message(RecordUpdated(app.state))
         app.post_message(ScriptOutput("stderr", ["interrupted"]))
         app.post_message(ScriptExited(-2))
-        await asyncio.sleep(0.2)  # the app's message loop handles them meanwhile
+        await asyncio.wait_for(handled.wait(), 30)  # the app's message loop handles them meanwhile
 
     monkeypatch.setattr(app, "_close_all", close_all_then_answer)
+    monkeypatch.setattr(type(app), "on_script_exited", exited_then_tell)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             await loaded(pilot, timeout=60)

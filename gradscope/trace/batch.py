@@ -36,16 +36,15 @@ class FrozenBatch:
         added; each row a tuple of floats (the collector stops tracking those at its first look:
         thousands of lists a step kept alive while the step is written made full collections,
         which walk every object of the process, run every few steps)."""
-        hosts = {}
+        values = {}
         for device, (host, event) in self._parts.items():
             while event is not None and not event.query():
                 time.sleep(0.0005)
-            hosts[device] = host
+            values[device] = host.tolist()  # the host copy, complete: no device is touched here
         blocks = []
         for block, device, offset in self._blocks:
-            size = len(block.keys) * block.width
-            flat = hosts[device][offset:offset + size].tolist()
-            blocks.append((block.kind, block.keys, block.counts, list(zip(*[iter(flat)] * block.width))))
+            flat = iter(values[device][offset:offset + len(block.keys) * block.width])
+            blocks.append((block.kind, block.keys, block.counts, list(zip(*[flat] * block.width))))
         return blocks
 
 

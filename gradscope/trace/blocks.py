@@ -12,6 +12,7 @@ one [count, length] view. `gradscope.trace.capture` decides when this route is t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -162,23 +163,20 @@ _blocks = _Blocks()
 #: Segments falling into at most this many runs of equal lengths are reduced run by run.
 RUNS = 16
 
-_runs: dict[tuple[int, ...], tuple | None] = {}
-
-
 def runs_of(lengths: tuple[int, ...]) -> tuple | None:
     """((start, count, length) of each run of equal adjacent lengths), or None past `RUNS` runs."""
-    found = _runs.get(lengths, False)
-    if found is False:
-        runs, start = [], 0
-        for n, run in itertools.groupby(lengths):
-            count = sum(1 for _ in run)
-            runs.append((start, count, n))
-            start += count * n
-        found = tuple(runs) if len(runs) <= RUNS else None
-        if len(_runs) >= 512:
-            _runs.clear()
-        _runs[lengths] = found
-    return found
+    runs = _runs(lengths)
+    return runs if len(runs) <= RUNS else None
+
+
+@functools.lru_cache(maxsize=512)
+def _runs(lengths: tuple[int, ...]) -> tuple:
+    runs, start = [], 0
+    for n, run in itertools.groupby(lengths):
+        count = sum(1 for _ in run)
+        runs.append((start, count, n))
+        start += count * n
+    return tuple(runs)
 
 
 def segment_rows(x: torch.Tensor, lengths: tuple[int, ...], columns, how: tuple[str, ...]) -> torch.Tensor:

@@ -34,6 +34,7 @@ magnitude of a complex tensor, integer and bool tensors as float32.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -78,6 +79,23 @@ def local_values(t: torch.Tensor) -> torch.Tensor | None:
     if t.device.type == "meta" or t.numel() == 0:
         return None
     return t
+
+
+def named_values(params, of=None) -> tuple[list[str], list[torch.Tensor]]:
+    """(names, `local_values`) of the live parameters among `params`, (name, weak reference)
+    pairs, or of `of(parameter)` (its gradient); those without values are left out. Two lists,
+    not a pair per parameter (the collector would track each pair). No tensor op: the values
+    go to the multi-tensor reductions together."""
+    names, values = [], []
+    for name, ref in params:
+        t = ref()
+        if t is not None and of is not None:
+            t = of(t)
+        v = None if t is None else local_values(t)
+        if v is not None:
+            names.append(name)
+            values.append(v)
+    return names, values
 
 
 def _real(t: torch.Tensor) -> torch.Tensor:
@@ -196,18 +214,14 @@ def _packed(xs: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(flat) if len(flat) > 1 else flat[0]
 
 
-_orders: dict[tuple[int, ...], list[int]] = {}
-
-
-def by_length(sizes: list[int]) -> list[int]:
+def by_length(sizes: list[int]) -> tuple[int, ...]:
     """Positions of `sizes` in the order of their sizes (stable), cached per list of sizes."""
-    key = tuple(sizes)
-    order = _orders.get(key)
-    if order is None:
-        if len(_orders) >= 512:
-            _orders.clear()
-        order = _orders[key] = sorted(range(len(sizes)), key=sizes.__getitem__)
-    return order
+    return _by_length(tuple(sizes))
+
+
+@functools.lru_cache(maxsize=512)
+def _by_length(sizes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(range(len(sizes)), key=sizes.__getitem__))
 
 
 def _float32_range(squares: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from ..data import StepData
 from ..record.writer import StepSnapshot
 from .batch import RowBatch
-from .capture import Staging, local_values, weight_rows
+from .capture import Staging, named_values, weight_rows
 
 
 def ends_step(event: str, step: "OpenStep", *, optimizers: bool, primary: bool = False) -> bool:
@@ -112,15 +112,8 @@ class OpenStep:
                 batch.add(*block)
             self.staging.drain(batch)
             if self.full:
-                names, weights = [], []
                 # copies: another thread may add parameters meanwhile (at the end: still aligned)
-                for name, ref in zip(list(params), list(params.values())):
-                    p = ref()
-                    values = None if p is None else local_values(p)
-                    if values is not None:
-                        names.append(name)
-                        weights.append(values)
-                for block in weight_rows(names, weights):
+                for block in weight_rows(*named_values(zip(list(params), list(params.values())))):
                     batch.add(*block)
         data = StepData(
             step=self.number,
