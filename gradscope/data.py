@@ -7,7 +7,7 @@ read back from a record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import networkx
@@ -44,14 +44,17 @@ def to_networkx(data: GraphData) -> networkx.DiGraph:
     return graph
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """Statistics of one tensor: a root module's input, an activation, an output gradient, a
     parameter's gradient or weight, or the loss. `kind` is one of `KINDS`; `subject` the module or parameter name (or
     ``loss``); `call` which call of the module in the step (or which backward, for the loss);
     `path` where the tensor sits in a nested output ('' for a plain tensor). Between
     full-statistics steps a parameter gradient's row holds only `count`, `norm` and `nonfinite`
-    (1 when any element is NaN or infinite); its other fields are NaN (`zeros` None)."""
+    (1 when any element is NaN or infinite); its other fields are NaN (`zeros` None).
+
+    A named tuple, like `Update`: a step makes one per gradient, and a tuple of plain values is
+    dropped from the garbage collector's care at its first collection, where an object would
+    stay and count toward the next full collection of the process."""
 
     kind: str
     subject: str
@@ -70,8 +73,7 @@ class Stat:
 KINDS = ("input", "activation", "grad-output", "grad", "weight", "loss")
 
 
-@dataclass(frozen=True)
-class Update:
+class Update(NamedTuple):
     """How a parameter moved. `delta`/`weight` are the norms of the optimizer's change and of the
     weight before it (None when no optimizer stepped it); `outside` the norm of changes made
     since the previous step but before the optimizer ran; `step_delta`/`step_weight` the same

@@ -14,7 +14,6 @@ parameter's (`combine`); ranks whose copies of a parameter should be identical a
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import math
 import os
@@ -183,8 +182,8 @@ def combine(parts: list):
     mean = total / count
     spread = squares / count - mean * mean
     std = math.sqrt(max(spread, 0.0)) if spread == spread else math.nan
-    return dataclasses.replace(
-        parts[0], count=count, mean=mean, std=std, min=min(p.min for p in parts),
+    return parts[0]._replace(
+        count=count, mean=mean, std=std, min=min(p.min for p in parts),
         max=max(p.max for p in parts), norm=math.sqrt(squares),
         zeros=sum(p.zeros for p in parts), nonfinite=sum(p.nonfinite for p in parts),
     )

@@ -30,7 +30,6 @@ together (``ddp-desync``), including which ranks had no record.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -61,7 +60,7 @@ def _stat(entry) -> dict | None:
     if entry is None:
         return None
     step, stat = entry
-    row = dataclasses.asdict(stat)
+    row = stat._asdict()
     for key in ("kind", "subject", "call", "path"):
         row.pop(key)
     if stat.zeros is None:  # a gradient between full-statistics steps: only its norm was measured
@@ -73,7 +72,7 @@ def _update(entry) -> dict | None:
     if entry is None:
         return None
     step, update = entry
-    row = dataclasses.asdict(update)
+    row = update._asdict()
     row.pop("param")
     return {"step": step, **row, "ratio": update.ratio}
 

@@ -91,7 +91,23 @@ class Column:
     default: Any  # dataclasses.MISSING: none
 
 
-def _column(f: dataclasses.Field, annotation, name: str) -> Column:
+def _fields(row: type) -> list[tuple[str, Any]]:
+    """(name, default) of a row class's stored fields: a dataclass's (derived ones left out) or
+    a named tuple's; `dataclasses.MISSING` for no default."""
+    if not dataclasses.is_dataclass(row):
+        return [(name, row._field_defaults.get(name, dataclasses.MISSING)) for name in row._fields]
+    out = []
+    for f in dataclasses.fields(row):
+        if f.metadata.get(_DERIVED):
+            continue
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        out.append((f.name, default))
+    return out
+
+
+def _column(field_name: str, default, annotation, name: str) -> Column:
     args = typing.get_args(annotation)
     optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args
     base = next((a for a in args if a is not type(None)), annotation) if optional else annotation
@@ -111,14 +127,11 @@ def _column(f: dataclasses.Field, annotation, name: str) -> Column:
         if optional:
             encode = lambda v: None if v is None else _dumps(v)  # noqa: E731
             decode = lambda v: None if v is None else json.loads(v)  # noqa: E731
-    default = f.default
-    if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    return Column(name, f.name, sql, encode, decode, default)
+    return Column(name, field_name, sql, encode, decode, default)
 
 
 class Table:
-    """A table whose rows are instances of `row` (a dataclass).
+    """A table whose rows are instances of `row` (a dataclass or a named tuple).
 
     `scope` names leading columns that place a row but are not part of it (the ``step`` of a
     `Stat`); `columns` renames fields whose name SQL reserves; `key` is the primary key;
@@ -144,13 +157,17 @@ class Table:
         self.scope = [Column(n, n, "INTEGER NOT NULL" if t is int else "TEXT NOT NULL",
                              _same, _same, dataclasses.MISSING)
                       for n, t in (scope or {}).items()]
-        self.columns = [
-            _column(f, hints[f.name], renamed.get(f.name, f.name))
-            for f in dataclasses.fields(row) if not f.metadata.get(_DERIVED)
-        ]
-        # writing a row instance: its fields in one call, then only the encoders that change a value
+        self.columns = [_column(name, default, hints[name], renamed.get(name, name))
+                        for name, default in _fields(row)]
+        # writing a row instance: its fields in one call (a named tuple is its fields), then only
+        # the encoders that change a value
         fields = [c.field for c in self.columns]
-        self._fields = operator.attrgetter(*fields) if len(fields) > 1 else (lambda r: (getattr(r, fields[0]),))
+        if not dataclasses.is_dataclass(row):
+            self._fields = _same
+        elif len(fields) > 1:
+            self._fields = operator.attrgetter(*fields)
+        else:
+            self._fields = lambda r: (getattr(r, fields[0]),)
         self._encoders = [(i, _Once(c.encode) if c.field in shared else c.encode)
                           for i, c in enumerate(self.columns) if c.encode is not _same]
 
@@ -382,8 +399,7 @@ def _stepped_nan(update: Update) -> Update:
     if update.optimizer is None:
         return update
     nan = lambda v: math.nan if v is None else v  # noqa: E731
-    return dataclasses.replace(update, delta=nan(update.delta), weight=nan(update.weight),
-                               outside=nan(update.outside))
+    return update._replace(delta=nan(update.delta), weight=nan(update.weight), outside=nan(update.outside))
 
 
 RUN = Table("run", RunField, key=("key",))
