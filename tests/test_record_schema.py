@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import sqlite3
+import time
 
 import pytest
 import torch
@@ -115,6 +116,8 @@ def test_a_version_1_record_opens_and_decodes_to_typed_rows(tmp_path):
         assert record.latest_calls() == {"": [call]}
         (stat,) = record.stats(step=0)
         assert math.isnan(stat.mean) and (stat.std, stat.nonfinite) == (0.5, 1)
+        assert record.stat_series("grad", "weight") == [(0, stat)]  # found by the old subject index
+        assert record.last_stats_step("weight", 0) is None  # a gradient only
         updates = {u.param: u for u in record.updates(step=0)}
         assert math.isnan(updates["weight"].delta) and updates["weight"].weight == 1.0
         assert updates["bias"].delta is None and updates["bias"].optimizer is None
@@ -221,3 +224,85 @@ def test_a_step_summary_is_the_step_datas_own_fields():
     assert row == schema.StepRow(4, 1.5, 2, [0], [{"optimizer": 0}], ["bn"], {"0": [0.1]}, 2)
     back = row.step_data()
     assert (back.step, back.time, back.backwards, back.lrs, back.calls) == (4, 1.5, 2, {"0": [0.1]}, [])
+
+
+def _series_oracle(path, kind, subject):
+    """(step, rowid) of a subject's first-call stats rows, read by scanning the whole table."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT step, rowid FROM stats WHERE kind = ? AND subject = ? AND call = 0"
+                            " ORDER BY step, rowid", (kind, subject)).fetchall()
+    finally:
+        conn.close()
+
+
+def _train_steps(model, opt, n):
+    for _ in range(n):
+        opt.zero_grad()
+        model(torch.randn(4, 2)).pow(2).mean().backward()
+        opt.step()
+
+
+def test_a_subjects_series_is_every_row_of_it_listed_or_not(tmp_path):
+    """Series are read from `series` rows (every `SERIES_STEPS` steps) and, past the last, through
+    the step index: live, the steps since the last listing count too; finished, all are listed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "r.sqlite"
+    wanted = [("grad", "0.weight"), ("weight", "2.bias"), ("activation", "1"), ("loss", "loss")]
+    live = schema.SERIES_STEPS * 2 + 10
+    with gradscope.watch(model, opt, record=path, stats_every=3):
+        _train_steps(model, opt, live)
+        with gradscope.open_record(path) as record:
+            deadline = time.monotonic() + 60
+            while record.run().get("steps") != live and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the writer's commit, with a deadline
+            assert record.run()["steps"] == live
+            with record.snapshot():
+                listed = record._rows("SELECT max(last) AS last FROM series")[0]["last"]
+                assert listed == schema.SERIES_STEPS * 2 - 1  # the rest is read from the tail
+                for kind, subject in wanted:
+                    got = [(step, stat) for step, stat in record.stat_series(kind, subject)]
+                    oracle = _series_oracle(path, kind, subject)
+                    assert [s for s, _ in got] == [s for s, _ in oracle] and oracle
+                    assert all(stat.kind == kind and stat.subject == subject for _, stat in got)
+        _train_steps(model, opt, 5)
+    with gradscope.open_record(path) as record:
+        assert record._rows("SELECT max(last) AS last FROM series")[0]["last"] == live + 4  # all listed
+        for kind, subject in wanted:
+            got = record.stat_series(kind, subject)
+            assert [s for s, _ in got] == [s for s, _ in _series_oracle(path, kind, subject)]
+        grads = record.stat_series("grad", "0.weight")
+        assert [s for s, _ in grads] == list(range(live + 5))
+        assert grads[-1][1].norm == pytest.approx(model[0].weight.grad.norm().item(), rel=1e-5)
+        assert record.last_stats_step("1", live + 4) == max(s for s, _ in _series_oracle(path, "activation", "1"))
+
+
+def test_a_listing_that_was_undone_is_taken_up_by_the_next(tmp_path):
+    conn = sqlite3.connect(tmp_path / "r.sqlite", isolation_level=None)
+    schema.create(conn)
+    rows = [gradscope.Stat("grad", s, 0, "", 1, 0.0, 0.0, 0.0, 0.0, 1.0, 0, 0) for s in ("a", "b")]
+    for step in range(30):
+        schema.STATS.insert(conn, rows, step=step)
+    conn.execute("BEGIN")
+    schema.add_series(conn, 9)
+    conn.execute("ROLLBACK")  # the writer's transaction was lost
+    schema.add_series(conn, 19)
+    schema.add_series(conn, 12)  # behind the listing: nothing to add
+    schema.add_series(conn, 29)
+    listed = sorted(int(n) for (text,) in conn.execute("SELECT rowids FROM series") for n in text.split(","))
+    assert listed == [r for (r,) in conn.execute("SELECT rowid FROM stats ORDER BY rowid")]
+    assert [r for r in conn.execute("SELECT first, last FROM series WHERE subject = 'a' ORDER BY last")] == \
+        [(0, 19), (20, 29)]
+
+
+def test_a_doctored_series_is_a_corrupt_record(tmp_path):
+    path = tmp_path / "r.sqlite"
+    conn = sqlite3.connect(path)
+    schema.create(conn)
+    conn.execute("INSERT INTO series VALUES (0, 'grad', 'w', 0, 'x; DROP TABLE stats')")
+    conn.commit()
+    conn.close()
+    with gradscope.open_record(path) as record, pytest.raises(RecordError, match="corrupt record"):
+        record.stat_series("grad", "w")

@@ -23,6 +23,10 @@ except ImportError:  # Windows: no liveness lock
     fcntl = None
 
 
+#: Rowids per ``IN (...)`` list: under SQLite's oldest limit of 999 parameters.
+_IN_LIST = 900
+
+
 def open_record(path: str | Path) -> "Record":
     """Open the record at `path` read-only; raises `RecordError` when it is not one."""
     return Record(path)
@@ -137,6 +141,8 @@ class Record:
                     missing = ", ".join(sorted(columns - have))
                     raise RecordError(f"{path}: corrupt record (table {table} lacks {missing})")
             self._conn.execute("SELECT count(*) FROM steps").fetchone()
+            self._series = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'series'").fetchone() is not None
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"{path}: corrupt record ({exc})") from None
 
@@ -272,11 +278,29 @@ class Record:
 
     def stat_series(self, kind: str, subject: str) -> list[tuple[int, Stat]]:
         """(step, stat) for the first call of `subject` in every step it was recorded."""
-        return self._stepped(
-            schema.STATS,
-            "SELECT * FROM stats WHERE kind = ? AND subject = ? AND call = 0 ORDER BY step",
-            (kind, subject),
-        )
+        if not self._series:  # a record from before `schema.SERIES_DDL`: stats have a subject index
+            return self._stepped(
+                schema.STATS,
+                "SELECT * FROM stats WHERE kind = ? AND subject = ? AND call = 0 ORDER BY step",
+                (kind, subject),
+            )
+        with self.snapshot():
+            listed = self._rows("SELECT rowids FROM series WHERE kind = ? AND subject = ?", (kind, subject))
+            try:
+                rowids = [int(n) for r in listed for n in r["rowids"].split(",")]
+            except (AttributeError, ValueError):
+                raise RecordError(f"{self.path}: corrupt record (table series: not a list of rows)") from None
+            rows = []
+            for start in range(0, len(rowids), _IN_LIST):
+                part = rowids[start:start + _IN_LIST]
+                rows += self._rows(f"SELECT rowid AS row_, * FROM stats WHERE rowid IN ({', '.join('?' * len(part))})"
+                                   " AND call = 0", part)
+            rows += self._rows(
+                "SELECT rowid AS row_, * FROM stats WHERE step > ? AND kind = ? AND subject = ? AND call = 0",
+                (self._rows("SELECT coalesce(max(last), -1) AS last FROM series")[0]["last"], kind, subject),
+            )
+        rows.sort(key=lambda r: (r["step"], r["row_"]))
+        return [(r["step"], self._decode(schema.STATS, r)) for r in rows]
 
     def latest_stats(self, kind: str) -> dict[str, tuple[int, Stat]]:
         """subject -> (step, stat) of the most recent first-call row of `kind` per subject."""
@@ -292,9 +316,9 @@ class Record:
 
     def last_stats_step(self, subject: str, step: int) -> int | None:
         """The latest step at or before `step` with statistics beyond the gradient of `subject`."""
-        rows = self._rows(
-            "SELECT max(step) AS step FROM stats WHERE subject = ? AND step <= ? AND kind != 'grad'",
-            (subject, step),
+        rows = self._rows(  # steps back from `step`: module statistics come every few steps
+            "SELECT step FROM stats WHERE step <= ? AND subject = ? AND kind != 'grad' ORDER BY step DESC LIMIT 1",
+            (step, subject),
         )
         return rows[0]["step"] if rows else None
 

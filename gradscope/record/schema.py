@@ -408,8 +408,7 @@ PARAMETERS = Table("parameters", ParameterRow, key=("name",))
 OPTIMIZERS = Table("optimizers", OptimizerRow, key=("idx",), columns={"index": "idx"})
 STEPS = Table("steps", StepRow, key=("step",))
 CALLS = Table("calls", CallRow, key=("step", "module", "call"), shared=("inputs", "outputs"))
-STATS = Table("stats", Stat, scope={"step": int},
-              indexes={"stats_by_subject": ("subject", "kind", "step"), "stats_by_step": ("step",)})
+STATS = Table("stats", Stat, scope={"step": int}, indexes={"stats_by_step": ("step",)})
 UPDATES = Table("updates", Update, scope={"step": int}, key=("step", "param"), fix=_stepped_nan)
 TAILS = Table("tails", TailRow)
 HISTS = Table("hists", HistRow, key=("step", "subject"))
@@ -419,9 +418,44 @@ FINDINGS = Table("findings", FindingRow, integer_key="id", columns={"check": "ch
 TABLES = (RUN, MODULES, PARAMETERS, OPTIMIZERS, STEPS, CALLS, STATS, UPDATES, TAILS, HISTS, GRAPHS, FINDINGS)
 
 
+# -- statistics by subject ----------------------------------------------------------------------
+#: Steps listed by one `series` row at most. The stats table has no index by subject: one entry
+#: per row, each at its own place in the index, cost six times the row itself to write (the
+#: index's pages split all over, and each commit wrote them all again). Instead every
+#: `SERIES_STEPS` steps one row per (kind, subject) lists the rowids of its stats rows; the steps
+#: after the last listed are read through the step index.
+SERIES_STEPS = 64
+#: The `series` table; a record written before it has ``stats_by_subject`` on stats instead.
+SERIES_DDL = (
+    "CREATE TABLE series (last INTEGER NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL,"
+    " first INTEGER NOT NULL, rowids TEXT NOT NULL, PRIMARY KEY (last, kind, subject)) WITHOUT ROWID;\n"
+    "CREATE INDEX series_by_subject ON series (kind, subject, last);"
+)
+
+
+def series_through(conn) -> int:
+    """The last step whose stats rows `series` lists (-1: none yet)."""
+    return conn.execute("SELECT coalesce(max(last), -1) FROM series").fetchone()[0]
+
+
+def add_series(conn, through: int) -> None:
+    """List in `series` the stats rows of the steps after the last listed, up to `through`: the
+    range starts where the record's series end (not where the writer believes), so a range
+    whose writing was undone is listed by the next one."""
+    first = series_through(conn) + 1
+    if through < first:
+        return
+    conn.execute(
+        "INSERT INTO series (last, kind, subject, first, rowids)"
+        " SELECT ?, kind, subject, ?, group_concat(rowid) FROM stats WHERE step >= ? AND step <= ?"
+        " GROUP BY kind, subject",
+        (through, first, first, through),
+    )
+
+
 def create(conn: sqlite3.Connection) -> None:
     """Create the schema in an empty database and mark it as a gradscope record."""
-    conn.executescript("\n".join(t.ddl() for t in TABLES))
+    conn.executescript("\n".join([t.ddl() for t in TABLES] + [SERIES_DDL]))
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {VERSION}")
     conn.commit()

@@ -280,6 +280,7 @@ class RecordWriter:
         self._uncommitted = 0  # steps written since the last commit
         self._committed = 0  # the run's step count as of the last commit
         self._commit_now = False  # a finding was written: commit it without waiting
+        self._series_due = schema.SERIES_STEPS - 1  # the step whose write lists the stats rows by subject
         #: set once a non-finite statistic was recorded (read by the training thread, no lock)
         self.alarm = False
         #: why the recording stopped (a persistent write error), or None while it goes on
@@ -552,6 +553,7 @@ class RecordWriter:
             try:
                 for finding in findings:
                     self._on_finding(conn, finding)
+                schema.add_series(conn, self._run.get("steps", 0) - 1)
                 self._set_run(conn, fields)
                 conn.commit()
             except Exception as exc:
@@ -630,6 +632,9 @@ class RecordWriter:
                                    for (m, c, n), (count, total) in data.tails.items()])
         schema.HISTS.insert(conn, [schema.HistRow(step, n, low, high, counts)
                                    for n, (low, high, counts) in data.hists.items()])
+        if step >= self._series_due:
+            schema.add_series(conn, step)
+            self._series_due = step + schema.SERIES_STEPS
         if self._analyzer is not None:
             for finding in self._analyzer.step(data):
                 self._on_finding(conn, finding)
