@@ -170,6 +170,8 @@ class Table:
             self._fields = lambda r: (getattr(r, fields[0]),)
         self._encoders = [(i, _Once(c.encode) if c.field in shared else c.encode)
                           for i, c in enumerate(self.columns) if c.encode is not _same]
+        #: the row class when its instances go in as they are (a named tuple without encoders)
+        self._plain = row if self._fields is _same and not self._encoders else None
 
     def ddl(self) -> str:
         parts = [f"{self.integer_key} INTEGER PRIMARY KEY"] if self.integer_key else []
@@ -185,13 +187,19 @@ class Table:
         """Write `rows` (instances of the row class, or mappings with its field names); `scope`
         gives the values of the scope columns. Returns the cursor (``lastrowid`` of one row)."""
         head = tuple(scope[c.name] for c in self.scope)
-        values = [head + self._encoded(row) for row in rows]
+        # the statements' parameters, row after row: no tuple per row (see `FrozenBatch.read`)
+        values: list = []
+        plain, encoded = self._plain, self._encoded
+        for row in rows:
+            values += head
+            values += row if type(row) is plain else encoded(row)
         width = len(self.scope) + len(self.columns)
         per_statement = max(1, min(_ROWS_PER_STATEMENT, _VARIABLES // width))
         cursor = None
-        for start in range(0, len(values), per_statement):  # one statement per many rows: SQLite
-            part = values[start:start + per_statement]        # runs it without taking the GIL back
-            cursor = conn.execute(self._sql(replace, len(part)), [v for row in part for v in row])
+        for start in range(0, len(values) // width, per_statement):  # one statement per many rows:
+            rows_in = min(per_statement, len(values) // width - start)  # SQLite runs it without the GIL
+            cursor = conn.execute(self._sql(replace, rows_in),
+                                  values[start * width:(start + rows_in) * width])
         return cursor
 
     def _sql(self, replace: bool, rows: int) -> str:

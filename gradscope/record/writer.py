@@ -76,39 +76,39 @@ def decode(snapshot: StepSnapshot) -> StepData:
     """Wait for the snapshot's device values and fold them into its `StepData`."""
     data = snapshot.data
     stats = data.stats
-    opt_updates: dict[str, tuple[int, list[float]]] = {}
-    step_updates: dict[str, list[float]] = {}
-    nan = math.nan
-    for kind, keys, counts, rows in snapshot.rows.read():
-        if kind in KINDS and rows and len(rows[0]) == 1:  # single values, sent as they are
-            for (subject, call, path), (v,) in zip(keys, rows):
+    stepped: dict[str, tuple] = {}  # parameter -> (optimizer, delta, weight, outside)
+    moved: list[tuple[list, list, list]] = []  # (names, step deltas, step weights)
+    nan, finite = math.nan, math.isfinite
+    for kind, keys, counts, columns in snapshot.rows.read():
+        if kind in KINDS and len(columns) == 1:  # single values, sent as they are
+            for (subject, call, path), v in zip(keys, columns[0]):
                 stats.append(Stat(kind, subject, call, path, 1, v, 0.0, v, v, abs(v), int(v == 0),
-                                  int(not math.isfinite(v))))
+                                  int(not finite(v))))
         elif kind in KINDS or kind == "stats":  # "stats": rows of several kinds, each key (kind, key)
             kinds = keys if kind == "stats" else zip(itertools.repeat(kind), keys)
-            for (of, (subject, call, path)), count, (mean, std, low, high, norm, zeros, nonfinite) in zip(
-                    kinds, counts, rows):
+            for (of, (subject, call, path)), count, mean, std, low, high, norm, zeros, nonfinite in zip(
+                    kinds, counts, *columns):
                 stats.append(Stat(of, subject, call, path, count, mean, std, low, high, norm, int(zeros),
                                   int(nonfinite)))
         elif kind == "grad-norm":  # a gradient between full-statistics steps: norm and flag
-            for (subject, call, path), count, (norm, largest) in zip(keys, counts, rows):
+            for (subject, call, path), count, norm, largest in zip(keys, counts, *columns):
                 stats.append(Stat("grad", subject, call, path, count, nan, nan, nan, nan, norm,
-                                  None, 0 if math.isfinite(largest) else 1))
+                                  None, 0 if finite(largest) else 1))
         elif kind == "update":
-            for (name, optimizer), values in zip(keys, rows):
-                opt_updates[name] = (optimizer, values)
+            for (name, optimizer), delta, weight, outside in zip(keys, *columns):
+                stepped[name] = (optimizer, delta, weight, outside)
         elif kind == "step-update":
-            step_updates.update(zip(keys, rows))
+            moved.append((keys, *columns))
         elif kind == "tail":
-            for key, count, values in zip(keys, counts, rows):
-                data.tails[key] = (int(values[0]), count)
+            for key, count, outside in zip(keys, counts, columns[0]):
+                data.tails[key] = (int(outside), count)
         elif kind == "hist":
-            for key, values in zip(keys, rows):
-                data.hists[key] = (values[0], values[1], [int(v) for v in values[2:]])
-    missing = (None, [None, None, None])
-    for name, (step_delta, step_weight) in step_updates.items():
-        optimizer, values = opt_updates.get(name, missing)
-        data.updates[name] = Update(name, optimizer, *values, step_delta, step_weight)
+            for key, low, high, *bins in zip(keys, *columns):
+                data.hists[key] = (low, high, [int(v) for v in bins])
+    missing = (None, None, None, None)
+    for names, step_deltas, step_weights in moved:
+        for name, step_delta, step_weight in zip(names, step_deltas, step_weights):
+            data.updates[name] = Update(name, *stepped.get(name, missing), step_delta, step_weight)
     return data
 
 

@@ -31,11 +31,12 @@ class FrozenBatch:
         self._blocks = blocks  # list of (_Block, device key, offset)
         self._parts = parts  # device key -> (host tensor, event or None)
 
-    def read(self) -> list[tuple[str, list, list[int], list[tuple[float, ...]]]]:
-        """(kind, keys, counts, rows of values) for every block of rows, in the order they were
-        added; each row a tuple of floats (the collector stops tracking those at its first look:
-        thousands of lists a step kept alive while the step is written made full collections,
-        which walk every object of the process, run every few steps)."""
+    def read(self) -> list[tuple[str, list, list[int], list[list[float]]]]:
+        """(kind, keys, counts, columns) for every block of rows, in the order they were added:
+        one list of floats per field, not a tuple per row (thousands of rows a step, alive
+        while the step is written and judged: each a tracked object that, surviving a young
+        collection, counts toward the full collections, which walk every object of the
+        process)."""
         values = {}
         for device, (host, event) in self._parts.items():
             while event is not None and not event.query():
@@ -43,8 +44,10 @@ class FrozenBatch:
             values[device] = host.tolist()  # the host copy, complete: no device is touched here
         blocks = []
         for block, device, offset in self._blocks:
-            flat = iter(values[device][offset:offset + len(block.keys) * block.width])
-            blocks.append((block.kind, block.keys, block.counts, list(zip(*[flat] * block.width))))
+            flat, width = values[device], block.width
+            end = offset + len(block.keys) * width
+            blocks.append((block.kind, block.keys, block.counts,
+                           [flat[offset + i:end:width] for i in range(width)]))
         return blocks
 
 
