@@ -17,6 +17,7 @@ batch 16x256).
 
 import argparse
 import contextlib
+import importlib.util
 import statistics
 import tempfile
 import warnings
@@ -155,6 +156,9 @@ def main() -> None:
     y = torch.randint(0, 10, (x.shape[0],), device=device)
     timed_steps(net, opt, x, y, 5, device)  # warm-up
     chosen = [c for c in CONTENDERS if args.only is None or c in args.only.split(",")]
+    if "tensorboard histograms" in chosen and importlib.util.find_spec("tensorboard") is None:
+        chosen.remove("tensorboard histograms")
+        print("tensorboard histograms: left out, the tensorboard package is not installed")
     times: dict[str, list[float]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.rounds):

@@ -176,11 +176,10 @@ class UpdateRatio:
     def _ratios(self, step, run) -> dict[str, float]:
         grads = _grad_names(step)
         lrs = learning_rates(step, run)
+        skipped = {None} | {i for i, opt in run.optimizers.items() if opt.get("type") in LINE_SEARCH}
         ratios = {}
         for name, update in step.updates.items():
-            if update.optimizer is None or not update.weight or name not in grads:
-                continue
-            if run.optimizers.get(update.optimizer, {}).get("type") in LINE_SEARCH:
+            if update.optimizer in skipped or not update.weight or name not in grads:
                 continue
             lr = lrs.get(name)
             if lr == 0 or (lr is None and update.delta == 0):
