@@ -52,9 +52,8 @@ class Stat(NamedTuple):
     full-statistics steps a parameter gradient's row holds only `count`, `norm` and `nonfinite`
     (1 when any element is NaN or infinite); its other fields are NaN (`zeros` None).
 
-    A named tuple, like `Update`: a step makes one per gradient, and a tuple of plain values is
-    dropped from the garbage collector's care at its first collection, where an object would
-    stay and count toward the next full collection of the process."""
+    A named tuple, like `Update`: a step makes one per gradient, and a named tuple takes a fifth
+    of the time a frozen dataclass took to make."""
 
     kind: str
     subject: str
