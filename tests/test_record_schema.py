@@ -236,6 +236,15 @@ def _series_oracle(path, kind, subject):
         conn.close()
 
 
+def _last_stats_oracle(path, subject, step):
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT max(step) FROM stats WHERE subject = ? AND step <= ? AND kind != 'grad'",
+                            (subject, step)).fetchone()[0]
+    finally:
+        conn.close()
+
+
 def _train_steps(model, opt, n):
     for _ in range(n):
         opt.zero_grad()
@@ -267,6 +276,9 @@ def test_a_subjects_series_is_every_row_of_it_listed_or_not(tmp_path):
                     oracle = _series_oracle(path, kind, subject)
                     assert [s for s, _ in got] == [s for s, _ in oracle] and oracle
                     assert all(stat.kind == kind and stat.subject == subject for _, stat in got)
+                for subject in ("1", "0.weight", "nothing"):  # listed, not listed yet, never there
+                    for step in (0, 1, 40, 63, 64, 65, 100, 127, 128, 130, live - 1):
+                        assert record.last_stats_step(subject, step) == _last_stats_oracle(path, subject, step)
         _train_steps(model, opt, 5)
     with gradscope.open_record(path) as record:
         assert record._rows("SELECT max(last) AS last FROM series")[0]["last"] == live + 4  # all listed
@@ -277,6 +289,9 @@ def test_a_subjects_series_is_every_row_of_it_listed_or_not(tmp_path):
         assert [s for s, _ in grads] == list(range(live + 5))
         assert grads[-1][1].norm == pytest.approx(model[0].weight.grad.norm().item(), rel=1e-5)
         assert record.last_stats_step("1", live + 4) == max(s for s, _ in _series_oracle(path, "activation", "1"))
+        assert [record.last_stats_step("2.weight", s) for s in (0, 20, 21, 22, 23, 100)] == \
+            [_last_stats_oracle(path, "2.weight", s) for s in (0, 20, 21, 22, 23, 100)]
+        assert record.last_stats_step("nothing", live + 4) is None
 
 
 def test_a_listing_that_was_undone_is_taken_up_by_the_next(tmp_path):

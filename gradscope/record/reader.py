@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import math
 import os
 import sqlite3
 from pathlib import Path
 
-from ..data import GraphData, Stat, StepData, Update
+from ..data import KINDS, GraphData, Stat, StepData, Update
 from ..errors import RecordError
 from . import schema
 
@@ -286,15 +288,7 @@ class Record:
             )
         with self.snapshot():
             listed = self._rows("SELECT rowids FROM series WHERE kind = ? AND subject = ?", (kind, subject))
-            try:
-                rowids = [int(n) for r in listed for n in r["rowids"].split(",")]
-            except (AttributeError, ValueError):
-                raise RecordError(f"{self.path}: corrupt record (table series: not a list of rows)") from None
-            rows = []
-            for start in range(0, len(rowids), _IN_LIST):
-                part = rowids[start:start + _IN_LIST]
-                rows += self._rows(f"SELECT rowid AS row_, * FROM stats WHERE rowid IN ({', '.join('?' * len(part))})"
-                                   " AND call = 0", part)
+            rows = [r for _, r in self._listed(listed) if r["call"] == 0]
             rows += self._rows(
                 "SELECT rowid AS row_, * FROM stats WHERE step > ? AND kind = ? AND subject = ? AND call = 0",
                 (self._rows("SELECT coalesce(max(last), -1) AS last FROM series")[0]["last"], kind, subject),
@@ -316,11 +310,43 @@ class Record:
 
     def last_stats_step(self, subject: str, step: int) -> int | None:
         """The latest step at or before `step` with statistics beyond the gradient of `subject`."""
-        rows = self._rows(  # steps back from `step`: module statistics come every few steps
-            "SELECT step FROM stats WHERE step <= ? AND subject = ? AND kind != 'grad' ORDER BY step DESC LIMIT 1",
-            (step, subject),
-        )
-        return rows[0]["step"] if rows else None
+        if not self._series:  # a record from before `schema.SERIES_DDL`: stats have a subject index
+            rows = self._rows(
+                "SELECT max(step) AS step FROM stats WHERE subject = ? AND step <= ? AND kind != 'grad'",
+                (subject, step),
+            )
+            return rows[0]["step"] if rows else None
+        others = [kind for kind in KINDS if kind != "grad"]
+        with self.snapshot():
+            through = self._rows("SELECT coalesce(max(last), -1) AS last FROM series")[0]["last"]
+            found = self._rows(  # the steps not listed yet
+                "SELECT max(step) AS step FROM stats WHERE step > ? AND step <= ? AND subject = ? AND kind != 'grad'",
+                (through, step, subject),
+            )[0]["step"]
+            if found is not None:
+                return found
+            # then the subject's lists, latest first: the first with a step at or before `step` has the latest
+            lists = self._rows(
+                f"SELECT last, rowids FROM series WHERE kind IN ({', '.join('?' * len(others))}) AND subject = ?"
+                " AND first <= ? ORDER BY last DESC", (*others, subject, step))
+            for _, group in itertools.groupby(lists, key=lambda r: r["last"]):
+                found = max((s for s, _ in self._listed(list(group), step)), default=None)
+                if found is not None:
+                    return found
+        return None
+
+    def _listed(self, lists: list, up_to: int | None = None) -> list[tuple[int, sqlite3.Row]]:
+        """(step, row) of the stats rows whose rowids `lists` (`series` rows) hold, up to the step `up_to`."""
+        try:
+            rowids = [int(n) for r in lists for n in r["rowids"].split(",")]
+        except (AttributeError, ValueError):
+            raise RecordError(f"{self.path}: corrupt record (table series: not a list of rows)") from None
+        rows = []
+        for start in range(0, len(rowids), _IN_LIST):
+            part = rowids[start:start + _IN_LIST]
+            rows += self._rows(f"SELECT rowid AS row_, * FROM stats WHERE rowid IN ({', '.join('?' * len(part))})"
+                               " AND step <= ?", (*part, math.inf if up_to is None else up_to))
+        return [(r["step"], r) for r in rows]
 
     def latest_hist(self, subject: str, step: int) -> tuple[int, tuple[float, float, list[int]]] | None:
         """(step, (low, high, counts)) of `subject`'s gradient histogram at or before `step`."""
