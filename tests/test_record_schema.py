@@ -245,6 +245,22 @@ def _last_stats_oracle(path, subject, step):
         conn.close()
 
 
+def _latest_oracle(path, kind):
+    """subject -> (step, count) of the latest first-call plain row of `kind`, by a full scan."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {subject: (step, count) for subject, step, count in conn.execute(
+            "SELECT s.subject, s.step, s.count FROM stats s JOIN (SELECT subject, max(step) AS step FROM stats"
+            " WHERE kind = ? AND call = 0 GROUP BY subject) m ON s.subject = m.subject AND s.step = m.step"
+            " WHERE s.kind = ? AND s.call = 0 AND s.path = '' ORDER BY s.rowid", (kind, kind))}
+    finally:
+        conn.close()
+
+
+def _latest(record, kind):
+    return {subject: (step, stat.count) for subject, (step, stat) in record.latest_stats(kind).items()}
+
+
 def _train_steps(model, opt, n):
     for _ in range(n):
         opt.zero_grad()
@@ -276,6 +292,8 @@ def test_a_subjects_series_is_every_row_of_it_listed_or_not(tmp_path):
                     oracle = _series_oracle(path, kind, subject)
                     assert [s for s, _ in got] == [s for s, _ in oracle] and oracle
                     assert all(stat.kind == kind and stat.subject == subject for _, stat in got)
+                for kind in ("grad", "weight", "activation", "loss"):
+                    assert _latest(record, kind) == _latest_oracle(path, kind) != {}
                 for subject in ("1", "0.weight", "nothing"):  # listed, not listed yet, never there
                     for step in (0, 1, 40, 63, 64, 65, 100, 127, 128, 130, live - 1):
                         assert record.last_stats_step(subject, step) == _last_stats_oracle(path, subject, step)
@@ -292,6 +310,8 @@ def test_a_subjects_series_is_every_row_of_it_listed_or_not(tmp_path):
         assert [record.last_stats_step("2.weight", s) for s in (0, 20, 21, 22, 23, 100)] == \
             [_last_stats_oracle(path, "2.weight", s) for s in (0, 20, 21, 22, 23, 100)]
         assert record.last_stats_step("nothing", live + 4) is None
+        for kind in ("grad", "weight", "activation", "loss"):
+            assert list(_latest(record, kind).items()) == list(_latest_oracle(path, kind).items()) != []
 
 
 def test_a_listing_that_was_undone_is_taken_up_by_the_next(tmp_path):

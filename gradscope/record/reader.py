@@ -298,15 +298,36 @@ class Record:
 
     def latest_stats(self, kind: str) -> dict[str, tuple[int, Stat]]:
         """subject -> (step, stat) of the most recent first-call row of `kind` per subject."""
-        rows = self._stepped(
-            schema.STATS,
-            "SELECT s.* FROM stats s JOIN (SELECT subject, max(step) AS step FROM stats"
-            " WHERE kind = ? AND call = 0 GROUP BY subject) m"
-            " ON s.subject = m.subject AND s.step = m.step"
-            " WHERE s.kind = ? AND s.call = 0 AND s.path = '' ORDER BY s.rowid",
-            (kind, kind),
-        )
-        return {stat.subject: (step, stat) for step, stat in rows}
+        if not self._series:  # a record from before `schema.SERIES_DDL`: stats have a subject index
+            rows = self._stepped(
+                schema.STATS,
+                "SELECT s.* FROM stats s JOIN (SELECT subject, max(step) AS step FROM stats"
+                " WHERE kind = ? AND call = 0 GROUP BY subject) m"
+                " ON s.subject = m.subject AND s.step = m.step"
+                " WHERE s.kind = ? AND s.call = 0 AND s.path = '' ORDER BY s.rowid",
+                (kind, kind),
+            )
+            return {stat.subject: (step, stat) for step, stat in rows}
+        with self.snapshot():  # each subject's latest list, and the steps not listed yet
+            lists = self._rows(
+                "SELECT s.rowids FROM series s JOIN (SELECT subject, max(last) AS last FROM series"
+                " WHERE kind = ? GROUP BY subject) m ON s.subject = m.subject AND s.last = m.last"
+                " WHERE s.kind = ?", (kind, kind))
+            rows = [r for _, r in self._listed(lists)]
+            rows += self._rows(
+                "SELECT rowid AS row_, * FROM stats WHERE step > ? AND kind = ?",
+                (self._rows("SELECT coalesce(max(last), -1) AS last FROM series")[0]["last"], kind),
+            )
+        latest: dict[str, tuple[int, sqlite3.Row | None]] = {}  # the latest first call; its plain row
+        for r in sorted(rows, key=lambda r: (r["step"], r["row_"])):
+            if r["call"] != 0:
+                continue
+            if latest.get(r["subject"], (-1,))[0] < r["step"]:
+                latest[r["subject"]] = (r["step"], None)
+            if r["path"] == "":
+                latest[r["subject"]] = (r["step"], r)
+        chosen = sorted((r["row_"], r) for _, r in latest.values() if r is not None)
+        return {r["subject"]: (r["step"], self._decode(schema.STATS, r)) for _, r in chosen}
 
     def last_stats_step(self, subject: str, step: int) -> int | None:
         """The latest step at or before `step` with statistics beyond the gradient of `subject`."""
