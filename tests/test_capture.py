@@ -407,6 +407,7 @@ class Rows:
         self.rows = []
 
     def add(self, kind, keys, counts, values):
+        values = torch.stack(values) if isinstance(values, list) else values  # one row per key
         for key, count, row in zip(keys, counts, values.reshape(len(keys), -1).tolist()):
             self.rows.append((*key, count, row) if kind == "stats" else (kind, key, count, row))
 
@@ -467,6 +468,28 @@ def test_staging_takes_a_tensor_seen_again_unchanged_once():
     assert rows["seq"] == rows["fc"] == rows["seq-again"] and rows["big-again"] == rows["big"]
     assert dict(zip(FIELDS, rows["relu"]))["min"] == 0 != dict(zip(FIELDS, rows["fc"]))["min"]
     assert {key: kind for kind, key, _, _ in batch.rows}["big-again"] == "grad-output"
+
+
+@pytest.mark.parametrize("containers", [1, 50])
+def test_tensors_seen_again_reach_the_recorder_in_one_block(containers):
+    """A container's output is its last child's: with thousands of nested modules, a block per
+    repeated row was a block, two lists and a view per row, alive until the recorder read the step."""
+    from gradscope.trace.batch import RowBatch
+    from gradscope.trace.capture import Staging
+
+    staging, batch = Staging(chunk=256), RowBatch()
+    t, big = torch.randn(40), torch.randn(100)  # staged; on the spot
+    staging.add(batch, "activation", "leaf", t)
+    staging.add(batch, "activation", "big", big)
+    for i in range(containers):
+        staging.add(batch, "activation", f"box{i}", t)
+        staging.add(batch, "grad-output", f"bigbox{i}", big)
+    staging.drain(batch)
+    blocks = batch.freeze().read()
+    assert len(blocks) == 3  # staged, on the spot, repeated
+    rows = {key: [column[i] for column in columns] for _, keys, _, columns in blocks for i, key in enumerate(keys)}
+    assert all(rows[("activation", f"box{i}")] == rows[("activation", "leaf")] for i in range(containers))
+    assert all(rows[("grad-output", f"bigbox{i}")] == rows[("activation", "big")] for i in range(containers))
 
 
 def test_rows_read_back_on_the_host_come_as_one_list_per_field():

@@ -55,25 +55,36 @@ class RowBatch:
     """Device rows of one step (training thread)."""
 
     def __init__(self):
-        self._blocks: list[tuple[_Block, torch.Tensor]] = []
+        self._blocks: list[tuple[_Block, list[torch.Tensor]]] = []
 
-    def add(self, kind: str, keys: list, counts: list[int], values: torch.Tensor) -> None:
-        """Add rows: `values` is a device tensor of shape [len(keys), width] (or [width])."""
-        values = values.reshape(len(keys), -1)
-        self._blocks.append((_Block(kind, keys, counts, values.shape[1]), values.reshape(-1)))
+    def add(self, kind: str, keys: list, counts: list[int], values: torch.Tensor | list[torch.Tensor]) -> None:
+        """Add rows: `values` is a device tensor of shape [len(keys), width] (or [width]), or
+        one row tensor per key (of one device; joined with the rest at `freeze`): a block per
+        row would be objects per row that live until the recorder has read the step."""
+        if isinstance(values, list):
+            parts = [v.reshape(-1) for v in values]
+            width = parts[0].numel() if parts else 0
+        else:
+            values = values.reshape(len(keys), -1)
+            parts, width = [values.reshape(-1)], values.shape[1]
+        self._blocks.append((_Block(kind, keys, counts, width), parts))
 
     def freeze(self) -> FrozenBatch:
         """Start copying every row to the host, one copy per device."""
         by_device: dict[torch.device, list[torch.Tensor]] = {}
         placed = []
         offsets: dict[torch.device, int] = {}
-        for block, flat in self._blocks:
-            device = flat.device
-            if not flat.is_floating_point():  # counts: exact in float64, not in float32
-                flat = flat.double()
-            by_device.setdefault(device, []).append(flat)
+        for block, parts in self._blocks:
+            if not parts:
+                continue
+            device = parts[0].device
+            joined = by_device.setdefault(device, [])
             placed.append((block, device, offsets.get(device, 0)))
-            offsets[device] = offsets.get(device, 0) + flat.numel()
+            for flat in parts:
+                if not flat.is_floating_point():  # counts: exact in float64, not in float32
+                    flat = flat.double()
+                joined.append(flat)
+                offsets[device] = offsets.get(device, 0) + flat.numel()
         parts = {}
         for device, tensors in by_device.items():
             joined = torch.cat(tensors)  # a copy (promoted to the widest dtype), never an alias

@@ -646,8 +646,12 @@ class Staging:
             raw = torch.cat([raw for *_, raw in entries])
             _emit(batch, [entry[:3] for entry in entries], _finish(raw, _layouts.get(device, layout, 0)[1]))
         self._spot = []
-        for kind, key, taken in self._repeats:
-            batch.add(kind, [key], [taken.n], taken.rows[taken.index:taken.index + 1])
+        by_device = {}
+        for entry in self._repeats:  # one block per device, its rows views of the rows repeated
+            by_device.setdefault(entry[2].rows.device, []).append(entry)
+        for entries in by_device.values():
+            batch.add("stats", [(kind, key) for kind, key, _ in entries], [taken.n for _, _, taken in entries],
+                      [taken.rows[taken.index] for _, _, taken in entries])
         self._repeats, self._seen = [], {}
         if self._counts:
             keys, totals, counted = zip(*self._counts)
