@@ -170,3 +170,22 @@ def test_sparse_gradients_are_recorded_and_their_nonfinite_values_found(tmp_path
     assert good.nonfinite == 0
     assert record.step(DENSE + 1).stat("grad", "weight").nonfinite == 1
     assert any(f["check"] == "nonfinite" for f in record.findings())
+
+
+def test_statistics_steps_reuse_their_output_gradient_hooks(tmp_path):
+    """Every statistics step hooks each module output for its gradient: the same hook object
+    from step to step (new ones were objects per module call that outlived the step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outputs = []
+    model[1].register_forward_hook(lambda module, args, out: outputs.append(out))
+    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", stats_every=1):
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(5, 3)).pow(2).mean().backward()
+            opt.step()
+    (first, *later) = [list(out._backward_hooks.values()) for out in outputs]
+    assert len(first) == 1 and all(len(hooks) == 1 and hooks[0] is first[0] for hooks in later)
+    with gradscope.open_record(tmp_path / "r.sqlite") as record:
+        assert [s for s, _ in record.stat_series("grad-output", "1")] == [0, 1, 2]

@@ -76,6 +76,10 @@ class ModuleHooks:
         self._describer = CallDescriber()
         self._tails = tails  # module type name -> the plugins' TailCount requests
         self._local = threading.local()  # depth of watched calls, per thread
+        #: the output-gradient hook of each (module, call, path), made once: statistics steps
+        #: register one per module output, and new ones every time were objects per call that
+        #: outlived the step (thousands with thousands of modules)
+        self._grad_hooks: dict[tuple, functools.partial] = {}
         self._handles = [
             nn_module.register_module_forward_pre_hook(self._pre_hook),
             nn_module.register_module_forward_hook(self._post_hook, with_kwargs=True, always_call=True),
@@ -94,6 +98,7 @@ class ModuleHooks:
             # left there, every later call of a torch.compile'd module warns about global hooks
             getattr(nn_module, "_global_forward_hooks_with_kwargs", {}).pop(handle.id, None)
         self._handles.clear()
+        self._grad_hooks.clear()  # they hold this object (a cycle otherwise)
         if self._filter in warnings.filters:
             warnings.filters.remove(self._filter)
             getattr(warnings, "_filters_mutated", lambda: None)()
@@ -205,7 +210,11 @@ class ModuleHooks:
             for request in tails:
                 step.staging.add_tail((name, call, request.name), t, request)
             if grad_enabled and t.grad_fn is not None:
-                t.register_hook(functools.partial(self._on_output_grad, name, call, path))
+                hook = self._grad_hooks.get((name, call, path))
+                if hook is None:
+                    hook = self._grad_hooks[(name, call, path)] = functools.partial(
+                        self._on_output_grad, name, call, path)
+                t.register_hook(hook)
                 if step.want_graph:
                     _mark(t, OUT_MARK, (name, call))
 
