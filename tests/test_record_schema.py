@@ -341,3 +341,34 @@ def test_a_doctored_series_is_a_corrupt_record(tmp_path):
     conn.close()
     with gradscope.open_record(path) as record, pytest.raises(RecordError, match="corrupt record"):
         record.stat_series("grad", "w")
+
+
+class _TwoCalls(nn.Module):
+    """`enc` runs twice a step; from `frozen_from` on, its first call is under no_grad (a
+    target computed without gradients): no output gradient for call 0 any more."""
+
+    def __init__(self, frozen_from):
+        super().__init__()
+        self.enc, self.head, self.frozen_from, self.step = nn.Linear(4, 4), nn.Linear(4, 1), frozen_from, 0
+
+    def forward(self, x):
+        self.step += 1
+        with torch.set_grad_enabled(self.step <= self.frozen_from):
+            a = self.enc(x)
+        return self.head(a + self.enc(x + 1))
+
+
+def test_the_latest_first_call_is_found_behind_lists_of_later_calls_only(tmp_path):
+    torch.manual_seed(0)
+    model = _TwoCalls(frozen_from=20)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    path = tmp_path / "r.sqlite"
+    with gradscope.watch(model, opt, record=path, stats_every=1):
+        for _ in range(schema.SERIES_STEPS * 2 + 5):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+    with gradscope.open_record(path) as record:
+        for kind in ("grad-output", "activation"):
+            assert list(_latest(record, kind).items()) == list(_latest_oracle(path, kind).items())
+        assert record.latest_stats("grad-output")["enc"][0] == 19  # its last first call with a gradient

@@ -318,6 +318,17 @@ class Record:
                 "SELECT rowid AS row_, * FROM stats WHERE step > ? AND kind = ?",
                 (self._rows("SELECT coalesce(max(last), -1) AS last FROM series")[0]["last"], kind),
             )
+            # a subject whose latest rows are of later calls only (its first call lost them): its
+            # earlier lists, latest first, up to one with a first call
+            first_calls = {r["subject"] for r in rows if r["call"] == 0}
+            for subject in sorted({r["subject"] for r in rows} - first_calls):
+                older = self._rows("SELECT rowids FROM series WHERE kind = ? AND subject = ? ORDER BY last DESC",
+                                   (kind, subject))
+                for listed in older:
+                    found = [r for _, r in self._listed([listed]) if r["call"] == 0]
+                    if found:
+                        rows += found
+                        break
         latest: dict[str, tuple[int, sqlite3.Row | None]] = {}  # the latest first call; its plain row
         for r in sorted(rows, key=lambda r: (r["step"], r["row_"])):
             if r["call"] != 0:
