@@ -5,7 +5,6 @@ import dataclasses
 import json
 import math
 import sqlite3
-import time
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 import gradscope
 from gradscope.errors import RecordError
 from gradscope.record import schema
+from waiting import wait_for
 
 # The schema of records written before the tables were declared as dataclasses (user_version 1),
 # kept verbatim: records of that version must keep opening.
@@ -280,10 +280,7 @@ def test_a_subjects_series_is_every_row_of_it_listed_or_not(tmp_path):
     with gradscope.watch(model, opt, record=path, stats_every=3):
         _train_steps(model, opt, live)
         with gradscope.open_record(path) as record:
-            deadline = time.monotonic() + 60
-            while record.run().get("steps") != live and time.monotonic() < deadline:
-                time.sleep(0.05)  # polling the writer's commit, with a deadline
-            assert record.run()["steps"] == live
+            wait_for(lambda: record.run().get("steps") == live, f"the writer to commit {live} steps", 60)
             with record.snapshot():
                 listed = record._rows("SELECT max(last) AS last FROM series")[0]["last"]
                 assert listed == schema.SERIES_STEPS * 2 - 1  # the rest is read from the tail

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from torch import nn
 import gradscope
 from gradscope.record import writer as writer_module
 from gradscope.record.reader import open_record
+from waiting import wait_for
 
 STOP_LINE = "recording stopped, training continues"
 
@@ -38,14 +38,6 @@ for step in range(int(sys.argv[1])):
 print("trained", flush=True)
 {tail}
 """
-
-
-def _wait_for(condition, what, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -164,7 +156,7 @@ def test_an_idle_recorder_commits_what_it_wrote(tmp_path):
             with open_record(tmp_path / "r.sqlite") as record:
                 return record.step_numbers() == [0, 1, 2] and record.run()["steps"] == 3  # counted with them
 
-        _wait_for(seen, "the three steps in the live record", timeout=60)
+        wait_for(seen, "the three steps in the live record", timeout=60)
     finally:
         session.close()
 
@@ -245,7 +237,7 @@ def test_a_killed_run_loses_only_unwritten_steps_and_is_recovered_on_first_open(
             with open_record(tmp_path / "r.sqlite") as record:  # live: read as it is, not recovered
                 return len(record.step_numbers()) == 30
 
-        _wait_for(written, "the recorder to write 30 steps")
+        wait_for(written, "the recorder to write 30 steps")
         assert (tmp_path / "r.sqlite-wal").exists()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
