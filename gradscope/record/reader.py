@@ -288,10 +288,10 @@ class Record:
             )
         with self.snapshot():
             listed = self._rows("SELECT rowids FROM series WHERE kind = ? AND subject = ?", (kind, subject))
-            rows = [r for _, r in self._listed(listed) if r["call"] == 0]
+            rows = [r for r in self._listed(listed) if r["call"] == 0]
             rows += self._rows(
                 "SELECT rowid AS row_, * FROM stats WHERE step > ? AND kind = ? AND subject = ? AND call = 0",
-                (self._rows("SELECT coalesce(max(last), -1) AS last FROM series")[0]["last"], kind, subject),
+                (self._series_through(), kind, subject),
             )
         rows.sort(key=lambda r: (r["step"], r["row_"]))
         return [(r["step"], self._decode(schema.STATS, r)) for r in rows]
@@ -313,19 +313,19 @@ class Record:
                 "SELECT s.rowids FROM series s JOIN (SELECT subject, max(last) AS last FROM series"
                 " WHERE kind = ? GROUP BY subject) m ON s.subject = m.subject AND s.last = m.last"
                 " WHERE s.kind = ?", (kind, kind))
-            rows = [r for _, r in self._listed(lists)]
+            rows = self._listed(lists)
             rows += self._rows(
                 "SELECT rowid AS row_, * FROM stats WHERE step > ? AND kind = ?",
-                (self._rows("SELECT coalesce(max(last), -1) AS last FROM series")[0]["last"], kind),
+                (self._series_through(), kind),
             )
             # a subject whose latest rows are of later calls only (its first call lost them): its
-            # earlier lists, latest first, up to one with a first call
+            # earlier lists (the latest was read above), latest first, up to one with a first call
             first_calls = {r["subject"] for r in rows if r["call"] == 0}
             for subject in sorted({r["subject"] for r in rows} - first_calls):
                 older = self._rows("SELECT rowids FROM series WHERE kind = ? AND subject = ? ORDER BY last DESC",
                                    (kind, subject))
-                for listed in older:
-                    found = [r for _, r in self._listed([listed]) if r["call"] == 0]
+                for listed in older[1:]:
+                    found = [r for r in self._listed([listed]) if r["call"] == 0]
                     if found:
                         rows += found
                         break
@@ -350,10 +350,9 @@ class Record:
             return rows[0]["step"] if rows else None
         others = [kind for kind in KINDS if kind != "grad"]
         with self.snapshot():
-            through = self._rows("SELECT coalesce(max(last), -1) AS last FROM series")[0]["last"]
             found = self._rows(  # the steps not listed yet
                 "SELECT max(step) AS step FROM stats WHERE step > ? AND step <= ? AND subject = ? AND kind != 'grad'",
-                (through, step, subject),
+                (self._series_through(), step, subject),
             )[0]["step"]
             if found is not None:
                 return found
@@ -362,13 +361,21 @@ class Record:
                 f"SELECT last, rowids FROM series WHERE kind IN ({', '.join('?' * len(others))}) AND subject = ?"
                 " AND first <= ? ORDER BY last DESC", (*others, subject, step))
             for _, group in itertools.groupby(lists, key=lambda r: r["last"]):
-                found = max((s for s, _ in self._listed(list(group), step)), default=None)
+                found = max((r["step"] for r in self._listed(list(group), step)), default=None)
                 if found is not None:
                     return found
         return None
 
-    def _listed(self, lists: list, up_to: int | None = None) -> list[tuple[int, sqlite3.Row]]:
-        """(step, row) of the stats rows whose rowids `lists` (`series` rows) hold, up to the step `up_to`."""
+    def _series_through(self) -> int:
+        """The last step the `series` lists cover (-1: none yet); later steps are read by step."""
+        try:
+            return schema.series_through(self._conn)
+        except sqlite3.DatabaseError as exc:
+            raise RecordError(f"{self.path}: corrupt record ({exc})") from None
+
+    def _listed(self, lists: list, up_to: int | None = None) -> list[sqlite3.Row]:
+        """The stats rows (with their rowid as ``row_``) whose rowids `lists` (`series` rows)
+        hold, up to the step `up_to`."""
         try:
             rowids = [int(n) for r in lists for n in r["rowids"].split(",")]
         except (AttributeError, ValueError):
@@ -378,7 +385,7 @@ class Record:
             part = rowids[start:start + _IN_LIST]
             rows += self._rows(f"SELECT rowid AS row_, * FROM stats WHERE rowid IN ({', '.join('?' * len(part))})"
                                " AND step <= ?", (*part, math.inf if up_to is None else up_to))
-        return [(r["step"], r) for r in rows]
+        return rows
 
     def latest_hist(self, subject: str, step: int) -> tuple[int, tuple[float, float, list[int]]] | None:
         """(step, (low, high, counts)) of `subject`'s gradient histogram at or before `step`."""
