@@ -219,18 +219,16 @@ class Session:
         to the sessions that own the thread)."""
         return threading.get_ident() in self._threads
 
-    def _own_params(self):
-        """(name, weak reference) of the parameters this thread trains: all of them unless the
+    def _own_params(self) -> dict:
+        """name -> weak reference of the parameters this thread trains: all of them unless the
         session's roots run in several threads; then those of the roots this thread ran."""
-        # copies: another thread may add parameters (at the end: the copies stay aligned) or roots
-        # meanwhile; two lists rather than a pair per parameter, which the collector would track
-        params = zip(list(self._registry.params), list(self._registry.params.values()))
+        params = dict(self._registry.params)  # copies: another thread may add parameters or roots
         threads = dict(self._root_threads)
         if len(set(threads.values())) <= 1:
             return params
         ident = threading.get_ident()
         mine = {root for root, thread in threads.items() if thread == ident}
-        return [(name, ref) for name, ref in params if self._param_roots.get(name) in mine]
+        return {name: ref for name, ref in params.items() if self._param_roots.get(name) in mine}
 
     # -- autograd and zero_grad (via trace.patches) ------------------------------------------
     @guarded

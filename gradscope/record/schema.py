@@ -91,7 +91,7 @@ class Column:
     default: Any  # dataclasses.MISSING: none
 
 
-def _fields(row: type) -> list[tuple[str, Any]]:
+def _stored_fields(row: type) -> list[tuple[str, Any]]:
     """(name, default) of a row class's stored fields: a dataclass's (derived ones left out) or
     a named tuple's; `dataclasses.MISSING` for no default."""
     if not dataclasses.is_dataclass(row):
@@ -158,7 +158,7 @@ class Table:
                              _same, _same, dataclasses.MISSING)
                       for n, t in (scope or {}).items()]
         self.columns = [_column(name, default, hints[name], renamed.get(name, name))
-                        for name, default in _fields(row)]
+                        for name, default in _stored_fields(row)]
         # writing a row instance: its fields in one call (a named tuple is its fields), then only
         # the encoders that change a value
         fields = [c.field for c in self.columns]
@@ -216,7 +216,7 @@ class Table:
 
     def _encoded(self, row) -> tuple:
         if type(row) is self.row or (isinstance(row, Row) and isinstance(row, self.row)):
-            if not self._encoders:  # every value goes in as it is (statistics rows)
+            if not self._encoders:  # every value goes in as it is (tail rows, modules)
                 return self._fields(row)
             values = list(self._fields(row))
         elif type(row) is dict:

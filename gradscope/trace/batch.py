@@ -41,7 +41,9 @@ class FrozenBatch:
         for device, (host, event) in self._parts.items():
             while event is not None and not event.query():
                 time.sleep(0.0005)
-            values[device] = host.tolist()  # the host copy, complete: no device is touched here
+            # the host copy, complete (its event polled above): a CPU tensor, no device is touched;
+            # and this is the recorder thread, never the training thread
+            values[device] = host.tolist()
         blocks = []
         for block, device, offset in self._blocks:
             flat, width = values[device], block.width
@@ -63,7 +65,7 @@ class RowBatch:
         row would be objects per row that live until the recorder has read the step."""
         if isinstance(values, list):
             parts = [v.reshape(-1) for v in values]
-            width = parts[0].numel() if parts else 0
+            width = parts[0].numel()
         else:
             values = values.reshape(len(keys), -1)
             parts, width = [values.reshape(-1)], values.shape[1]
@@ -75,8 +77,6 @@ class RowBatch:
         placed = []
         offsets: dict[torch.device, int] = {}
         for block, parts in self._blocks:
-            if not parts:
-                continue
             device = parts[0].device
             joined = by_device.setdefault(device, [])
             placed.append((block, device, offsets.get(device, 0)))

@@ -81,13 +81,13 @@ def local_values(t: torch.Tensor) -> torch.Tensor | None:
     return t
 
 
-def named_values(params, of=None) -> tuple[list[str], list[torch.Tensor]]:
-    """(names, `local_values`) of the live parameters among `params`, (name, weak reference)
-    pairs, or of `of(parameter)` (its gradient); those without values are left out. Two lists,
-    not a pair per parameter (the collector would track each pair). No tensor op: the values
-    go to the multi-tensor reductions together."""
+def named_values(params: dict, of=None) -> tuple[list[str], list[torch.Tensor]]:
+    """(names, `local_values`) of the live parameters among `params` (name -> weak reference),
+    or of `of(parameter)` (its gradient); those without values are left out. Two lists, not a
+    pair per parameter (the collector would track each pair). Only gathers tensors, no tensor
+    op: the values go to the multi-tensor reductions together."""
     names, values = [], []
-    for name, ref in params:
+    for name, ref in params.items():
         t = ref()
         if t is not None and of is not None:
             t = of(t)

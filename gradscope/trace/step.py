@@ -112,8 +112,8 @@ class OpenStep:
                 batch.add(*block)
             self.staging.drain(batch)
             if self.full:
-                # copies: another thread may add parameters meanwhile (at the end: still aligned)
-                for block in weight_rows(*named_values(zip(list(params), list(params.values())))):
+                # a copy: another thread may add parameters meanwhile
+                for block in weight_rows(*named_values(dict(params))):
                     batch.add(*block)
         data = StepData(
             step=self.number,
