@@ -10,7 +10,6 @@ collection takes a few hundred milliseconds, on whichever thread runs it.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import tempfile
@@ -18,12 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-import torch
 
 import gradscope
-from common import timed_steps
+from common import cpu_training, model_options, timed_steps
 from gradscope.settings import DEFAULTS
-from models import make
 
 
 class Collections:
@@ -52,15 +49,8 @@ class Collections:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="tensors", choices=("tensors", "modules", "resnet", "transformer"))
-    parser.add_argument("--size", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=60)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    net, x = make(args.model, "cpu", size=args.size)[:2]
-    y = torch.randint(0, net(x).shape[-1], (x.shape[0],))
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    args = model_options(steps=60)
+    net, opt, x, y = cpu_training(args.model, args.size)
     timed_steps(net, opt, x, y, 3)
     collections = Collections()
     bare = timed_steps(net, opt, x, y, args.steps)

@@ -41,3 +41,23 @@ def steps_and_repeats(repeat: int, steps: int = 2000) -> argparse.Namespace:
     args = parser.parse_args()
     torch.manual_seed(0)
     return args
+
+
+def model_options(steps: int) -> argparse.Namespace:
+    """The options --model (one of `models.make`'s CPU models), --size (parameter tensors or
+    modules of the scaling models) and --steps, parsed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="tensors", choices=("tensors", "modules", "resnet", "transformer"))
+    parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=steps)
+    return parser.parse_args()
+
+
+def cpu_training(model: str, size: int = 0):
+    """(net, SGD optimizer, inputs, class targets) of `models.make`'s `model` on the CPU, seed 0."""
+    from models import make
+
+    torch.manual_seed(0)
+    net, x = make(model, "cpu", size=size)[:2]
+    y = torch.randint(0, net(x).shape[-1], (x.shape[0],))
+    return net, torch.optim.SGD(net.parameters(), lr=1e-3), x, y

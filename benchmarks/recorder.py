@@ -10,19 +10,16 @@ statistics step is one with full statistics (its weights summarized), the dense 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 import gradscope
-from common import timed_steps
+from common import cpu_training, model_options, timed_steps
 from gradscope import analysis
 from gradscope.record import schema, writer
-from models import make
 
 
 class Timings:
@@ -83,11 +80,7 @@ class Timings:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="tensors", choices=("tensors", "modules", "resnet", "transformer"))
-    parser.add_argument("--size", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=221)
-    args = parser.parse_args()
+    args = model_options(steps=221)
     timings = Timings()
     timings.wrap(schema.Table, "insert", lambda args: f"insert {args[0].name}")
     timings.wrap(schema, "add_series", "series listing")
@@ -95,10 +88,7 @@ def main() -> None:
     timings.wrap(writer, "decode", "decode")
     timings.wrap(analysis.Analyzer, "step", "checks")
     timings.watch_steps()
-    torch.manual_seed(0)
-    net, x = make(args.model, "cpu", size=args.size)[:2]
-    y = torch.randint(0, net(x).shape[-1], (x.shape[0],))
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    net, opt, x, y = cpu_training(args.model, args.size)
     with tempfile.TemporaryDirectory() as folder:
         with gradscope.watch(net, opt, record=Path(folder) / "r.sqlite"):
             timed_steps(net, opt, x, y, args.steps)

@@ -26,16 +26,13 @@ from pathlib import Path
 import torch
 
 import gradscope
-from common import timed_steps
+from common import cpu_training, timed_steps
 from gradscope.settings import DEFAULTS
 from models import make
 
 
 def timing(model: str, size: int, rounds: int, n: int) -> dict:
-    torch.manual_seed(0)
-    net, x = make(model, "cpu", size=size)[:2]
-    y = torch.randint(0, net(x).shape[-1], (x.shape[0],))
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    net, opt, x, y = cpu_training(model, size)
     timed_steps(net, opt, x, y, 3)
     bare, watched, dense = [], [], []
     with tempfile.TemporaryDirectory() as folder:
