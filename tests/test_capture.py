@@ -94,6 +94,40 @@ def test_segment_rows_agree_with_each_segment_reduced_alone(dtype, reduction):
         start += n
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("case", ["plain", "dwarfed", "nan", "inf", "both infinities", "huge"])
+def test_one_tensor_alone_agrees_with_float64(case, dtype):
+    """A tensor reduced on its own (a large activation summarized on the spot): zeros, the
+    sums a plain sum gives with NaN or infinities (and their count), an exact spread when the
+    mean dwarfs it, and a sum of squares past float32's range infinite as torch's norm says."""
+    torch.manual_seed(5)
+    x = torch.randn(3 * capture.BLOCKS_FROM + 7, dtype=torch.float64)
+    x[::7] = 0
+    if case == "dwarfed":
+        x = 1 + x * 1e-4
+    elif case == "huge":
+        x = x * 1e20 if dtype == torch.float32 else x
+    for position, value in {"nan": [(5, math.nan)], "inf": [(9, math.inf), (10, math.inf)],
+                            "both infinities": [(3, math.inf), (4, -math.inf)]}.get(case, []):
+        x[position] = value
+    x = x.to(dtype)
+    s = x.double()
+    finite = s[s.isfinite()]
+    squares = s.square().sum().item()
+    if dtype == torch.float32 and squares > torch.finfo(torch.float32).max:
+        squares = math.inf
+    want = [s.sum().item(), squares, s.min().item(), s.max().item(), (s == 0).sum().item(),
+            (~s.isfinite()).sum().item()]
+    got = raw_rows(x, (x.numel(),))
+    assert got.shape == (1, 6) and got.dtype == torch.float64
+    for j, (g, w) in enumerate(zip(got[0].tolist(), want)):
+        scale = finite.abs().sum().item() if j == 0 else abs(w) if math.isfinite(w) else 0
+        assert g == pytest.approx(w, rel=1e-12, abs=2e-6 * scale, nan_ok=True), j
+    if case == "dwarfed":
+        row = dict(zip(FIELDS, summaries([x])[0].rows[0].tolist()))
+        assert row["std"] == pytest.approx(s.std(correction=0).item(), rel=1e-3)
+
+
 def test_spread_is_exact_when_the_mean_dwarfs_it(reduction):
     torch.manual_seed(4)
     weight = 1 + torch.randn(5000) * 1e-4  # a norm layer's weight after some training

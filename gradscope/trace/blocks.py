@@ -48,7 +48,7 @@ def temporary(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     buffer = buffers.get(key)
     if buffer is None or buffer.numel() < n:
         buffer = buffers[key] = torch.empty(n, dtype=dtype, device=device)
-    return buffer[:n].view(shape)
+    return buffer[:n] if len(shape) == 1 else buffer[:n].view(shape)
 
 
 #: A row whose squared mean is more than this many times its variance is summed again about its
@@ -77,6 +77,31 @@ def raw_columns(v: torch.Tensor) -> torch.Tensor:
         for column, values in ((0, about), (1, spread), (5, found)):
             raw[:, column].index_copy_(0, index, values)
     return raw
+
+
+def one_row(x: torch.Tensor) -> torch.Tensor:
+    """Raw statistics (`RAW_HOW`) of the whole flat `x` as one float64 row [1, 6], in the fewest
+    operations: the route of a tensor summarized on its own (a large activation or output
+    gradient, taken as its hook sees it), where the operations around the five reductions of
+    `raw_columns` cost as much as the reductions. The sum of squares is a dot product (one
+    vectorized pass, closer to the float64 sum than the squared norm); a row whose mean dwarfs
+    its spread is summed again about its first value, one whose sums are not finite keeps
+    them (what a plain sum gives) and gets its non-finite values counted."""
+    v = x.float() if x.dtype in LOW_PRECISION else x
+    zeros = torch.eq(v, 0, out=temporary(v.shape, v.dtype, v.device)).sum()
+    total, squares = v.sum(), torch.dot(v, v)
+    row = torch.stack((total, squares, v.amin(), v.amax(), zeros, zeros * 0)).double()
+    # n·mean² against the sum of squares, as in `raw_columns`: positive when the mean dwarfs the
+    # spread, NaN or infinite when the sums are not finite
+    total, squares = row[0], row[1]
+    excess = torch.addcmul(squares * -DWARFED, total, total, value=(DWARFED + 1) / len(v))
+    if len(excess.isfinite().logical_and_(excess <= 0).logical_not_().nonzero()):  # rare; the CPU knows at once
+        if len(total.isfinite().logical_and_(squares.isfinite()).nonzero()):
+            about, spread, _ = _about_first(v[None])
+            row[0], row[1] = about[0], spread[0]
+        else:
+            row[5] = len(v) - torch.isfinite(v).sum()
+    return row[None]
 
 
 def _about_first(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

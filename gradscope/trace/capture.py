@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, raw_columns, runs_of, segment_rows, temporary,
+from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, one_row, raw_columns, runs_of, segment_rows, temporary,
                      to_device)
 from .shards import local
 from .tails import DeadUnits, TailCount, count_dead, count_outside, unit_maxima
@@ -274,6 +274,8 @@ def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
     sum of squares, min, max, zeros, non-finite count; float64, [segments, 6]."""
     if not by_blocks(x):
         return _direct_raw_rows(x, lengths)
+    if len(lengths) == 1:
+        return one_row(x)
     raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
     if x.dtype != torch.float64:
         _float32_range(raw[:, 1])
