@@ -7,6 +7,8 @@ read back from a record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import functools
+from collections.abc import ItemsView, Iterable, Mapping, Sequence, ValuesView
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -52,8 +54,8 @@ class Stat(NamedTuple):
     full-statistics steps a parameter gradient's row holds only `count`, `norm` and `nonfinite`
     (1 when any element is NaN or infinite); its other fields are NaN (`zeros` None).
 
-    A named tuple, like `Update`: a step makes one per gradient, and a named tuple takes a fifth
-    of the time a frozen dataclass took to make."""
+    A named tuple, like `Update`; a step keeps its rows as plain tuples (`Stats`) and makes a
+    `Stat` of each as it is read."""
 
     kind: str
     subject: str
@@ -93,12 +95,104 @@ class Update(NamedTuple):
         return self.delta / self.weight
 
 
+_stat = functools.partial(tuple.__new__, Stat)  # a Stat of a plain tuple (no check of its length)
+_update = functools.partial(tuple.__new__, Update)
+
+
+class Stats(Sequence):
+    """The statistics rows of a step: a sequence of `Stat`, kept as plain tuples (`rows`) and
+    made into a `Stat` as each is read.
+
+    A model with thousands of parameters has thousands of rows a step, alive while the recorder
+    writes the step and the plugins judge it. Python's garbage collector tracks every named
+    tuple it meets: they outlived young collections, counted toward the next full collection
+    (a walk over every object of the process, hundreds of milliseconds for such a model) and
+    made it come three times as often. A plain tuple of numbers and strings is no longer
+    tracked after its first collection; a `Stat` made for a reader is gone once read."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: Iterable = ()):
+        self.rows: list[tuple] = [tuple(r) for r in rows]
+
+    def append(self, stat: Stat) -> None:
+        self.rows.append(tuple(stat))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return map(_stat, self.rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(map(_stat, self.rows[index]))
+        return _stat(self.rows[index])
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Stats):
+            return self.rows == other.rows
+        if isinstance(other, (list, tuple)):
+            return self.rows == [tuple(s) for s in other]
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Stats({list(self)!r})"
+
+
+class Updates(Mapping):
+    """A step's parameter updates: a mapping of parameter name to `Update`, kept as plain tuples
+    (`rows`) and made into an `Update` as each is read (see `Stats`)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, updates: Iterable = ()):
+        self.rows: dict[str, tuple] = {u[0]: tuple(u) for u in updates}
+
+    def __setitem__(self, name: str, update: Update) -> None:
+        self.rows[name] = tuple(update)
+
+    def __getitem__(self, name: str) -> Update:
+        return _update(self.rows[name])
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, name) -> bool:
+        return name in self.rows
+
+    def items(self) -> ItemsView:
+        return _UpdateItems(self)
+
+    def values(self) -> ValuesView:
+        return _UpdateValues(self)
+
+
+class _UpdateItems(ItemsView):
+    def __iter__(self):
+        return zip(self._mapping.rows, map(_update, self._mapping.rows.values()))
+
+
+class _UpdateValues(ValuesView):
+    def __iter__(self):
+        return map(_update, self._mapping.rows.values())
+
+    def __repr__(self) -> str:
+        return f"Updates({list(self.values())!r})"
+
+
 @dataclass
 class StepData:
     """Everything recorded for one step. `tails` maps (module, call, request name) to
     (elements outside the requested interval, elements counted), for plugins' `TailCount`s;
     `hists` maps a parameter to its gradient histogram (low, high, bin counts) on steps with
-    full statistics. `described`: whether every watched module call of the step is in `calls`;
+    full statistics. `stats` is a sequence of `Stat` (`Stats`), `updates` a mapping of parameter
+    name to `Update` (`Updates`). `described`: whether every watched module call of the step is in `calls`;
     False on a step without full statistics or graph walk, whose `calls` hold the root calls only
     (module hooks cost nothing there; the last described step's calls stand for the rest)."""
 
@@ -112,8 +206,8 @@ class StepData:
     eval_modules: list[str] = field(default_factory=list)
     lrs: dict[str, list] = field(default_factory=dict)
     calls: list[dict] = field(default_factory=list)
-    stats: list[Stat] = field(default_factory=list)
-    updates: dict[str, Update] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
+    updates: Updates = field(default_factory=Updates)
     tails: dict[tuple[str, int, str], tuple[int, int]] = field(default_factory=dict)
     hists: dict[str, tuple[float, float, list[int]]] = field(default_factory=dict)
     graph: GraphData | None = None

@@ -2,6 +2,7 @@
 by the first schema still open, and a new column is one field."""
 
 import dataclasses
+import gc
 import json
 import math
 import sqlite3
@@ -369,3 +370,40 @@ def test_the_latest_first_call_is_found_behind_lists_of_later_calls_only(tmp_pat
         for kind in ("grad-output", "activation"):
             assert list(_latest(record, kind).items()) == list(_latest_oracle(path, kind).items())
         assert record.latest_stats("grad-output")["enc"][0] == 19  # its last first call with a gradient
+
+
+def test_a_steps_rows_leave_the_garbage_collectors_watch(tmp_path, monkeypatch):
+    """A large model has thousands of statistics and update rows a step, alive while the
+    recorder writes them and the plugins judge them: as named tuples every one counted toward
+    the next full collection. A step keeps them as plain tuples, which the collector stops
+    tracking; whoever reads them still gets `Stat` and `Update`, the same as the record's."""
+    from gradscope.data import Stat, Update
+    from gradscope.record import writer
+
+    decoded = []
+    real = writer.decode
+    monkeypatch.setattr(writer, "decode", lambda snapshot: decoded.append(real(snapshot)) or decoded[-1])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", stats_every=1):
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 2)).pow(2).mean().backward()
+            opt.step()
+    data = decoded[-1]
+    gc.collect()
+    assert len(data.stats.rows) > 10 and len(data.updates.rows) == 4
+    assert not any(gc.is_tracked(row) for row in data.stats.rows)
+    assert not any(gc.is_tracked(row) for row in data.updates.rows.values())
+    stats = list(data.stats)
+    assert all(type(s) is Stat for s in stats) and type(data.stats[0]) is Stat and data.stats[-2:] == stats[-2:]
+    assert data.stat("grad", "0.weight").norm == pytest.approx(model[0].weight.grad.norm().item(), rel=1e-5)
+    assert type(data.updates["0.weight"]) is Update and data.updates["0.weight"].ratio > 0
+    assert set(data.updates) == {"0.weight", "0.bias", "2.weight", "2.bias"} and "0.bias" in data.updates
+    assert dict(data.updates.items()) == {name: data.updates[name] for name in data.updates}
+    assert [u.param for u in data.updates.values()] == list(data.updates) and len(data.updates.values()) == 4
+    with gradscope.open_record(tmp_path / "r.sqlite") as record:
+        stored = record.step(data.step)
+        assert stored.stats == data.stats and stored.stats == stats
+        assert stored.updates == data.updates

@@ -15,7 +15,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ..data import KINDS, GraphData, Stat, StepData, Update
+from ..data import KINDS, GraphData, Stat, Stats, StepData, Update, Updates
 from ..errors import RecordError
 from . import schema
 
@@ -233,8 +233,8 @@ class Record:
             raise RecordError(f"{self.path}: no step {step} (steps: {self._step_range()})")
         data = rows[0].step_data()
         data.calls = self.calls(step)
-        data.stats = self.stats(step=step)
-        data.updates = {u.param: u for u in self.updates(step=step)}
+        data.stats = Stats(self.stats(step=step))
+        data.updates = Updates(self.updates(step=step))
         data.tails = {
             (t.module, t.call, t.name): (t.count, t.total)
             for t in self._select(schema.TAILS, "WHERE step = ?", (step,))

@@ -184,15 +184,16 @@ class Table:
         return "\n".join(statements)
 
     def insert(self, conn: sqlite3.Connection, rows: Iterable, *, replace: bool = False, **scope) -> sqlite3.Cursor:
-        """Write `rows` (instances of the row class, or mappings with its field names); `scope`
-        gives the values of the scope columns. Returns the cursor (``lastrowid`` of one row)."""
+        """Write `rows` (instances of the row class, plain tuples of its fields when it is a named
+        tuple stored as it is, or mappings with its field names); `scope` gives the values of the
+        scope columns. Returns the cursor (``lastrowid`` of one row)."""
         head = tuple(scope[c.name] for c in self.scope)
         # the statements' parameters, row after row: no tuple per row (see `FrozenBatch.read`)
         values: list = []
         plain, encoded = self._plain, self._encoded
         for row in rows:
             values += head
-            values += row if type(row) is plain else encoded(row)
+            values += row if type(row) is plain or (type(row) is tuple and plain) else encoded(row)
         width = len(self.scope) + len(self.columns)
         per_statement = max(1, min(_ROWS_PER_STATEMENT, _VARIABLES // width))
         cursor = None

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import KINDS, Stat, StepData, Update
+from ..data import KINDS, Stat, StepData
 from ..findings import SEVERITIES, internal_error
 from ..terminal import inert
 from ..trace.batch import FrozenBatch
@@ -75,25 +75,23 @@ class StepSnapshot:
 def decode(snapshot: StepSnapshot) -> StepData:
     """Wait for the snapshot's device values and fold them into its `StepData`."""
     data = snapshot.data
-    stats = data.stats
+    stats = data.stats.rows  # plain tuples (`Stats`)
     stepped: dict[str, tuple] = {}  # parameter -> (optimizer, delta, weight, outside)
     moved: list[tuple[list, list, list]] = []  # (names, step deltas, step weights)
     nan, finite = math.nan, math.isfinite
     for kind, keys, counts, columns in snapshot.rows.read():
         if kind in KINDS and len(columns) == 1:  # single values, sent as they are
             for (subject, call, path), v in zip(keys, columns[0]):
-                stats.append(Stat(kind, subject, call, path, 1, v, 0.0, v, v, abs(v), int(v == 0),
-                                  int(not finite(v))))
+                stats.append((kind, subject, call, path, 1, v, 0.0, v, v, abs(v), int(v == 0), int(not finite(v))))
         elif kind in KINDS or kind == "stats":  # "stats": rows of several kinds, each key (kind, key)
             kinds = keys if kind == "stats" else zip(itertools.repeat(kind), keys)
             for (of, (subject, call, path)), count, mean, std, low, high, norm, zeros, nonfinite in zip(
                     kinds, counts, *columns):
-                stats.append(Stat(of, subject, call, path, count, mean, std, low, high, norm, int(zeros),
-                                  int(nonfinite)))
+                stats.append((of, subject, call, path, count, mean, std, low, high, norm, int(zeros), int(nonfinite)))
         elif kind == "grad-norm":  # a gradient between full-statistics steps: norm and flag
             for (subject, call, path), count, norm, largest in zip(keys, counts, *columns):
-                stats.append(Stat("grad", subject, call, path, count, nan, nan, nan, nan, norm,
-                                  None, 0 if finite(largest) else 1))
+                stats.append(("grad", subject, call, path, count, nan, nan, nan, nan, norm, None,
+                              0 if finite(largest) else 1))
         elif kind == "update":
             for (name, optimizer), delta, weight, outside in zip(keys, *columns):
                 stepped[name] = (optimizer, delta, weight, outside)
@@ -106,10 +104,19 @@ def decode(snapshot: StepSnapshot) -> StepData:
             for key, low, high, *bins in zip(keys, *columns):
                 data.hists[key] = (low, high, [int(v) for v in bins])
     missing = (None, None, None, None)
+    updates = data.updates.rows  # plain tuples (`Updates`)
     for names, step_deltas, step_weights in moved:
         for name, step_delta, step_weight in zip(names, step_deltas, step_weights):
-            data.updates[name] = Update(name, *stepped.get(name, missing), step_delta, step_weight)
+            updates[name] = (name, *stepped.get(name, missing), step_delta, step_weight)
     return data
+
+
+_NONFINITE = Stat._fields.index("nonfinite")
+
+
+def _nonfinite(data: StepData) -> bool:
+    """Whether any of the step's statistics holds a NaN or an infinity (read from its plain rows)."""
+    return any(row[_NONFINITE] for row in data.stats.rows)
 
 
 def _storable(value):
@@ -504,7 +511,7 @@ class RecordWriter:
             if kind == "step":
                 self._unrecorded += 1
                 data = decode(payload)
-                if not self.alarm and any(s.nonfinite for s in data.stats):
+                if not self.alarm and _nonfinite(data):
                     self.alarm = True
                 self._run["steps"] = data.step + 1
                 for finding in self._analyzer.step(data) if self._analyzer is not None else ():
@@ -619,13 +626,13 @@ class RecordWriter:
 
     def _on_step(self, conn, snapshot: StepSnapshot) -> None:
         data = decode(snapshot)
-        if not self.alarm and any(s.nonfinite for s in data.stats):
+        if not self.alarm and _nonfinite(data):
             self.alarm = True
         step = data.step
         schema.STEPS.insert(conn, [schema.StepRow.of(data)], replace=True)
         schema.CALLS.insert(conn, [dict(c, step=step) for c in data.calls], replace=True)
-        schema.STATS.insert(conn, data.stats, step=step)
-        schema.UPDATES.insert(conn, data.updates.values(), replace=True, step=step)
+        schema.STATS.insert(conn, data.stats.rows, step=step)
+        schema.UPDATES.insert(conn, data.updates.rows.values(), replace=True, step=step)
         if data.graph is not None:
             schema.GRAPHS.insert(conn, [schema.GraphRow(step, data.graph.to_json())], replace=True)
         schema.TAILS.insert(conn, [schema.TailRow(step, m, c, n, count, total)
