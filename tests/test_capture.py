@@ -336,7 +336,8 @@ def sample_oracle(t, size):
     return flat[::stride][:size].clone()
 
 
-def test_update_auditing_matches_torch_on_the_samples(reduction):
+@pytest.mark.parametrize("closing", [False, True])
+def test_update_auditing_matches_torch_on_the_samples(reduction, closing):
     torch.manual_seed(3)
     params = {"a": torch.nn.Parameter(torch.randn(100, 30)), "b": torch.nn.Parameter(torch.randn(5)),
               "c": torch.nn.Parameter(torch.randn(50).double())}
@@ -351,7 +352,8 @@ def test_update_auditing_matches_torch_on_the_samples(reduction):
         for p in params.values():
             p.sub_(0.25)
     after = {n: sample_oracle(p, 64) for n, p in params.items()}
-    got = {n: row for names, rows in tracker.after_step(["a", "b"]) for n, row in zip(names, rows.tolist())}
+    got = {n: row for names, rows in tracker.after_step(["a", "b"], closing=closing)
+           for n, row in zip(names, rows.tolist())}
     assert sorted(got) == ["a", "b"]
     for n, row in got.items():
         want = [torch.linalg.vector_norm(after[n] - before[n]), torch.linalg.vector_norm(before[n]),
@@ -363,6 +365,37 @@ def test_update_auditing_matches_torch_on_the_samples(reduction):
     for n, row in got.items():
         want = [torch.linalg.vector_norm(after[n] - last[n]), torch.linalg.vector_norm(last[n])]
         assert row == pytest.approx([w.item() for w in want], rel=1e-6)
+
+
+def test_a_closing_optimizer_step_gives_the_rows_of_a_separate_end_of_step(reduction):
+    """The whole step's rows taken with the optimizer's (the step ends right after it) equal
+    those of a separate end of step, step after step: with parameters another optimizer steps,
+    a sampled one, and one whose data is replaced (then the end of step samples it afresh)."""
+    torch.manual_seed(6)
+    initial = {"a": torch.randn(40, 30), "b": torch.randn(7), "c": torch.randn(9).double()}
+    got = {}
+    for closing in (False, True):
+        params = {n: torch.nn.Parameter(t.clone()) for n, t in initial.items()}
+        tracker = ParamTracker(64)
+        for n, p in params.items():
+            tracker.add(n, p)
+        tracker.end_step()
+        rows = []
+        for step in range(4):
+            if step == 2:
+                params["b"].data = params["b"].detach() * 3  # new storage, replaced before the step
+            tracker.before_step(["a", "b"])
+            with torch.no_grad():
+                params["a"].sub_(0.1 * (step + 1))
+                params["b"].add_(0.5)
+                params["c"].mul_(1.1)  # changed by no optimizer
+            for names, values in tracker.after_step(["a", "b"], closing=closing):
+                rows += [("optimizer", step, n, r) for n, r in zip(names, values.tolist())]
+            for names, values in tracker.end_step():
+                rows += [("step", step, n, r) for n, r in zip(names, values.tolist())]
+        got[closing] = sorted(rows)
+    assert len(got[True]) == 4 * (2 + 3)
+    assert got[True] == [(*key, pytest.approx(r, rel=1e-12)) for *key, r in got[False]]
 
 
 def test_replaced_parameter_data_is_sampled_afresh():
@@ -414,21 +447,28 @@ class OpCount(TorchDispatchMode):
 @pytest.mark.parametrize("what", ["norms", "summaries", "tracker"])
 def test_launches_do_not_grow_with_the_number_of_tensors(what, reduction):
     def count(n):
-        tensors = [torch.randn(8) for _ in range(n)]
+        # mean 0: no row is summed again about its first value (a few more operations when any is)
+        tensors = [(torch.arange(8.0) - 3.5) * (i + 1) for i in range(n)]
         tracker = ParamTracker(4)
         for i, t in enumerate(tensors):
             tracker.add(str(i), torch.nn.Parameter(t))
         tracker.end_step()
-        with OpCount() as mode:
+
+        def work():
             if what == "norms":
                 norms(tensors)
             elif what == "summaries":
                 summaries(tensors, bins=8)
             else:
                 names = [str(i) for i in range(n)]
-                tracker.before_step(names)
-                tracker.after_step(names)
-                tracker.end_step()
+                for closing in (False, True):
+                    tracker.before_step(names)
+                    tracker.after_step(names, closing=closing)
+                    tracker.end_step()
+
+        work()  # layouts cached, scratch buffers grown: what a step after the first costs
+        with OpCount() as mode:
+            work()
         return mode.ops
 
     assert count(200) == count(10)

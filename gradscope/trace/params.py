@@ -118,6 +118,7 @@ class ParamTracker:
         self._groups: list[_Samples] | None = None  # None: to be laid out again
         self._armed: set[tuple[str, ...]] = set()  # optimizers' name lists whose `before` is current
         self._plain: tuple[list, list] | None = None  # (refs, storage pointers) when all are plain
+        self._ended: list | None = None  # the whole step's rows, computed by a closing `after_step`
 
     def add(self, name: str, param: torch.Tensor) -> bool:
         """Track `param`; returns whether only a sample of its elements is tracked."""
@@ -167,32 +168,56 @@ class ParamTracker:
 
     def before_step(self, names) -> None:
         """Remember the samples just before an optimizer changes `names`."""
+        self._ended = None
         for group in self._layout():
             group.take(group.before)
         self._armed.add(tuple(names))
 
-    def after_step(self, names) -> list[tuple[list[str], torch.Tensor]]:
+    def after_step(self, names, *, closing: bool = False) -> list[tuple[list[str], torch.Tensor]]:
         """Norms for the optimizer's step, per group: (names, rows of (|Δw|, |w| before,
-        |change since last step before the optimizer ran|))."""
+        |change since last step before the optimizer ran|)). `closing`: the step ends right
+        after this optimizer's step; when no parameter's storage moved, the whole step's rows
+        (`end_step`'s) are taken from the same samples in the same reduction (one sampling and
+        one reduction fewer per step) and kept for the `end_step` that follows."""
+        self._ended = None
         key = tuple(names)
         if key not in self._armed:
             return []
         self._armed.discard(key)
-        out = []
+        whole = closing and self._unmoved()
+        out, ended, taken = [], [], []
         for group in self._layout():
             found = group.subset(key)
-            if found is None:
+            if found is None and not whole:
                 continue
             now = group.take(group.now)
-            rows = group.norms(now - group.before, group.before, group.before - group.last)
-            names, index = found
-            out.append((names, rows if index is None else rows.index_select(0, index)))
+            if found is None:  # not this optimizer's parameters: the step's rows alone
+                ended.append((group.names, group.norms(now - group.last, group.last)))
+            elif whole:
+                rows = group.norms(now - group.before, group.before, group.before - group.last, now - group.last,
+                                   group.last)
+                ended.append((group.names, rows[:, 3:]))
+                rows = rows[:, :3]
+            else:
+                rows = group.norms(now - group.before, group.before, group.before - group.last)
+            taken.append((group, now))
+            if found is not None:
+                names, index = found
+                out.append((names, rows if index is None else rows.index_select(0, index)))
+        if whole:  # all reduced: the current samples become the last ones, as `end_step` does
+            for group, now in taken:
+                group.last, group.now = now, group.last
+            self._ended = ended
         return out
 
     def end_step(self) -> list[tuple[list[str], torch.Tensor]]:
         """Norms over the whole step, per group: (names, rows of (|Δw| since the last step,
         |w| then)); then the current samples become the last ones. Every view is first
-        re-validated against its parameter's storage."""
+        re-validated against its parameter's storage. After a closing `after_step`, the rows
+        it computed."""
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            return ended
         self._revalidate()
         out = []
         for group in self._layout():
