@@ -6,9 +6,9 @@ read back from a record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import functools
 from collections.abc import ItemsView, Iterable, Mapping, Sequence, ValuesView
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -172,6 +172,9 @@ class Updates(Mapping):
     def values(self) -> ValuesView:
         return _UpdateValues(self)
 
+    def __repr__(self) -> str:
+        return f"Updates({list(self.values())!r})"
+
 
 class _UpdateItems(ItemsView):
     def __iter__(self):
@@ -181,9 +184,6 @@ class _UpdateItems(ItemsView):
 class _UpdateValues(ValuesView):
     def __iter__(self):
         return map(_update, self._mapping.rows.values())
-
-    def __repr__(self) -> str:
-        return f"Updates({list(self.values())!r})"
 
 
 @dataclass

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, one_row, raw_columns, runs_of, segment_rows, temporary,
-                     to_device)
+from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, one_row, raw_columns, runs_of, segment_rows,
+                     temporary, to_device)
 from .shards import local
 from .tails import DeadUnits, TailCount, count_dead, count_outside, unit_maxima
 
