@@ -291,7 +291,7 @@ class Session:
         if entry is None:
             return
         primary = self._optimizers.is_primary(entry)
-        closing = ends_step("optimizer", self.open, optimizers=True, primary=primary)
+        closing = self.open.number if ends_step("optimizer", self.open, optimizers=True, primary=primary) else None
         try:  # a failed audit costs the audit, not the step
             for names, rows in self._tracker.after_step(entry.params, closing=closing):
                 self.open.batch.add("update", [(n, entry.index) for n in names], [1] * len(names), rows)

@@ -95,7 +95,7 @@ def test_segment_rows_agree_with_each_segment_reduced_alone(dtype, reduction):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-@pytest.mark.parametrize("case", ["plain", "dwarfed", "nan", "inf", "both infinities", "huge"])
+@pytest.mark.parametrize("case", ["plain", "dwarfed", "nan", "inf", "both infinities", "huge", "overflowing sum"])
 def test_one_tensor_alone_agrees_with_float64(case, dtype):
     """A tensor reduced on its own (a large activation summarized on the spot): zeros, the
     sums a plain sum gives with NaN or infinities (and their count), an exact spread when the
@@ -107,6 +107,8 @@ def test_one_tensor_alone_agrees_with_float64(case, dtype):
         x = 1 + x * 1e-4
     elif case == "huge":
         x = x * 1e20 if dtype == torch.float32 else x
+    elif case == "overflowing sum":  # finite values whose float32 sum is not
+        x = torch.finfo(torch.float64 if dtype == torch.float64 else dtype).max / 4 * (1 + x.abs() / 100)
     for position, value in {"nan": [(5, math.nan)], "inf": [(9, math.inf), (10, math.inf)],
                             "both infinities": [(3, math.inf), (4, -math.inf)]}.get(case, []):
         x[position] = value
@@ -336,7 +338,7 @@ def sample_oracle(t, size):
     return flat[::stride][:size].clone()
 
 
-@pytest.mark.parametrize("closing", [False, True])
+@pytest.mark.parametrize("closing", [None, 7])
 def test_update_auditing_matches_torch_on_the_samples(reduction, closing):
     torch.manual_seed(3)
     params = {"a": torch.nn.Parameter(torch.randn(100, 30)), "b": torch.nn.Parameter(torch.randn(5)),
@@ -360,7 +362,7 @@ def test_update_auditing_matches_torch_on_the_samples(reduction, closing):
                 torch.linalg.vector_norm(before[n] - last[n])]
         assert row == pytest.approx([w.item() for w in want], rel=1e-6)
     assert tracker.after_step(["a", "b"]) == []  # nothing new since
-    got = {n: row for names, rows in tracker.end_step() for n, row in zip(names, rows.tolist())}
+    got = {n: row for names, rows in tracker.end_step(7) for n, row in zip(names, rows.tolist())}
     assert sorted(got) == ["a", "b", "c"]
     for n, row in got.items():
         want = [torch.linalg.vector_norm(after[n] - last[n]), torch.linalg.vector_norm(last[n])]
@@ -389,13 +391,33 @@ def test_a_closing_optimizer_step_gives_the_rows_of_a_separate_end_of_step(reduc
                 params["a"].sub_(0.1 * (step + 1))
                 params["b"].add_(0.5)
                 params["c"].mul_(1.1)  # changed by no optimizer
-            for names, values in tracker.after_step(["a", "b"], closing=closing):
+            for names, values in tracker.after_step(["a", "b"], closing=step if closing else None):
                 rows += [("optimizer", step, n, r) for n, r in zip(names, values.tolist())]
-            for names, values in tracker.end_step():
+            if step == 1:  # another optimizer (another thread) steps before the step ends
+                tracker.before_step(["c"])
+                tracker.after_step(["c"])
+            for names, values in tracker.end_step(step):
                 rows += [("step", step, n, r) for n, r in zip(names, values.tolist())]
         got[closing] = sorted(rows)
     assert len(got[True]) == 4 * (2 + 3)
     assert got[True] == [(*key, pytest.approx(r, rel=1e-12)) for *key, r in got[False]]
+
+
+def test_rows_kept_for_a_step_that_did_not_end_are_not_given_to_the_next():
+    """The step whose optimizer closed it did not end (its end failed): the next step's rows are
+    measured, not taken from the rows kept for it."""
+    p = torch.nn.Parameter(torch.zeros(4))
+    tracker = ParamTracker(8)
+    tracker.add("p", p)
+    tracker.end_step(0)
+    tracker.before_step(["p"])
+    with torch.no_grad():
+        p.add_(1.0)
+    tracker.after_step(["p"], closing=1)
+    with torch.no_grad():
+        p.add_(2.0)  # in step 2, which ends without an optimizer step
+    (names, rows), = tracker.end_step(2)
+    assert rows[0].tolist() == [4.0, 2.0]  # |+2| over 4 elements since step 1's samples; |w| then
 
 
 def test_replaced_parameter_data_is_sampled_afresh():
@@ -461,10 +483,10 @@ def test_launches_do_not_grow_with_the_number_of_tensors(what, reduction):
                 summaries(tensors, bins=8)
             else:
                 names = [str(i) for i in range(n)]
-                for closing in (False, True):
+                for closing in (None, 0):
                     tracker.before_step(names)
                     tracker.after_step(names, closing=closing)
-                    tracker.end_step()
+                    tracker.end_step(0)
 
         work()  # layouts cached, scratch buffers grown: what a step after the first costs
         with OpCount() as mode:

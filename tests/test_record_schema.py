@@ -407,3 +407,15 @@ def test_a_steps_rows_leave_the_garbage_collectors_watch(tmp_path, monkeypatch):
         stored = record.step(data.step)
         assert stored.stats == data.stats and stored.stats == stats
         assert stored.updates == data.updates
+
+
+def test_a_plain_row_of_the_wrong_length_is_refused_not_written_shifted():
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(schema.STATS.ddl())
+    row = ("grad", "w", 0, "", 4, 0.5, 0.1, 0.0, 1.0, 1.2, 0, 0)
+    schema.STATS.insert(conn, [row], step=3)
+    assert conn.execute("SELECT kind, subject, norm, nonfinite FROM stats").fetchall() == [("grad", "w", 1.2, 0)]
+    with pytest.raises(AttributeError):
+        schema.STATS.insert(conn, [row[:-1]], step=4)
+    with pytest.raises(AttributeError):
+        schema.STATS.insert(conn, [row + (7,)], step=4)

@@ -190,10 +190,13 @@ class Table:
         head = tuple(scope[c.name] for c in self.scope)
         # the statements' parameters, row after row: no tuple per row (see `FrozenBatch.read`)
         values: list = []
-        plain, encoded = self._plain, self._encoded
+        plain, encoded, fields = self._plain, self._encoded, len(self.columns)
         for row in rows:
             values += head
-            values += row if type(row) is plain or (type(row) is tuple and plain) else encoded(row)
+            if type(row) is plain or (type(row) is tuple and plain and len(row) == fields):
+                values += row
+            else:  # a plain tuple of another length fails here, never written shifted
+                values += encoded(row)
         width = len(self.scope) + len(self.columns)
         per_statement = max(1, min(_ROWS_PER_STATEMENT, _VARIABLES // width))
         cursor = None

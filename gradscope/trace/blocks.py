@@ -85,8 +85,10 @@ def one_row(x: torch.Tensor) -> torch.Tensor:
     gradient, taken as its hook sees it), where the operations around the five reductions of
     `raw_columns` cost as much as the reductions. The sum of squares is a dot product (one
     vectorized pass, closer to the float64 sum than the squared norm); a row whose mean dwarfs
-    its spread is summed again about its first value, one whose sums are not finite keeps
-    them (what a plain sum gives) and gets its non-finite values counted."""
+    its spread, or whose sums are not finite, is summed again about its first value, as in
+    `raw_columns`; finite values whose float32 sums overflow even so are summed in float64, and
+    a row holding NaN or infinity keeps its plain sums and gets its non-finite values counted.
+    A sum of squares past float32's range is infinite, as in torch's own float32 norm."""
     v = x.float() if x.dtype in LOW_PRECISION else x
     zeros = torch.eq(v, 0, out=temporary(v.shape, v.dtype, v.device)).sum()
     total, squares = v.sum(), torch.dot(v, v)
@@ -96,11 +98,16 @@ def one_row(x: torch.Tensor) -> torch.Tensor:
     total, squares = row[0], row[1]
     excess = torch.addcmul(squares * -DWARFED, total, total, value=(DWARFED + 1) / len(v))
     if len(excess.isfinite().logical_and_(excess <= 0).logical_not_().nonzero()):  # rare; the CPU knows at once
-        if len(total.isfinite().logical_and_(squares.isfinite()).nonzero()):
-            about, spread, _ = _about_first(v[None])
-            row[0], row[1] = about[0], spread[0]
+        about, spread, found = _about_first(v[None])
+        if len(found.nonzero()):  # NaN or infinity: the plain sums stay, the count is taken
+            row[5] = found[0]
+        elif len(about.isfinite().logical_not_().nonzero()):  # finite values past float32's sums
+            wide = v.double()  # a copy of at most a chunk, for values near float32's limits
+            row[0], row[1] = wide.sum(), torch.dot(wide, wide)
         else:
-            row[5] = len(v) - torch.isfinite(v).sum()
+            row[0], row[1] = about[0], spread[0]
+        if v.dtype != torch.float64:
+            row[1:2].masked_fill_(row[1:2] > torch.finfo(torch.float32).max, math.inf)
     return row[None]
 
 

@@ -118,7 +118,7 @@ class ParamTracker:
         self._groups: list[_Samples] | None = None  # None: to be laid out again
         self._armed: set[tuple[str, ...]] = set()  # optimizers' name lists whose `before` is current
         self._plain: tuple[list, list] | None = None  # (refs, storage pointers) when all are plain
-        self._ended: list | None = None  # the whole step's rows, computed by a closing `after_step`
+        self._ended: tuple | None = None  # (step, its whole rows) computed by a closing `after_step`
 
     def add(self, name: str, param: torch.Tensor) -> bool:
         """Track `param`; returns whether only a sample of its elements is tracked."""
@@ -168,23 +168,22 @@ class ParamTracker:
 
     def before_step(self, names) -> None:
         """Remember the samples just before an optimizer changes `names`."""
-        self._ended = None
         for group in self._layout():
             group.take(group.before)
         self._armed.add(tuple(names))
 
-    def after_step(self, names, *, closing: bool = False) -> list[tuple[list[str], torch.Tensor]]:
+    def after_step(self, names, *, closing: int | None = None) -> list[tuple[list[str], torch.Tensor]]:
         """Norms for the optimizer's step, per group: (names, rows of (|Δw|, |w| before,
-        |change since last step before the optimizer ran|)). `closing`: the step ends right
-        after this optimizer's step; when no parameter's storage moved, the whole step's rows
-        (`end_step`'s) are taken from the same samples in the same reduction (one sampling and
-        one reduction fewer per step) and kept for the `end_step` that follows."""
-        self._ended = None
+        |change since last step before the optimizer ran|)). `closing`: the number of the step
+        that ends right after this optimizer's step; when no parameter's storage moved, that
+        step's whole rows (`end_step`'s) are taken from the same samples in the same reduction
+        (one sampling and one reduction fewer per step) and kept for its `end_step`, whatever
+        other optimizers (other threads) do meanwhile."""
         key = tuple(names)
         if key not in self._armed:
             return []
         self._armed.discard(key)
-        whole = closing and self._unmoved()
+        whole = closing is not None and self._unmoved()
         out, ended, taken = [], [], []
         for group in self._layout():
             found = group.subset(key)
@@ -207,17 +206,17 @@ class ParamTracker:
         if whole:  # all reduced: the current samples become the last ones, as `end_step` does
             for group, now in taken:
                 group.last, group.now = now, group.last
-            self._ended = ended
+            self._ended = (closing, ended)
         return out
 
-    def end_step(self) -> list[tuple[list[str], torch.Tensor]]:
-        """Norms over the whole step, per group: (names, rows of (|Δw| since the last step,
+    def end_step(self, step: int | None = None) -> list[tuple[list[str], torch.Tensor]]:
+        """Norms over the whole `step`, per group: (names, rows of (|Δw| since the last step,
         |w| then)); then the current samples become the last ones. Every view is first
-        re-validated against its parameter's storage. After a closing `after_step`, the rows
-        it computed."""
+        re-validated against its parameter's storage. After a `after_step` closing `step`, the
+        rows it computed."""
         ended, self._ended = self._ended, None
-        if ended is not None:
-            return ended
+        if ended is not None and step is not None and ended[0] == step:
+            return ended[1]
         self._revalidate()
         out = []
         for group in self._layout():

@@ -106,7 +106,7 @@ class OpenStep:
         batch = self.batch if device else RowBatch()
         if device:
             if self.backwards or self.optimizer_steps:
-                for names, rows in tracker.end_step():
+                for names, rows in tracker.end_step(self.number):
                     batch.add("step-update", names, [1] * len(names), rows)
             for block in list(self.grads):  # a copy: another thread may still add to this step
                 batch.add(*block)
