@@ -146,15 +146,21 @@ def test_every_table_keeps_the_version_1_columns(tmp_path):
         assert all(d is not dataclasses.MISSING for d in added.values()), (table.name, added)  # old records open
 
 
-def test_what_the_writer_writes_reads_back_typed(tmp_path):
+def train_small(path, steps: int) -> nn.Module:
+    """A small MLP trained `steps` steps under gradscope (statistics every step) into `path`."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", stats_every=1):
-        for _ in range(2):
+    with gradscope.watch(model, opt, record=path, stats_every=1):
+        for _ in range(steps):
             opt.zero_grad()
             model(torch.randn(4, 2)).pow(2).mean().backward()
             opt.step()
+    return model
+
+
+def test_what_the_writer_writes_reads_back_typed(tmp_path):
+    model = train_small(tmp_path / "r.sqlite", 2)
     with gradscope.open_record(tmp_path / "r.sqlite") as record:
         modules = record.modules()
         assert [(m.name, m.type) for m in modules] == [("", "Sequential"), ("0", "Linear"), ("1", "ReLU"),
@@ -383,14 +389,7 @@ def test_a_steps_rows_leave_the_garbage_collectors_watch(tmp_path, monkeypatch):
     decoded = []
     real = writer.decode
     monkeypatch.setattr(writer, "decode", lambda snapshot: decoded.append(real(snapshot)) or decoded[-1])
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", stats_every=1):
-        for _ in range(3):
-            opt.zero_grad()
-            model(torch.randn(4, 2)).pow(2).mean().backward()
-            opt.step()
+    model = train_small(tmp_path / "r.sqlite", 3)
     data = decoded[-1]
     gc.collect()
     assert len(data.stats.rows) > 10 and len(data.updates.rows) == 4
