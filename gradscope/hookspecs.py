@@ -70,6 +70,9 @@ def gradscope_step(step, run):
 
     `step` is a `gradscope.StepData` (statistics, updates, module calls, zero_grad calls,
     modules in eval mode, learning rates, and the autograd graph when it was walked this step);
+    its `stats` is a read-only sequence of `gradscope.Stat` and its `updates` a read-only
+    mapping of parameter name to `gradscope.Update`, each made as it is read (a large model has
+    thousands a step: take what you need in one pass rather than copying them all).
     `run` is a `gradscope.RunView` with the modules, parameters and optimizers seen so far.
     Called in the recorder thread once per recorded step, in step order.
     """
