@@ -130,6 +130,23 @@ def test_one_tensor_alone_agrees_with_float64(case, dtype):
         assert row["std"] == pytest.approx(s.std(correction=0).item(), rel=1e-3)
 
 
+def test_packed_segments_of_values_near_float32s_limit_sum_as_in_float64(reduction):
+    """Finite values whose float32 sums overflow, packed with others: every route gives the
+    float64 sums (the blocks' did only for a tensor alone)."""
+    torch.manual_seed(8)
+    lengths = (5000, 40000, 3000)
+    x = torch.randn(sum(lengths))
+    x[5000:45000] = torch.finfo(torch.float32).max / 4 * (1 + x[5000:45000].abs() / 100)
+    raw = raw_rows(x, lengths)
+    start = 0
+    for i, n in enumerate(lengths):
+        s = x[start:start + n].double()
+        assert raw[i, 0].item() == pytest.approx(s.sum().item(), rel=1e-6, abs=1e-6 * s.abs().sum().item()), i
+        assert raw[i, 5].item() == 0
+        start += n
+    assert raw[1, 1].item() == math.inf  # its sum of squares is past float32's range, as torch's norm says
+
+
 def test_spread_is_exact_when_the_mean_dwarfs_it(reduction):
     torch.manual_seed(4)
     weight = 1 + torch.randn(5000) * 1e-4  # a norm layer's weight after some training

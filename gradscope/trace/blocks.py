@@ -58,25 +58,15 @@ DWARFED = 16
 
 def raw_columns(v: torch.Tensor) -> torch.Tensor:
     """Per-row raw statistics (see `RAW_HOW`) of a 2-D `v`. Sums are taken in the values'
-    precision (float32 for half) and moved to float64. A row whose mean dwarfs its spread (a
-    norm layer's weight near 1), or whose sums are not finite, is summed again about its first
-    value (`_about_first`), so the variance stays exact without a float64 pass or a shifted copy
-    of every row. Counts go through float values (exact per row): several times faster on the
-    CPU than bools."""
+    precision (float32 for half) and moved to float64; rows whose sums cannot be trusted are
+    summed again (`_checked`). Counts go through float values (exact per row): several times
+    faster on the CPU than bools."""
     v = v.float() if v.dtype in LOW_PRECISION else v
     zeros = torch.eq(v, 0, out=temporary(v.shape, v.dtype, v.device)).sum(1)
     raw = torch.stack((v.sum(1), torch.linalg.vector_norm(v, dim=1), v.amin(1), v.amax(1), zeros,
                        torch.zeros_like(zeros)), 1).double()  # one widening for every column
-    total, squares = raw[:, 0], raw[:, 1].square_()
-    # n·mean² against the sum of squares (n·(mean² + variance)): mean² > DWARFED·variance; and the
-    # rows whose sums are not finite (x·0 is 0 only for a finite x)
-    retake = (total.square().mul_((DWARFED + 1) / v.shape[1]) > squares * DWARFED).logical_or_(total * squares * 0 != 0)
-    index = retake.nonzero().squeeze(1)
-    if len(index):  # a count the CPU (this route's device) knows at once; rare in activations
-        about, spread, found = _about_first(v if len(index) == len(v) else v.index_select(0, index))
-        for column, values in ((0, about), (1, spread), (5, found)):
-            raw[:, column].index_copy_(0, index, values)
-    return raw
+    raw[:, 1].square_()
+    return _checked(raw, v)
 
 
 def one_row(x: torch.Tensor) -> torch.Tensor:
@@ -84,31 +74,58 @@ def one_row(x: torch.Tensor) -> torch.Tensor:
     operations: the route of a tensor summarized on its own (a large activation or output
     gradient, taken as its hook sees it), where the operations around the five reductions of
     `raw_columns` cost as much as the reductions. The sum of squares is a dot product (one
-    vectorized pass, closer to the float64 sum than the squared norm); a row whose mean dwarfs
-    its spread, or whose sums are not finite, is summed again about its first value, as in
-    `raw_columns`; finite values whose float32 sums overflow even so are summed in float64, and
-    a row holding NaN or infinity keeps its plain sums and gets its non-finite values counted.
-    A sum of squares past float32's range is infinite, as in torch's own float32 norm."""
+    vectorized pass, closer to the float64 sum than the squared norm, and infinite past
+    float32's range as torch's own float32 norm); the row is checked as in `raw_columns`."""
     v = x.float() if x.dtype in LOW_PRECISION else x
     zeros = torch.eq(v, 0, out=temporary(v.shape, v.dtype, v.device)).sum()
-    total, squares = v.sum(), torch.dot(v, v)
-    row = torch.stack((total, squares, v.amin(), v.amax(), zeros, zeros * 0)).double()
-    # n·mean² against the sum of squares, as in `raw_columns`: positive when the mean dwarfs the
-    # spread, NaN or infinite when the sums are not finite
-    total, squares = row[0], row[1]
-    excess = torch.addcmul(squares * -DWARFED, total, total, value=(DWARFED + 1) / len(v))
-    if len(excess.isfinite().logical_and_(excess <= 0).logical_not_().nonzero()):  # rare; the CPU knows at once
-        about, spread, found = _about_first(v[None])
-        if len(found.nonzero()):  # NaN or infinity: the plain sums stay, the count is taken
-            row[5] = found[0]
-        elif len(about.isfinite().logical_not_().nonzero()):  # finite values past float32's sums
-            wide = v.double()  # a copy of at most a chunk, for values near float32's limits
-            row[0], row[1] = wide.sum(), torch.dot(wide, wide)
-        else:
-            row[0], row[1] = about[0], spread[0]
-        if v.dtype != torch.float64:
-            row[1:2].masked_fill_(row[1:2] > torch.finfo(torch.float32).max, math.inf)
-    return row[None]
+    raw = torch.stack((v.sum(), torch.dot(v, v), v.amin(), v.amax(), zeros, zeros * 0)).double()
+    return _checked(raw[None], v[None])
+
+
+def _checked(raw: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """`raw` (float64 raw rows of the 2-D `v`, plain float32 sums) with the rows whose sums
+    cannot be trusted summed again (`_resummed`), in place: a row whose mean dwarfs its spread
+    (a norm layer's weight near 1: n·mean² against the sum of squares, n·(mean² + variance),
+    says mean² > DWARFED·variance), or whose sums are not finite."""
+    total, squares = raw[:, 0], raw[:, 1]
+    excess = torch.addcmul(squares * -DWARFED, total, total, value=(DWARFED + 1) / v.shape[1])
+    index = excess.isfinite().logical_and_(excess <= 0).logical_not_().nonzero().squeeze(1)
+    if len(index):  # a count the CPU (this route's device) knows at once; rare in activations
+        fixed = _resummed(v if len(index) == len(v) else v.index_select(0, index),
+                          raw[:, 2].index_select(0, index), raw[:, 3].index_select(0, index))
+        for column, values in zip((0, 1, 5), fixed.unbind(1)):
+            raw[:, column].index_copy_(0, index, values)
+    return raw
+
+
+def _resummed(rows: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """[k, 3] float64 (sum, sum of squares, non-finite count) of `rows`, summed about each row's
+    first value (`_about_first`: the spread stays exact without a float64 pass or a shifted copy
+    of every row). A row holding NaN or infinity gets the sums a plain sum gives (from its `low`
+    and `high`: about a first value they say NaN) and its count of non-finite values; finite
+    values whose sums overflow even so are summed in float64. A sum of squares past float32's
+    range is infinite for float32 values, as in torch's own float32 norm."""
+    about, spread, found = _about_first(rows)
+    out = torch.stack((about, spread, found), 1)
+    bad = found.nonzero().squeeze(1)
+    if len(bad):
+        out[:, :2].index_copy_(0, bad, _plain_sums(low.index_select(0, bad), high.index_select(0, bad)))
+    over = about.isfinite().logical_or_(found > 0).logical_not_().nonzero().squeeze(1)
+    if len(over):  # values near float32's limits: a float64 copy of these rows
+        wide = rows.index_select(0, over).double()
+        out[:, :2].index_copy_(0, over, torch.stack((wide.sum(1), wide.square().sum(1)), 1))
+    if rows.dtype != torch.float64:
+        out[:, 1].masked_fill_(out[:, 1] > torch.finfo(torch.float32).max, math.inf)
+    return out
+
+
+def _plain_sums(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """[k, 2] (sum, sum of squares) a plain sum gives rows holding NaN or infinity, from their
+    bounds: NaN with a NaN or both infinities, else that infinity; squares NaN or infinity."""
+    nan, inf = math.nan, math.inf
+    has_nan = low.isnan() | high.isnan()
+    total = torch.where(has_nan | ((high == inf) & (low == -inf)), nan, torch.where(high == inf, inf, -inf))
+    return torch.stack((total, torch.where(has_nan, nan, inf)), 1).double()
 
 
 def _about_first(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

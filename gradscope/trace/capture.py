@@ -276,24 +276,9 @@ def raw_rows(x: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
         return _direct_raw_rows(x, lengths)
     if len(lengths) == 1:
         return one_row(x)
-    raw = segment_rows(x, lengths, raw_columns, RAW_HOW)
-    if x.dtype != torch.float64:
+    raw = segment_rows(x, lengths, raw_columns, RAW_HOW)  # rows holding NaN or infinity: plain sums
+    if x.dtype != torch.float64:  # sums of squares of blocks' rows, past float32's range once combined
         _float32_range(raw[:, 1])
-    bad = (raw[:, 5] > 0).nonzero().squeeze(1)
-    if len(bad):  # a count the CPU (this route's device) knows at once; rare
-        raw.index_copy_(0, bad, _plain_sums(raw.index_select(0, bad)))
-    return raw
-
-
-def _plain_sums(raw: torch.Tensor) -> torch.Tensor:
-    """Raw rows of segments holding NaN or infinity with the sums a plain sum would give (the
-    sums about a first value say NaN): NaN with a NaN or both infinities, else that infinity.
-    In place."""
-    low, high = raw[:, 2], raw[:, 3]
-    nan, inf = math.nan, math.inf
-    has_nan = low.isnan() | high.isnan()
-    raw[:, 0] = torch.where(has_nan | ((high == inf) & (low == -inf)), nan, torch.where(high == inf, inf, -inf))
-    raw[:, 1] = torch.where(has_nan, nan, inf)
     return raw
 
 
