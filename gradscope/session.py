@@ -290,15 +290,15 @@ class Session:
         entry = self._optimizers.get(optimizer)
         if entry is None:
             return
-        primary = self._optimizers.is_primary(entry)
-        closing = self.open.number if ends_step("optimizer", self.open, optimizers=True, primary=primary) else None
+        ends = ends_step("optimizer", self.open, optimizers=True, primary=self._optimizers.is_primary(entry))
         try:  # a failed audit costs the audit, not the step
-            for names, rows in self._tracker.after_step(entry.params, closing=closing):
+            for names, rows in self._tracker.after_step(entry.params, closing=self.open.number if ends else None):
                 self.open.batch.add("update", [(n, entry.index) for n in names], [1] * len(names), rows)
         except Exception as exc:
             self._failed("on_optimizer_post", exc)
         self.open.optimizer_steps.append(entry.index)
-        self.boundary("optimizer", primary=primary)
+        if ends:
+            self._end_step()
 
     # -- GradScaler (via trace.patches) ----------------------------------------------------
     @guarded

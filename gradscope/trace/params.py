@@ -190,19 +190,17 @@ class ParamTracker:
             if found is None and not whole:
                 continue
             now = group.take(group.now)
-            if found is None:  # not this optimizer's parameters: the step's rows alone
-                ended.append((group.names, group.norms(now - group.last, group.last)))
-            elif whole:
-                rows = group.norms(now - group.before, group.before, group.before - group.last, now - group.last,
-                                   group.last)
-                ended.append((group.names, rows[:, 3:]))
-                rows = rows[:, :3]
-            else:
-                rows = group.norms(now - group.before, group.before, group.before - group.last)
-            taken.append((group, now))
+            columns = [] if found is None else [now - group.before, group.before, group.before - group.last]
+            if whole:  # and the whole step's, as `end_step` takes them
+                columns += [now - group.last, group.last]
+                taken.append((group, now))
+            rows = group.norms(*columns)
             if found is not None:
                 names, index = found
-                out.append((names, rows if index is None else rows.index_select(0, index)))
+                mine = rows[:, :3]
+                out.append((names, mine if index is None else mine.index_select(0, index)))
+            if whole:
+                ended.append((group.names, rows[:, -2:]))
         if whole:  # all reduced: the current samples become the last ones, as `end_step` does
             for group, now in taken:
                 group.last, group.now = now, group.last
