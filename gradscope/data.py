@@ -7,6 +7,7 @@ read back from a record.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import ItemsView, Iterable, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -95,8 +96,11 @@ class Update(NamedTuple):
         return self.delta / self.weight
 
 
+_STAT_FIELDS = {name: i for i, name in enumerate(Stat._fields)}
+_NONFINITE = _STAT_FIELDS["nonfinite"]
 _stat = functools.partial(tuple.__new__, Stat)  # a Stat of a plain tuple (no check of its length)
 _update = functools.partial(tuple.__new__, Update)
+_UPDATE_FIELDS = {name: i for i, name in enumerate(Update._fields)}
 
 
 class Stats(Sequence):
@@ -110,13 +114,42 @@ class Stats(Sequence):
     made it come three times as often. A plain tuple of numbers and strings is no longer
     tracked after its first collection; a `Stat` made for a reader is gone once read."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "_sorted")
 
     def __init__(self, rows: Iterable = ()):
         self.rows: list[tuple] = [tuple(r) for r in rows]
+        self._sorted: tuple | None = None  # (rows counted, rows by kind, non-finite rows)
+
+    @classmethod
+    def _of(cls, rows: list[tuple]) -> "Stats":
+        stats = cls.__new__(cls)
+        stats.rows, stats._sorted = rows, None
+        return stats
 
     def append(self, stat: Stat) -> None:
         self.rows.append(tuple(stat))
+
+    def of_kind(self, kind: str) -> "Stats":
+        """The rows of one kind (see `KINDS`), in order. The rows are sorted by kind once for
+        all the readers of a step: a check that wants the gradients does not read every row."""
+        return self._sort()[1].get(kind) or Stats._of([])
+
+    def nonfinite(self) -> "Stats":
+        """The rows holding NaN or infinity (their `nonfinite` is not 0), in order."""
+        return self._sort()[2]
+
+    def column(self, name: str) -> list:
+        """One field of every row, in order (``stats.of_kind("grad").column("norm")``)."""
+        return list(map(operator.itemgetter(_STAT_FIELDS[name]), self.rows))
+
+    def _sort(self) -> tuple:
+        if self._sorted is None or self._sorted[0] != len(self.rows):  # rows added since
+            kinds: dict[str, list] = {}
+            for row in self.rows:
+                kinds.setdefault(row[0], []).append(row)
+            bad = [row for row in self.rows if row[_NONFINITE]]
+            self._sorted = (len(self.rows), {k: Stats._of(v) for k, v in kinds.items()}, Stats._of(bad))
+        return self._sorted
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -168,6 +201,11 @@ class Updates(Mapping):
 
     def items(self) -> ItemsView:
         return _UpdateItems(self)
+
+    def column(self, name: str) -> list:
+        """One field of every update, in the order of the names (``zip(updates,
+        updates.column("delta"))``): a check of thousands of parameters reads what it needs."""
+        return list(map(operator.itemgetter(_UPDATE_FIELDS[name]), self.rows.values()))
 
     def values(self) -> ValuesView:
         return _UpdateValues(self)

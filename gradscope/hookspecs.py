@@ -71,8 +71,10 @@ def gradscope_step(step, run):
     `step` is a `gradscope.StepData` (statistics, updates, module calls, zero_grad calls,
     modules in eval mode, learning rates, and the autograd graph when it was walked this step);
     its `stats` is a read-only sequence of `gradscope.Stat` and its `updates` a read-only
-    mapping of parameter name to `gradscope.Update`, each made as it is read (a large model has
-    thousands a step: take what you need in one pass rather than copying them all).
+    mapping of parameter name to `gradscope.Update`, each made as it is read. A large model has
+    thousands a step: read what you need, ``step.stats.of_kind("grad")``,
+    ``step.stats.nonfinite()`` (rows holding NaN or infinity), ``stats.column("norm")``,
+    ``step.updates.column("delta")`` (in the order of the names), rather than every row.
     `run` is a `gradscope.RunView` with the modules, parameters and optimizers seen so far.
     Called in the recorder thread once per recorded step, in step order.
     """

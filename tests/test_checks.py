@@ -260,6 +260,19 @@ def test_update_ratio_too_high_and_too_low(tmp_path):
     assert found and "too small" in found[0]["message"] and found[0]["evidence"]["median_ratio"] < 1e-5
 
 
+def test_update_ratio_follows_a_learning_rate_raised_from_zero(tmp_path):
+    """The learning rate of each parameter is worked out again when the rates change: a run
+    whose rate is 0 for its first steps (a warm-up's start) and too large after is judged on
+    the new rate."""
+    def loop(model, opt, step):
+        opt.param_groups[0]["lr"] = 0.0 if step < 5 else 2.0
+        regression_step()(model, opt, step)
+
+    build = lambda: (m := nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)), torch.optim.Adam(m.parameters(), lr=0.0))
+    found = only(findings_of(tmp_path, build, loop, steps=32), "update-ratio")
+    assert found and "too large" in found[0]["message"] and found[0]["step"] >= 25
+
+
 def test_update_ratio_short_excursions_and_still_parameters_are_quiet(tmp_path):
     def loop(model, opt, step):
         opt.param_groups[0]["lr"] = 2.0 if step in (12, 13) else 1e-3  # two wild steps

@@ -408,6 +408,31 @@ def test_a_steps_rows_leave_the_garbage_collectors_watch(tmp_path, monkeypatch):
         assert stored.updates == data.updates
 
 
+def test_checks_read_a_steps_rows_by_kind_and_by_column_as_iterating_them_would():
+    """Checks of a model with thousands of parameters read one kind of row or one field, not
+    every row as a `Stat`: what `of_kind`, `nonfinite` and `column` give equals the filtered
+    iteration, also after rows were added to a step already read (decoding appends)."""
+    from gradscope.data import Stats, Update, Updates
+
+    nan = math.nan
+    stats = Stats([
+        ("grad", "a", 0, "", 4, nan, nan, nan, nan, 1.5, None, 0),
+        ("loss", "loss", 0, "", 1, 2.0, 0.0, 2.0, 2.0, 2.0, 0, 0),
+        ("grad", "b", 0, "", 4, nan, nan, nan, nan, math.inf, None, 1),
+        ("weight", "a", 0, "", 4, 0.1, 0.2, -0.3, 0.4, 0.5, 0, 0),
+    ])
+    for kind in ("grad", "loss", "weight", "activation"):
+        assert list(stats.of_kind(kind)) == [s for s in stats if s.kind == kind]
+    assert stats.of_kind("grad").column("subject") == ["a", "b"]
+    assert list(stats.nonfinite()) == [s for s in stats if s.nonfinite]
+    stats.rows.append(("activation", "fc", 0, "", 2, nan, nan, nan, nan, nan, 0, 2))  # as decode adds rows
+    assert stats.of_kind("activation").column("subject") == ["fc"]
+    assert [s.subject for s in stats.nonfinite()] == ["b", "fc"]
+    updates = Updates([Update("a", 0, 0.1, 1.0, None, 0.1, 1.0), Update("b", None, None, None, 0.5, 0.0, 2.0)])
+    assert updates.column("delta") == [u.delta for u in updates.values()] == [0.1, None]
+    assert list(zip(updates, updates.column("outside"))) == [("a", None), ("b", 0.5)]
+
+
 def test_a_plain_row_of_the_wrong_length_is_refused_not_written_shifted():
     conn = sqlite3.connect(":memory:")
     conn.executescript(schema.STATS.ddl())

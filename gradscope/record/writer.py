@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import KINDS, Stat, StepData
+from ..data import KINDS, StepData
 from ..findings import SEVERITIES, internal_error
 from ..terminal import inert
 from ..trace.batch import FrozenBatch
@@ -111,12 +111,9 @@ def decode(snapshot: StepSnapshot) -> StepData:
     return data
 
 
-_NONFINITE = Stat._fields.index("nonfinite")
-
-
 def _nonfinite(data: StepData) -> bool:
-    """Whether any of the step's statistics holds a NaN or an infinity (read from its plain rows)."""
-    return any(row[_NONFINITE] for row in data.stats.rows)
+    """Whether any of the step's statistics holds a NaN or an infinity."""
+    return bool(data.stats.nonfinite())
 
 
 def _storable(value):

@@ -40,16 +40,16 @@ def layer_gradients(step, run) -> list[tuple[str, float, float]]:
     """(layer, RMS of the gradient at its output, norm of its parameters' gradient) for each
     module that owns parameters and whose output got a gradient, in forward order."""
     at_output = {
-        s.subject: rms(s.norm, s.count) for s in step.stats
-        if s.kind == "grad-output" and s.call == 0 and s.path == "" and math.isfinite(s.norm)
+        s.subject: rms(s.norm, s.count) for s in step.stats.of_kind("grad-output")
+        if s.call == 0 and s.path == "" and math.isfinite(s.norm)
     }
     if not at_output:  # output gradients are measured on full-statistics steps only
         return []
     owners = {row.get("module") for row in run.parameters.values()}
     at_output = {m: value for m, value in at_output.items() if m in owners}
     param_sq: dict[str, float] = {}
-    for s in step.stats:
-        if s.kind == "grad" and math.isfinite(s.norm):
+    for s in step.stats.of_kind("grad"):
+        if math.isfinite(s.norm):
             module = run.module_of(s.subject)
             param_sq[module] = param_sq.get(module, 0.0) + s.norm ** 2
     return [
@@ -68,7 +68,7 @@ def label(name: str, run) -> str:
 @per_step
 def finite(step) -> bool:
     """Whether every statistic of the step is finite (nonfinite reports the rest)."""
-    return not any(s.nonfinite for s in step.stats)
+    return not step.stats.nonfinite()
 
 
 #: Backward ops of tensor views and copies that leave values as they are (view, reshape,
@@ -114,7 +114,7 @@ def fed_by(graph, node, op: str) -> list:
 @per_step
 def finite_before_update(step) -> bool:
     """Whether everything the step computed before its update was finite (weights may not be)."""
-    return not any(s.nonfinite for s in step.stats if s.kind != "weight")
+    return all(s.kind == "weight" for s in step.stats.nonfinite())
 
 
 def blowup(step, run, limit: float = 1.0) -> dict | None:
@@ -135,7 +135,7 @@ def blowup(step, run, limit: float = 1.0) -> dict | None:
             worst, worst_ratio = name, ratio
     if worst is None or not worst_ratio > limit:
         return None
-    grad = next((s for s in step.stats if s.kind == "grad" and s.subject == worst), None)
+    grad = next((s for s in step.stats.of_kind("grad") if s.subject == worst), None)
     return {"step": step.step, "param": worst, "layer": run.module_of(worst) or worst,
             "update_ratio": worst_ratio, "grad_norm": None if grad is None else grad.norm}
 

@@ -74,7 +74,7 @@ class DdpDesync:
     def gradscope_step(self, step, run):
         if run.rank != 0 or run.world_size < 2:
             return None
-        if step.step % self.every == 0 and any(s.kind == "weight" for s in step.stats):
+        if step.step % self.every == 0 and step.stats.of_kind("weight"):
             self._pending.append((step.step, _checksums(step.stats)))
         return self._compare(run, wait=0.0)
 

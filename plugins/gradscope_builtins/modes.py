@@ -25,7 +25,9 @@ NORM_TYPES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"}
 
 def _updated(step, run) -> set[str]:
     """Parameters an optimizer moved in this step."""
-    return {name for name, u in step.updates.items() if u.optimizer is not None and u.delta}
+    updates = step.updates
+    return {name for name, optimizer, delta in zip(updates, updates.column("optimizer"), updates.column("delta"))
+            if optimizer is not None and delta}
 
 
 def _around(module: str, run) -> str:
@@ -84,13 +86,20 @@ class EvalModeTraining:
 class DropoutAtEval:
     def __init__(self):
         self._trained: set[str] = set()  # roots whose parameters an optimizer has moved
+        self._roots: tuple = (0, set())  # (modules known, their roots)
+
+    def _all_roots(self, run) -> set[str]:
+        if self._roots[0] != len(run.modules):  # modules are only ever added
+            self._roots = (len(run.modules), {row["root"] for row in run.modules.values()})
+        return self._roots[1]
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
-        for param in _updated(step, run):
-            module = run.module_of(param)
-            if module is not None and module in run.modules:
-                self._trained.add(run.modules[module]["root"])
+        if not self._trained >= self._all_roots(run):  # once every root trained, nothing to learn
+            for param in _updated(step, run):
+                module = run.module_of(param)
+                if module is not None and module in run.modules:
+                    self._trained.add(run.modules[module]["root"])
         no_grad_roots = {c["module"] for c in step.calls
                          if c.get("grad") is False and c["module"] in self._trained
                          and run.modules.get(c["module"], {}).get("root") == c["module"]}

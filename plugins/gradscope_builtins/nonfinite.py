@@ -100,14 +100,16 @@ class NonFinite:
 
     def _origin(self, step, run):
         """A finding on where the step's non-finite values start (None when all are finite)."""
-        bad = [s for s in step.stats if s.nonfinite]
+        bad = list(step.stats.nonfinite())
         carried = dict(self._bad_weights)
         for s in bad:
             if s.kind == "weight":
                 self._bad_weights.setdefault(s.subject, step.step)
-        for name, update in step.updates.items():
-            if not math.isfinite(update.step_delta):  # the weight turned non-finite in this step
-                self._bad_weights.setdefault(name, step.step)
+        deltas = step.updates.column("step_delta")
+        if not all(map(math.isfinite, deltas)):
+            for name, delta in zip(step.updates, deltas):
+                if not math.isfinite(delta):  # the weight turned non-finite in this step
+                    self._bad_weights.setdefault(name, step.step)
         if not bad:
             return None
         by_kind = lambda kind: next((s for s in bad if s.kind == kind), None)

@@ -35,7 +35,7 @@ class NoOptimizerStep:
     def gradscope_step(self, step, run):
         if not step.backwards:
             return None
-        moved = any(u.step_delta for u in step.updates.values())
+        moved = any(step.updates.column("step_delta"))
         skipped = getattr(step, "skipped", None)
         if step.optimizer_steps or moved or skipped or not step.updates:
             self._idle = 0
@@ -83,7 +83,7 @@ class NoProgress:
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
-        values = [s.mean for s in step.stats if s.kind == "loss" and s.count == 1]
+        values = [s.mean for s in step.stats.of_kind("loss") if s.count == 1]
         if not values or not all(math.isfinite(v) for v in values) or len(run.optimizers) > 1:
             return None
         self._losses.append(sum(values) / len(values))

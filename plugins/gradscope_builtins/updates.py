@@ -34,7 +34,7 @@ LINE_SEARCH = {"LBFGS"}
 
 @per_step
 def _grad_names(step) -> set[str]:
-    return {s.subject for s in step.stats if s.kind == "grad"}
+    return set(step.stats.of_kind("grad").column("subject"))
 
 
 class MissingZeroGrad:
@@ -52,7 +52,7 @@ class MissingZeroGrad:
         if step.zero_grad:
             self._norms.clear()
             return None
-        total = math.sqrt(sum(s.norm ** 2 for s in step.stats if s.kind == "grad"))
+        total = math.sqrt(sum(norm * norm for norm in step.stats.of_kind("grad").column("norm")))
         self._norms.append(total)
         if len(self._norms) < self.window:
             return None
@@ -165,6 +165,10 @@ class UpdateRatio:
     def __init__(self):
         self._streak = Streak()
         self._judged = 0
+        # A step has a row per parameter: what changes only with the run's learning rates and
+        # parameters is worked out again only when they change.
+        self._lrs: tuple = (None, {})  # (learning rates and optimizers, parameter -> its rate)
+        self._matrices: tuple = (0, set())  # (parameters known, those of two dimensions or more)
 
     @gradscope.hookimpl
     def gradscope_configure(self, config):
@@ -173,20 +177,36 @@ class UpdateRatio:
         self.patience = config.get("update-ratio", "patience", 10)
         self.warmup = config.get("update-ratio", "warmup", 10)
 
+    def _learning_rates(self, step, run) -> dict[str, float | None]:
+        # the optimizers' entries themselves (an entry is replaced when its optimizer changes;
+        # comparing is by identity first)
+        key = (tuple((name, tuple(rates)) for name, rates in step.lrs.items()), tuple(run.optimizers.values()))
+        if self._lrs[0] != key:
+            self._lrs = (key, learning_rates(step, run))
+        return self._lrs[1]
+
+    def _matrix_names(self, run) -> set[str]:
+        if self._matrices[0] != len(run.parameters):  # parameters are only ever added
+            self._matrices = (len(run.parameters), {
+                name for name, row in run.parameters.items() if len(row.get("shape", ())) >= 2})
+        return self._matrices[1]
+
     def _ratios(self, step, run) -> dict[str, float]:
         grads = _grad_names(step)
-        lrs = learning_rates(step, run)
+        lrs = self._learning_rates(step, run)
         skipped = {None} | {i for i, opt in run.optimizers.items() if opt.get("type") in LINE_SEARCH}
         ratios = {}
-        for name, update in step.updates.items():
-            if update.optimizer in skipped or not update.weight or name not in grads:
+        updates = step.updates
+        for name, optimizer, delta, weight in zip(
+                updates, updates.column("optimizer"), updates.column("delta"), updates.column("weight")):
+            if optimizer in skipped or not weight or name not in grads:
                 continue
             lr = lrs.get(name)
-            if lr == 0 or (lr is None and update.delta == 0):
+            if lr == 0 or (lr is None and delta == 0):
                 continue  # not meant to move (a group at lr=0)
-            ratios[name] = update.ratio if math.isfinite(update.delta) else math.inf
-        matrices = {n: r for n, r in ratios.items() if len(run.parameters.get(n, {}).get("shape", [])) >= 2}
-        return matrices or ratios
+            ratios[name] = delta / weight if math.isfinite(delta) else math.inf
+        matrices = self._matrix_names(run)
+        return {n: r for n, r in ratios.items() if n in matrices} or ratios
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
@@ -228,6 +248,8 @@ class OutOfStepUpdate:
     @gradscope.hookimpl
     def gradscope_step(self, step, run):
         findings = []
+        if not any(step.updates.column("outside")):  # nothing moved outside a step (the usual case)
+            return findings
         for name, update in step.updates.items():
             if update.optimizer is None or not update.outside or not math.isfinite(update.outside):
                 continue
