@@ -231,7 +231,7 @@ class StepData:
     `hists` maps a parameter to its gradient histogram (low, high, bin counts) on steps with
     full statistics. `stats` is a sequence of `Stat` (`Stats`), `updates` a mapping of parameter
     name to `Update` (`Updates`). `described`: whether every watched module call of the step is in `calls`;
-    False on a step without full statistics or graph walk, whose `calls` hold the root calls only
+    False on a step without full statistics or graph walk, whose `calls` hold its first root call only
     (module hooks cost nothing there; the last described step's calls stand for the rest)."""
 
     step: int

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 
 from .distributed import record_path, run_fields, unwrap
@@ -129,9 +128,8 @@ class _AutoAttach:
         self._settled = False
         self._init = optim_module.Optimizer.__init__
         optim_module.Optimizer.__init__ = self._wrap_init(self._init)
+        session.module_hooks(self._pre, self._post)  # out with the session's own on light steps
         self.handles = [
-            nn_module.register_module_forward_pre_hook(self._pre),
-            nn_module.register_module_forward_hook(self._post, always_call=True),
             optim_module.register_optimizer_step_pre_hook(self._opt_pre),
             optim_module.register_optimizer_step_post_hook(self._opt_post),
         ]

@@ -120,6 +120,11 @@ class Session:
         if name is not None:
             self._modules.enter(name, target, args)
 
+    def module_hooks(self, pre, post) -> None:
+        """Add global module hooks that go with the session's own: installed while it watches,
+        out for the rest of a light step once its root call began (see `ModuleHooks`)."""
+        self._modules.add_global(pre, post)
+
     def free_prefix(self, name: str) -> str:
         """`name`, or `name` with a number, whichever no watched model uses yet."""
         return self._registry.free_prefix(name)
@@ -214,6 +219,11 @@ class Session:
             self._root_threads = {**self._root_threads, root: ident}
             self._threads = {*self._threads, ident}
 
+    @property
+    def threads(self) -> set[int]:
+        """The threads known to train this session's models."""
+        return self._threads
+
     def owns_thread(self) -> bool:
         """Whether the calling thread trains this session's models (backward events go only
         to the sessions that own the thread)."""
@@ -281,6 +291,10 @@ class Session:
         entry = self._optimizers.get(optimizer)
         if entry is None:
             return
+        if (ident := threading.get_ident()) not in self._threads:
+            # a thread whose forward went unseen (a light step's module hooks were out): the
+            # next steps are described again, so its root calls are seen
+            self._threads = {*self._threads, ident}
         self._sync_optimizer(optimizer, entry)
         self._optimizers.note_step(entry)
         self._tracker.before_step(entry.params)
@@ -322,7 +336,7 @@ class Session:
     # -- step boundary --------------------------------------------------------------------
     def _new_step(self, want_graph: bool) -> OpenStep:
         full = self._schedule.full_stats(self.step, self._writer.alarm)
-        # Light: module hooks record root calls only. Not while models train in several threads
+        # Light: module hooks record the first root call only. Not while models train in several threads
         # or the boundary came inside a forward (hooks count the depth of the calls they see).
         hooks = getattr(self, "_modules", None)
         light = (not full and not want_graph and bool(self._optimizers) and len(self._threads) <= 1
@@ -354,6 +368,7 @@ class Session:
         self._writer.send_step(snapshot)
         self.step += 1
         self.open = self._new_step(want_graph=self._schedule.walk_graph(self.step, *step.signature()))
+        self._modules.resume()
         keepalive.release_dead()
         if self._control is not None:
             self._control.at_boundary(self._writer, self.step - 1, self._announce_pause)

@@ -6,6 +6,7 @@ import warnings
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules import module as nn_module
 
 import gradscope
 from gradscope.settings import DEFAULTS
@@ -137,3 +138,184 @@ def test_light_steps_record_root_calls_and_the_record_shows_the_last_described_o
     # the validation forward opened the step: described whole, and so is the rest of the step
     assert [c["module"] for c in validated.calls] == ["0", "1", "2", ""] * 2
     assert "dropout-at-eval" in {f["check"] for f in record.findings()}
+
+
+class _Probe(nn.Module):
+    """Notes, at each of its calls, whether any global module hook was installed: while one is,
+    every module call in the process takes torch's slower path."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, x):
+        self.seen.append(bool(nn_module._global_forward_pre_hooks or nn_module._global_forward_hooks))
+        return x
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.probe = nn.Linear(4, 2), _Probe()
+
+    def forward(self, x, *, scale):
+        return self.probe(self.fc(x)) * scale
+
+
+def _quiet_session(path, **settings):
+    """A session whose steps are light after the first two. Module hooks stay in for good once
+    torch.compile compiled anything in the process: its counters are cleared (an earlier test's
+    compiled model is gone)."""
+    from torch._dynamo.utils import counters
+
+    from gradscope.session import Session
+    from gradscope.settings import Settings
+
+    counters.clear()
+    return Session(path, settings=Settings(**{"stats_every": 1000, "graph_every": 0, "dense_steps": 2, **settings}))
+
+
+def test_light_steps_take_the_global_module_hooks_out_once_their_root_call_began(tmp_path):
+    """After a light step's root call began, nothing else of the step is described, so torch's
+    global module hooks are taken out until the step ends: the model's inner calls take torch's
+    fast path. The root call is still recorded whole (keyword arguments, outputs), nothing is
+    left on the user's module between steps, and after the step the hooks are back (a
+    validation forward there is seen)."""
+    torch.manual_seed(0)
+    model = _Scaled()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    between = []
+    session = _quiet_session(tmp_path / "r.sqlite")
+    session.add_model(model)
+    session.add_optimizer(opt)
+    with session:
+        for step in range(6):
+            opt.zero_grad()
+            model(torch.randn(3 + step, 4), scale=torch.ones(1)).sum().backward()
+            opt.step()
+            between.append((bool(nn_module._global_forward_pre_hooks), len(model._forward_hooks)))
+        with torch.no_grad():
+            model(torch.randn(2, 4), scale=torch.ones(1))  # validation: opens step 6, described
+    assert model.probe.seen == [True, True, False, False, False, False, True]
+    assert between == [(True, 0)] * 6
+    assert not nn_module._global_forward_pre_hooks and not nn_module._global_forward_hooks
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    for step in range(2, 6):
+        data = record.step(step)
+        assert not data.described and [c["module"] for c in data.calls] == [""]
+        root = data.calls[0]
+        assert [i.get("shape") for i in root["inputs"]] == [[3 + step, 4], [1]]  # x, then scale by keyword
+        assert root["outputs"][0]["shape"] == [3 + step, 2] and root["training"]
+    assert [c["module"] for c in record.step(6).calls] == ["fc", "probe", ""]  # described whole
+
+
+def test_a_light_steps_root_forward_that_raises_leaves_nothing_behind(tmp_path):
+    """The root call's post-hook sits on the module only during its forward: a forward that
+    raises takes it away too, and the following steps are light again."""
+    torch.manual_seed(0)
+    model = _Scaled()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = _quiet_session(tmp_path / "r.sqlite")
+    session.add_model(model)
+    session.add_optimizer(opt)
+    with session:
+        for step in range(6):
+            opt.zero_grad()
+            if step == 3:
+                try:
+                    model(torch.randn(3, 5), scale=torch.ones(1))  # wrong width: the forward raises
+                except RuntimeError:
+                    assert not model._forward_hooks
+            model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
+            opt.step()
+    assert not model._forward_hooks and session._modules.depth == 0
+    assert model.probe.seen == [True, True, False, False, False, False]
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    assert len(record.steps()) == 6 and not record.step(5).described
+    assert [c["module"] for c in record.step(3).calls] == [""]  # the failed call (the step's first)
+
+
+def test_a_compiled_model_compiles_once_across_light_steps(tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    compiled = torch.compile(model, backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session = _quiet_session(tmp_path / "r.sqlite")
+        session.add_model(compiled)
+        session.add_optimizer(opt)
+        with session:
+            for _ in range(8):
+                opt.zero_grad()
+                compiled(torch.randn(4, 8)).sum().backward()
+                opt.step()
+    assert [str(w.message) for w in caught] == []
+    assert not counters["graph_break"] and not counters["recompiles"]
+    assert counters["stats"]["unique_graphs"] == 1
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    assert not record.step(5).described and [c["module"] for c in record.step(5).calls] == [""]
+    assert not compiled._forward_hooks and not model._forward_hooks
+
+
+def test_a_thread_first_seen_stepping_its_optimizer_turns_the_next_steps_described(tmp_path):
+    """A second training thread whose forward ran while a light step's hooks were out is known
+    from its optimizer's step: from the next step on, module hooks stay in and see its model."""
+    import threading
+
+    torch.manual_seed(0)
+    main_model, side_model = nn.Linear(4, 1), nn.Linear(4, 1)
+    main_opt = torch.optim.SGD(main_model.parameters(), lr=0.1)
+    side_opt = torch.optim.SGD(side_model.parameters(), lr=0.1)
+
+    def side_step():
+        side_opt.zero_grad()
+        side_model(torch.randn(2, 4)).sum().backward()
+        side_opt.step()
+
+    session = _quiet_session(tmp_path / "r.sqlite")
+    session.add_model(main_model, "main")
+    session.add_model(side_model, "side")
+    session.add_optimizer(main_opt)
+    session.add_optimizer(side_opt)
+    with session:
+        for step in range(6):
+            main_opt.zero_grad()
+            loss = main_model(torch.randn(3, 4)).sum()
+            if step >= 3:  # inside a light step, after its root call began
+                thread = threading.Thread(target=side_step)
+                thread.start()
+                thread.join()
+            loss.backward()
+            main_opt.step()
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    assert [record.step(s).described for s in range(6)] == [True, True, False, False, True, True]
+    assert [c["module"] for c in record.step(4).calls] == ["main", "side"]
+    assert [c["module"] for c in record.step(3).calls] == ["main"]  # the side thread's forward went unseen
+
+
+def test_steps_of_several_root_calls_do_not_walk_the_graph_for_light_steps_recording_one(tmp_path):
+    """A light step records its first root call only; a described step all of them (here the
+    model and its loss module). Their shapes are compared by the first root call, so moving
+    between light and described steps is no new graph to walk."""
+    torch.manual_seed(0)
+    model, loss_fn = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)), nn.MSELoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = _quiet_session(tmp_path / "r.sqlite", stats_every=3, graph_every=1000)
+    session.add_model(model)
+    session.add_model(loss_fn, "loss")
+    session.add_optimizer(opt)
+    with session:
+        for _ in range(12):
+            opt.zero_grad()
+            loss_fn(model(torch.randn(3, 4)), torch.zeros(3, 1)).backward()
+            opt.step()
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    steps = [record.step(s) for s in range(12)]
+    assert [s.described for s in steps] == [True, True, False, True, False, False, True, False, False, True, False, False]
+    assert [c["module"] for c in steps[4].calls] == [""] and {c["module"] for c in steps[3].calls} >= {"", "loss"}
+    assert [s.step for s in steps if s.graph is not None] == [0, 1]

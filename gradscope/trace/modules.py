@@ -13,10 +13,17 @@ open; unwatched modules stop there. Hooks do nothing while ``torch.jit.trace`` o
 become part of a compiled graph), nor inside a backward pass (activation checkpointing
 recomputing a forward: those calls were already seen).
 
-On a light step (no full statistics, no graph walk: most steps) only root calls are seen; every
-other module call leaves after one lookup, so gradscope's own hook work does not grow with the
-number of modules (torch's slower call path while a global hook exists remains). A root call without gradients (validation) turns the step heavy: that
-forward is described whole.
+On a light step (no full statistics, no graph walk: most steps) only the step's first root call
+is described. Once it began, the global hooks are taken out until the step ends (`resume`):
+while any global module hook exists, torch sends every module call in the process down its
+slower path (≈1.7 µs a call, 10 of the 43 ms of a forward of 5,000 modules), so the rest of
+the step's calls take torch's fast path. The root call gets its post-hook on itself for the
+length of its forward (nothing stays on the user's module between steps). What a light step
+no longer sees after its first root call: other root calls (micro-batches, a second model),
+a validation forward before the step ends (one after the optimizer's step is seen, and turns
+the next step heavy: that forward is described whole), and a new training thread until its
+optimizer steps (then the hooks stay in). Once torch.compile compiled anything in the process
+the hooks stay in (a compiled frame guards on the number of global hooks).
 
 For each watched call, up to `max_calls` calls per module per step, the hooks describe the call
 (shapes, dtypes, devices, training mode), mark its tensors in the autograd graph (when the step
@@ -31,6 +38,7 @@ hooks, not the user's code, so it is silenced while they are installed (and only
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import warnings
 
@@ -41,6 +49,11 @@ from .autograd import IN_MARK, OUT_MARK
 from .guard import guarded
 from .patches import in_backward
 from .structure import CallDescriber, describe, leaves
+
+
+def _register(pre, post, kwargs: bool) -> list:
+    return [nn_module.register_module_forward_pre_hook(pre),
+            nn_module.register_module_forward_hook(post, with_kwargs=kwargs, always_call=True)]
 
 
 def _mark(tensor: torch.Tensor, key: str, name) -> None:
@@ -63,6 +76,14 @@ _COMPILE_WARNING = r"Using `torch\.compile\(module\)` when there are global hook
 _compiling = torch.compiler.is_compiling
 
 
+def _compiled_anything() -> bool:
+    """Whether torch.compile has compiled any frame in this process. A compiled frame that
+    calls modules guards on the number of global module hooks: taking them out for light steps
+    would compile it once more, so once anything is compiled they stay."""
+    dynamo = sys.modules.get("torch._dynamo")
+    return dynamo is not None and dynamo.utils.counters["frames"]["total"] > 0
+
+
 class ModuleHooks:
     """Forward hooks of one session. `session` provides the registry, the open step
     (``session.open``), the step boundary (``session.boundary``), the recorder's alarm and
@@ -80,10 +101,12 @@ class ModuleHooks:
         #: register one per module output, and new ones every time were objects per call that
         #: outlived the step (thousands with thousands of modules)
         self._grad_hooks: dict[tuple, functools.partial] = {}
-        self._handles = [
-            nn_module.register_module_forward_pre_hook(self._pre_hook),
-            nn_module.register_module_forward_hook(self._post_hook, with_kwargs=True, always_call=True),
-        ]
+        #: the session's global module hooks: (pre-hook, post-hook, whether the post-hook takes
+        #: keyword arguments); this object's own, then `gradscope run`'s attaching (`add_global`)
+        self._globals: list[tuple] = [(self._pre_hook, self._post_hook, True)]
+        self._handles: list = []  # torch's handles of the global hooks, while they are installed
+        self._root_handle = None  # the post-hook on a quiet step's root call, during its forward
+        self._install()
         warnings.filterwarnings("ignore", message=_COMPILE_WARNING, category=UserWarning)
         self._filter = warnings.filters[0]
 
@@ -91,13 +114,57 @@ class ModuleHooks:
     def depth(self) -> int:
         return getattr(self._local, "depth", 0)
 
-    def remove(self) -> None:
+    def add_global(self, pre, post) -> None:
+        """Another pair of global module hooks (``pre(module, args)``, an always-called
+        ``post(module, args, output)``) installed and taken out with the session's own."""
+        self._globals.append((pre, post, False))
+        if self._handles:
+            self._handles += _register(pre, post, False)
+
+    def _install(self) -> None:
+        for pre, post, kwargs in self._globals:
+            self._handles += _register(pre, post, kwargs)
+
+    def _uninstall(self) -> None:
         for handle in self._handles:
             handle.remove()
             # torch's handle forgets this registry of a forward hook taking keyword arguments:
             # left there, every later call of a torch.compile'd module warns about global hooks
             getattr(nn_module, "_global_forward_hooks_with_kwargs", {}).pop(handle.id, None)
         self._handles.clear()
+
+    def _quiet(self, module) -> None:
+        """The rest of a light step runs without global module hooks: while any exists, every
+        module call in the process takes torch's slower call path (≈1.7 µs a call). The root
+        call that began gets its post-hook on itself, for the length of its forward."""
+        self._uninstall()
+        self._root_handle = module.register_forward_hook(self._root_post, with_kwargs=True, always_call=True)
+
+    def _root_post(self, module, args, *rest):
+        # (kwargs, output), or (output,) when torch runs always-called hooks after an error
+        self._drop_root_hook()
+        for _, post, kwargs in self._globals:
+            if kwargs:
+                post(module, args, *rest)
+            else:
+                post(module, args, rest[-1])
+
+    def _drop_root_hook(self) -> None:
+        handle, self._root_handle = self._root_handle, None
+        if handle is not None:
+            handle.remove()
+
+    def resume(self) -> None:
+        """At a step boundary: the global hooks are back (a root forward still running, the
+        step having ended inside it, gets its post-hooks from them)."""
+        self._drop_root_hook()
+        if not self._handles:
+            self._install()
+
+    def remove(self) -> None:
+        self._drop_root_hook()
+        self._uninstall()
+        self._globals.clear()
         self._grad_hooks.clear()  # they hold this object (a cycle otherwise)
         if self._filter in warnings.filters:
             warnings.filters.remove(self._filter)
@@ -119,17 +186,26 @@ class ModuleHooks:
     def _pre_hook(self, module, args):
         # Every module call in the process comes here and leaves after one lookup unless it is
         # watched (on a light step: unless it is a root call).
-        if (self._registry.is_root(module) if self._session.open.light else self._registry.may_watch(module)) \
-                and not _compiling():
+        # torch.compile traces global hooks into the compiled frame, with a guard on whatever
+        # they read: asked first, `_compiling()` leaves nothing else read there (a guard on the
+        # step being light recompiled the frame at the first light step).
+        if not _compiling() and (
+                self._registry.is_root(module) if self._session.open.light else self._registry.may_watch(module)):
             self._on_pre(module, args)
 
     @guarded
     def _on_pre(self, module, args):
         if torch._C._get_tracing_state() is not None:  # torch.jit.trace
             return
+        called = module
         name, module = self.resolve(module)
         if name is not None and not in_backward():  # not a recomputation by checkpointing
             self.enter(name, module, args)
+            session = self._session
+            # A light step's first root call: nothing else of the step is described.
+            if (session.open.light and self.depth == 1 and len(session.threads) <= 1 and self._handles
+                    and not _compiled_anything()):
+                self._quiet(called)
 
     def enter(self, name: str, module, args) -> None:
         """A watched call begins (also used for a root attached while its forward began)."""
@@ -161,8 +237,8 @@ class ModuleHooks:
                 step.staging.add(step.batch, "input", (name, call, path), leaf)
 
     def _post_hook(self, module, args, *rest):
-        if (self._registry.is_root(module) if self._session.open.light else self._registry.may_watch(module)) \
-                and not _compiling():
+        if not _compiling() and (
+                self._registry.is_root(module) if self._session.open.light else self._registry.may_watch(module)):
             self._on_post(module, args, *rest)
 
     @guarded

@@ -5,8 +5,8 @@ own. Full statistics (module inputs, activations, output gradients, tails, weigh
 histograms) cost several times a bare step, so they run on the first `dense_steps` steps, then
 every `stats_every` steps, and on every step once an alarm was raised (a non-finite value was
 seen). The graph walk runs when the shape of the step's module calls changes (a new graph) and
-every `graph_every` steps; 0 turns it off. Steps that record only their root calls (`light`)
-are compared by their root calls; steps that record every call, by all of them too.
+every `graph_every` steps; 0 turns it off. Steps are compared by their first root call (all a
+light step records), and steps that record every call by all of them too.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def ends_step(event: str, step: "OpenStep", *, optimizers: bool, primary: bool =
 class OpenStep:
     """Everything recorded so far in step `number`. `full`: this step takes full statistics;
     `want_graph`: this step walks the autograd graph at its first backward; `light`: module
-    hooks record root calls only, for now (a forward without gradients, validation, is described
+    hooks record the first root call only, for now (a forward without gradients, validation, is described
     whole: the step turns heavy then); `described`: every module call of the step is recorded
     (the step never was light)."""
 
@@ -78,10 +78,13 @@ class OpenStep:
         return bool(self.calls or self.backwards or self.optimizer_steps or self.skipped)
 
     def signature(self) -> tuple[tuple, tuple | None]:
-        """The shape of the step's root calls, and of all its module calls (None when the step
-        was not described): a new signature means a new graph to walk."""
+        """The shape of the step's first root call, and of all its module calls (None when the
+        step was not described): a new signature means a new graph to walk. Only the first root
+        call, because a light step records no other: steps of several root calls (a model and
+        its loss module, micro-batches) would otherwise differ between light and described
+        steps, and walk the graph every other step."""
         shapes = lambda c: (c["module"], c["call"], tuple(tuple(i.get("shape", ())) for i in c["inputs"]))  # noqa: E731
-        roots = tuple(shapes(c) for c in self.calls if c.get("root"))
+        roots = tuple(shapes(c) for c in self.calls if c.get("root"))[:1]
         return roots, tuple(shapes(c) for c in self.calls) if self.described else None
 
     def book_zero_grads(self, name_of) -> None:
