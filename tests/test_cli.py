@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import gradscope
 from gradscope.record import schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,3 +266,32 @@ def test_runs_lists_an_unreadable_record_and_goes_on(run_cli, tmp_path):
     (runs / "broken.sqlite").write_text("not a record")
     proc = run_cli("runs", check=0)
     assert "broken.sqlite  unreadable:" in proc.stdout and "not an SQLite file" in proc.stdout
+
+
+def test_run_takes_every_global_module_hook_out_on_light_steps(run_cli, script, tmp_path):
+    """Under ``gradscope run`` the attaching hooks go out with the session's on light steps: the
+    model's inner calls take torch's fast path there, and the loss module the script calls
+    after the model is still attached, from the steps that see every call."""
+    path = script(
+        "import torch\nfrom torch import nn\nfrom torch.nn.modules import module as m\n"
+        "class Probe(nn.Module):\n"
+        "    seen = []\n"
+        "    def forward(self, x):\n"
+        "        Probe.seen.append(bool(m._global_forward_pre_hooks or m._global_forward_hooks))\n"
+        "        return x\n"
+        "torch.manual_seed(0)\n"
+        "model = nn.Sequential(nn.Linear(4, 4), Probe(), nn.Linear(4, 1))\n"
+        "loss_fn = nn.MSELoss()\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(24):\n"
+        "    opt.zero_grad()\n"
+        "    loss_fn(model(torch.randn(3, 4)), torch.zeros(3, 1)).backward()\n"
+        "    opt.step()\n"
+        "print('seen', ''.join('1' if s else '0' for s in Probe.seen))\n"
+    )
+    proc = run_cli("run", "--headless", "--no-checks", "--stats-every", "1000", "--graph-every", "0",
+                   "--record", tmp_path / "r.sqlite", path, check=0)
+    assert "seen " + "1" * 20 + "0" * 4 in proc.stdout
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    assert {c["module"] for c in record.step(19).calls} >= {"", "0", "1", "2", "MSELoss"}
+    assert [c["module"] for c in record.step(22).calls] == [""] and not record.step(22).described
