@@ -181,7 +181,8 @@ class _AutoAttach:
                 if known is not None and known[1]() is unwrap(module):
                     name = self.session.free_prefix(known[0])
                 self.session.attach_running(module, args, name=name)
-        self.local.depth = depth + 1
+        if not self.session.module_hooks_out:  # else no post-hook comes for this call
+            self.local.depth = depth + 1
 
     def _post(self, module, args, output):
         self.local.depth = max(0, getattr(self.local, "depth", 0) - 1)

@@ -31,6 +31,7 @@ from .trace.capture import gradient_rows, named_values
 from .trace.guard import guarded
 from .trace.modules import ModuleHooks
 from .trace.optimizers import Optimizers, describe_groups
+from .trace.patches import in_backward
 from .trace.params import ParamTracker
 from .trace.registry import Registry
 from .trace.schedule import Schedule
@@ -119,6 +120,11 @@ class Session:
         name, target = self._modules.resolve(module)  # a wrapper's inner module gets its own call
         if name is not None:
             self._modules.enter(name, target, args)
+
+    @property
+    def module_hooks_out(self) -> bool:
+        """Whether the global module hooks are out for the rest of a light step."""
+        return self._modules.quiet
 
     def module_hooks(self, pre, post) -> None:
         """Add global module hooks that go with the session's own: installed while it watches,
@@ -291,9 +297,10 @@ class Session:
         entry = self._optimizers.get(optimizer)
         if entry is None:
             return
-        if (ident := threading.get_ident()) not in self._threads:
-            # a thread whose forward went unseen (a light step's module hooks were out): the
-            # next steps are described again, so its root calls are seen
+        if self._modules.quiet and (ident := threading.get_ident()) not in self._threads and not in_backward():
+            # a thread whose forward may have gone unseen (this light step's module hooks are
+            # out): the next steps keep them in, so its root calls are seen (not autograd's own
+            # threads, where an optimizer may step inside a backward pass)
             self._threads = {*self._threads, ident}
         self._sync_optimizer(optimizer, entry)
         self._optimizers.note_step(entry)

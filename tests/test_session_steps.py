@@ -1,8 +1,11 @@
 """Step boundaries: each event belongs to the step in which it happened, with or without an
 optimizer; compiled models step quietly."""
 
+import copy
+import pickle
 import warnings
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -159,6 +162,8 @@ class _Scaled(nn.Module):
         self.fc, self.probe = nn.Linear(4, 2), _Probe()
 
     def forward(self, x, *, scale):
+        if x.shape[1] != 4:
+            raise ValueError(f"bad width {x.shape[1]}")
         return self.probe(self.fc(x)) * scale
 
 
@@ -178,9 +183,9 @@ def _quiet_session(path, **settings):
 def test_light_steps_take_the_global_module_hooks_out_once_their_root_call_began(tmp_path):
     """After a light step's root call began, nothing else of the step is described, so torch's
     global module hooks are taken out until the step ends: the model's inner calls take torch's
-    fast path. The root call is still recorded whole (keyword arguments, outputs), nothing is
-    left on the user's module between steps, and after the step the hooks are back (a
-    validation forward there is seen)."""
+    fast path. The root call is recorded as it began (its positional inputs), nothing is put on
+    the user's module, and after the step the hooks are back (a validation forward there is
+    seen)."""
     torch.manual_seed(0)
     model = _Scaled()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -204,14 +209,14 @@ def test_light_steps_take_the_global_module_hooks_out_once_their_root_call_began
         data = record.step(step)
         assert not data.described and [c["module"] for c in data.calls] == [""]
         root = data.calls[0]
-        assert [i.get("shape") for i in root["inputs"]] == [[3 + step, 4], [1]]  # x, then scale by keyword
-        assert root["outputs"][0]["shape"] == [3 + step, 2] and root["training"]
+        assert [i.get("shape") for i in root["inputs"]] == [[3 + step, 4]] and root["outputs"] == []
+        assert root["training"]
     assert [c["module"] for c in record.step(6).calls] == ["fc", "probe", ""]  # described whole
 
 
 def test_a_light_steps_root_forward_that_raises_leaves_nothing_behind(tmp_path):
-    """The root call's post-hook sits on the module only during its forward: a forward that
-    raises takes it away too, and the following steps are light again."""
+    """A forward that raises on a light step raises the user's error, leaves nothing on the
+    module, and the following steps are light again."""
     torch.manual_seed(0)
     model = _Scaled()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -222,10 +227,8 @@ def test_a_light_steps_root_forward_that_raises_leaves_nothing_behind(tmp_path):
         for step in range(6):
             opt.zero_grad()
             if step == 3:
-                try:
-                    model(torch.randn(3, 5), scale=torch.ones(1))  # wrong width: the forward raises
-                except RuntimeError:
-                    assert not model._forward_hooks
+                with pytest.raises(ValueError, match="bad width 5"):
+                    model(torch.randn(3, 5), scale=torch.ones(1))
             model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
             opt.step()
     assert not model._forward_hooks and session._modules.depth == 0
@@ -319,3 +322,122 @@ def test_steps_of_several_root_calls_do_not_walk_the_graph_for_light_steps_recor
     assert [s.described for s in steps] == [True, True, False, True, False, False, True, False, False, True, False, False]
     assert [c["module"] for c in steps[4].calls] == [""] and {c["module"] for c in steps[3].calls} >= {"", "loss"}
     assert [s.step for s in steps if s.graph is not None] == [0, 1]
+
+
+def _light_loop(session, model, opt, steps, forward):
+    session.add_model(model)
+    session.add_optimizer(opt)
+    with session:
+        for step in range(steps):
+            opt.zero_grad()
+            forward(step).sum().backward()
+            opt.step()
+
+
+def test_ctrl_c_in_a_light_steps_forward_leaves_the_model_copyable(tmp_path):
+    """torch runs no hook after a KeyboardInterrupt: whatever a light step changed must not be
+    on the user's module, whose script saves it on Ctrl-C."""
+    torch.manual_seed(0)
+    model = _Scaled()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def interrupted(module, args):
+        raise KeyboardInterrupt
+
+    session = _quiet_session(tmp_path / "r.sqlite")
+    session.add_model(model)
+    session.add_optimizer(opt)
+    with session:
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
+            opt.step()
+        handle = model.fc.register_forward_pre_hook(interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            model(torch.randn(3, 4), scale=torch.ones(1))
+        handle.remove()
+        assert not model._forward_hooks and not model._forward_pre_hooks
+        copy.deepcopy(model)
+        pickle.loads(pickle.dumps(model))
+        opt.zero_grad()  # the interrupted step goes on
+        model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
+        opt.step()
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    assert len(record.steps()) == 4 and record.step(3).backwards == 1
+
+
+class _Recursive(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, depth=1):
+        return self.fc(x) if depth == 0 else self(x[: len(x) // 2], depth - 1).repeat(2, 1)
+
+
+def test_a_root_calling_itself_is_recorded_as_the_outer_call(tmp_path):
+    torch.manual_seed(0)
+    model = _Recursive()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _light_loop(_quiet_session(tmp_path / "r.sqlite"), model, opt, 5, lambda step: model(torch.randn(8, 4)))
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    light = record.step(4)
+    assert not light.described and [c["inputs"][0]["shape"] for c in light.calls] == [[8, 4]]
+
+
+def test_a_scripted_root_has_light_steps_like_any_other(tmp_path):
+    torch.manual_seed(0)
+    model = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = _quiet_session(tmp_path / "r.sqlite")
+    _light_loop(session, model, opt, 5, lambda step: model(torch.randn(3, 4)))
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    assert [record.step(s).described for s in range(5)] == [True, True, False, False, False]
+    assert [c["module"] for c in record.step(4).calls] == [""] and not record.findings()
+
+
+def test_two_sessions_on_one_model_keep_the_users_error(tmp_path):
+    torch.manual_seed(0)
+    model = _Scaled()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first, second = _quiet_session(tmp_path / "a.sqlite"), _quiet_session(tmp_path / "b.sqlite")
+    for session in (first, second):
+        session.add_model(model)
+        session.add_optimizer(opt)
+    with first, second:
+        for step in range(5):
+            opt.zero_grad()
+            if step == 3:
+                with pytest.raises(ValueError, match="bad width 5"):
+                    model(torch.randn(3, 5), scale=torch.ones(1))
+            model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
+            opt.step()
+    assert first._modules.depth == second._modules.depth == 0 and not model._forward_hooks
+    for name in ("a", "b"):
+        record = gradscope.open_record(tmp_path / f"{name}.sqlite")
+        assert len(record.steps()) == 5 and not record.step(4).described
+
+
+def test_modules_called_from_another_thread_keep_the_hooks_in(tmp_path):
+    """Hooks going out and back in for the whole process would cut another thread's module
+    calls in two (its submodules seen without their parent): once modules are called from a
+    second thread, light steps keep the hooks in."""
+    import threading
+
+    torch.manual_seed(0)
+    model = _Scaled()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = _quiet_session(tmp_path / "r.sqlite")
+    session.add_model(model)
+    session.add_optimizer(opt)
+    with session:
+        helper = threading.Thread(target=lambda: nn.Tanh()(torch.randn(2)))  # unwatched, elsewhere
+        helper.start()
+        helper.join()
+        for _ in range(5):
+            opt.zero_grad()
+            model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
+            opt.step()
+    assert model.probe.seen == [True] * 5
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    assert not record.step(4).described and [c["module"] for c in record.step(4).calls] == [""]

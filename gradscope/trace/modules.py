@@ -14,16 +14,16 @@ become part of a compiled graph), nor inside a backward pass (activation checkpo
 recomputing a forward: those calls were already seen).
 
 On a light step (no full statistics, no graph walk: most steps) only the step's first root call
-is described. Once it began, the global hooks are taken out until the step ends (`resume`):
-while any global module hook exists, torch sends every module call in the process down its
-slower path (≈1.7 µs a call, 10 of the 43 ms of a forward of 5,000 modules), so the rest of
-the step's calls take torch's fast path. The root call gets its post-hook on itself for the
-length of its forward (nothing stays on the user's module between steps). What a light step
-no longer sees after its first root call: other root calls (micro-batches, a second model),
-a validation forward before the step ends (one after the optimizer's step is seen, and turns
-the next step heavy: that forward is described whole), and a new training thread until its
-optimizer steps (then the hooks stay in). Once torch.compile compiled anything in the process
-the hooks stay in (a compiled frame guards on the number of global hooks).
+is described, as it begins (its positional inputs; not its outputs), and the global hooks are
+then taken out until the step ends (`resume`): while any global module hook exists, torch sends
+every module call in the process down its slower path (≈1.7 µs a call, 10 of the 43 ms of a
+forward of 5,000 modules), so the rest of the step's calls take torch's fast path. Nothing is
+put on the user's modules instead. What a light step no longer sees: other root calls
+(micro-batches, a second model, a loss module), a validation forward before the step ends (one
+after the optimizer's step is seen, and turns the next step heavy: that forward is described
+whole), and, until its optimizer steps, a new training thread. The hooks stay in while modules
+are called from several threads and once torch.compile compiled anything in the process (a
+compiled frame guards on the number of global hooks).
 
 For each watched call, up to `max_calls` calls per module per step, the hooks describe the call
 (shapes, dtypes, devices, training mode), mark its tensors in the autograd graph (when the step
@@ -105,7 +105,10 @@ class ModuleHooks:
         #: keyword arguments); this object's own, then `gradscope run`'s attaching (`add_global`)
         self._globals: list[tuple] = [(self._pre_hook, self._post_hook, True)]
         self._handles: list = []  # torch's handles of the global hooks, while they are installed
-        self._root_handle = None  # the post-hook on a quiet step's root call, during its forward
+        #: the global hooks are out for the rest of a light step (`_quiet_call`)
+        self.quiet = False
+        #: the thread that called modules so far, or None once several did (hooks then stay in)
+        self._caller: int | None = threading.get_ident()
         self._install()
         warnings.filterwarnings("ignore", message=_COMPILE_WARNING, category=UserWarning)
         self._filter = warnings.filters[0]
@@ -133,36 +136,30 @@ class ModuleHooks:
             getattr(nn_module, "_global_forward_hooks_with_kwargs", {}).pop(handle.id, None)
         self._handles.clear()
 
-    def _quiet(self, module) -> None:
-        """The rest of a light step runs without global module hooks: while any exists, every
-        module call in the process takes torch's slower call path (≈1.7 µs a call). The root
-        call that began gets its post-hook on itself, for the length of its forward."""
+    def _quiet_call(self, name: str, module, args) -> None:
+        """A light step's first root call began: it is recorded as it begins (its positional
+        inputs: torch's global pre-hook gets no keyword arguments; no outputs), and the rest of
+        the step runs without global module hooks. While any exists, every module call in the
+        process takes torch's slower call path (≈1.7 µs a call); nothing of gradscope's is put on
+        the user's modules instead, so an error, Ctrl-C or a copy in mid-forward finds nothing."""
+        step = self._session.open
+        call = step.call_counts.get(name, 0)
+        step.call_counts[name] = call + 1
+        step.calls.append({
+            "module": name, "call": call, "training": module.training, "grad": torch.is_grad_enabled(),
+            "inputs": describe(args)[0], "outputs": [], "root": True,
+        })
+        self._local.depth = 0  # no post-hook comes for this call
         self._uninstall()
-        self._root_handle = module.register_forward_hook(self._root_post, with_kwargs=True, always_call=True)
-
-    def _root_post(self, module, args, *rest):
-        # (kwargs, output), or (output,) when torch runs always-called hooks after an error
-        self._drop_root_hook()
-        for _, post, kwargs in self._globals:
-            if kwargs:
-                post(module, args, *rest)
-            else:
-                post(module, args, rest[-1])
-
-    def _drop_root_hook(self) -> None:
-        handle, self._root_handle = self._root_handle, None
-        if handle is not None:
-            handle.remove()
+        self.quiet = True
 
     def resume(self) -> None:
-        """At a step boundary: the global hooks are back (a root forward still running, the
-        step having ended inside it, gets its post-hooks from them)."""
-        self._drop_root_hook()
+        """At a step boundary: the global hooks are back."""
+        self.quiet = False
         if not self._handles:
             self._install()
 
     def remove(self) -> None:
-        self._drop_root_hook()
         self._uninstall()
         self._globals.clear()
         self._grad_hooks.clear()  # they hold this object (a cycle otherwise)
@@ -189,23 +186,25 @@ class ModuleHooks:
         # torch.compile traces global hooks into the compiled frame, with a guard on whatever
         # they read: asked first, `_compiling()` leaves nothing else read there (a guard on the
         # step being light recompiled the frame at the first light step).
-        if not _compiling() and (
-                self._registry.is_root(module) if self._session.open.light else self._registry.may_watch(module)):
+        if _compiling():
+            return
+        if self._caller is not None and threading.get_ident() != self._caller:
+            self._caller = None  # modules called from several threads: the hooks stay in
+        if self._registry.is_root(module) if self._session.open.light else self._registry.may_watch(module):
             self._on_pre(module, args)
 
     @guarded
     def _on_pre(self, module, args):
         if torch._C._get_tracing_state() is not None:  # torch.jit.trace
             return
-        called = module
         name, module = self.resolve(module)
         if name is not None and not in_backward():  # not a recomputation by checkpointing
             self.enter(name, module, args)
             session = self._session
             # A light step's first root call: nothing else of the step is described.
-            if (session.open.light and self.depth == 1 and len(session.threads) <= 1 and self._handles
-                    and not _compiled_anything()):
-                self._quiet(called)
+            if (session.open.light and self.depth == 1 and self._caller is not None and len(session.threads) <= 1
+                    and self._handles and not _compiled_anything()):
+                self._quiet_call(name, module, args)
 
     def enter(self, name: str, module, args) -> None:
         """A watched call begins (also used for a root attached while its forward began)."""
@@ -215,6 +214,8 @@ class ModuleHooks:
             session.entered_root(module)
             session.boundary("forward")
             step = session.open
+            if step.first_root is None:
+                step.first_root = (name, tuple(tuple(i.get("shape", ())) for i in describe(args)[0]))
             step.full = step.full or session.alarm
             if step.light and (step.full or not torch.is_grad_enabled()):
                 step.light = False  # describe this forward whole (statistics, validation)

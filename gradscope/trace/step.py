@@ -70,6 +70,8 @@ class OpenStep:
     skipped: list[int] = field(default_factory=list)  # optimizers whose step a GradScaler skipped
     backwards: int = 0
     graph: object = None
+    #: (name, shapes of its positional inputs) of the step's first root call, as it began
+    first_root: tuple | None = None
 
     def __post_init__(self):
         self.described = not self.light
@@ -77,15 +79,15 @@ class OpenStep:
     def active(self) -> bool:
         return bool(self.calls or self.backwards or self.optimizer_steps or self.skipped)
 
-    def signature(self) -> tuple[tuple, tuple | None]:
-        """The shape of the step's first root call, and of all its module calls (None when the
-        step was not described): a new signature means a new graph to walk. Only the first root
-        call, because a light step records no other: steps of several root calls (a model and
-        its loss module, micro-batches) would otherwise differ between light and described
-        steps, and walk the graph every other step."""
+    def signature(self) -> tuple[tuple | None, tuple | None]:
+        """The shapes of the step's first root call as it began (its positional inputs), and of
+        all its module calls (None when the step was not described): a new signature means a
+        new graph to walk. The first root call's, as it began, because that is all a light step
+        records: steps of several root calls (a model and its loss module, micro-batches) would
+        otherwise differ between light and described steps, and walk the graph every other
+        step."""
         shapes = lambda c: (c["module"], c["call"], tuple(tuple(i.get("shape", ())) for i in c["inputs"]))  # noqa: E731
-        roots = tuple(shapes(c) for c in self.calls if c.get("root"))[:1]
-        return roots, tuple(shapes(c) for c in self.calls) if self.described else None
+        return self.first_root, tuple(shapes(c) for c in self.calls) if self.described else None
 
     def book_zero_grads(self, name_of) -> None:
         """Book the pending zero_grad calls whose owner `name_of(owner)` now names."""
