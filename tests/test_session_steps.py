@@ -68,6 +68,8 @@ def test_first_zero_grad_before_the_model_is_known_is_booked(tmp_path, run_cli, 
 
 
 def test_compiled_model_under_watch_emits_no_warning_and_compiles_once(tmp_path):
+    """Past the dense start too: gradscope's global hooks are traced into the compiled frame,
+    and a guard on anything they read (whether the step is light) would compile it again."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -78,8 +80,8 @@ def test_compiled_model_under_watch_emits_no_warning_and_compiles_once(tmp_path)
     compiled = torch.compile(model, backend="eager")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with gradscope.watch(compiled, opt, record=tmp_path / "r.sqlite", checks=False):
-            for _ in range(6):
+        with gradscope.watch(compiled, opt, record=tmp_path / "r.sqlite", checks=False, stats_every=1000, graph_every=0):
+            for _ in range(DEFAULTS.dense_steps + 4):
                 opt.zero_grad()
                 compiled(torch.randn(4, 8)).sum().backward()
                 opt.step()
@@ -87,9 +89,12 @@ def test_compiled_model_under_watch_emits_no_warning_and_compiles_once(tmp_path)
     assert not counters["graph_break"] and not counters["recompiles"]
     assert counters["stats"]["unique_graphs"] == 1
     record = gradscope.open_record(tmp_path / "r.sqlite")
-    assert len(record.steps()) == 6
+    assert len(record.steps()) == DEFAULTS.dense_steps + 4
     assert [c["module"] for c in record.calls(step=3)] == [""]  # the compiled model's call
     assert record.stats(step=3, kind="grad")
+    light = record.step(DEFAULTS.dense_steps + 2)
+    assert not light.described and [c["module"] for c in light.calls] == [""]
+    assert not compiled._forward_hooks and not model._forward_hooks
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compiled(torch.randn(4, 8))  # after the session: no global hook of gradscope's is left
@@ -180,19 +185,25 @@ def _quiet_session(path, **settings):
     return Session(path, settings=Settings(**{"stats_every": 1000, "graph_every": 0, "dense_steps": 2, **settings}))
 
 
+def _watched_scaled(path):
+    """A `_Scaled` model and its optimizer, watched by a `_quiet_session`."""
+    torch.manual_seed(0)
+    model = _Scaled()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = _quiet_session(path)
+    session.add_model(model)
+    session.add_optimizer(opt)
+    return model, opt, session
+
+
 def test_light_steps_take_the_global_module_hooks_out_once_their_root_call_began(tmp_path):
     """After a light step's root call began, nothing else of the step is described, so torch's
     global module hooks are taken out until the step ends: the model's inner calls take torch's
     fast path. The root call is recorded as it began (its positional inputs), nothing is put on
     the user's module, and after the step the hooks are back (a validation forward there is
     seen)."""
-    torch.manual_seed(0)
-    model = _Scaled()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt, session = _watched_scaled(tmp_path / "r.sqlite")
     between = []
-    session = _quiet_session(tmp_path / "r.sqlite")
-    session.add_model(model)
-    session.add_optimizer(opt)
     with session:
         for step in range(6):
             opt.zero_grad()
@@ -214,55 +225,29 @@ def test_light_steps_take_the_global_module_hooks_out_once_their_root_call_began
     assert [c["module"] for c in record.step(6).calls] == ["fc", "probe", ""]  # described whole
 
 
+def _train_with_a_failing_forward(model, opt, steps):
+    """`steps` training steps of a `_Scaled` model; in step 3 a forward first raises the
+    user's error, which must reach the user as it is."""
+    for step in range(steps):
+        opt.zero_grad()
+        if step == 3:
+            with pytest.raises(ValueError, match="bad width 5"):
+                model(torch.randn(3, 5), scale=torch.ones(1))
+        model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
+        opt.step()
+
+
 def test_a_light_steps_root_forward_that_raises_leaves_nothing_behind(tmp_path):
     """A forward that raises on a light step raises the user's error, leaves nothing on the
     module, and the following steps are light again."""
-    torch.manual_seed(0)
-    model = _Scaled()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    session = _quiet_session(tmp_path / "r.sqlite")
-    session.add_model(model)
-    session.add_optimizer(opt)
+    model, opt, session = _watched_scaled(tmp_path / "r.sqlite")
     with session:
-        for step in range(6):
-            opt.zero_grad()
-            if step == 3:
-                with pytest.raises(ValueError, match="bad width 5"):
-                    model(torch.randn(3, 5), scale=torch.ones(1))
-            model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
-            opt.step()
+        _train_with_a_failing_forward(model, opt, 6)
     assert not model._forward_hooks and session._modules.depth == 0
     assert model.probe.seen == [True, True, False, False, False, False]
     record = gradscope.open_record(tmp_path / "r.sqlite")
     assert len(record.steps()) == 6 and not record.step(5).described
     assert [c["module"] for c in record.step(3).calls] == [""]  # the failed call (the step's first)
-
-
-def test_a_compiled_model_compiles_once_across_light_steps(tmp_path):
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    compiled = torch.compile(model, backend="eager")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        session = _quiet_session(tmp_path / "r.sqlite")
-        session.add_model(compiled)
-        session.add_optimizer(opt)
-        with session:
-            for _ in range(8):
-                opt.zero_grad()
-                compiled(torch.randn(4, 8)).sum().backward()
-                opt.step()
-    assert [str(w.message) for w in caught] == []
-    assert not counters["graph_break"] and not counters["recompiles"]
-    assert counters["stats"]["unique_graphs"] == 1
-    record = gradscope.open_record(tmp_path / "r.sqlite")
-    assert not record.step(5).described and [c["module"] for c in record.step(5).calls] == [""]
-    assert not compiled._forward_hooks and not model._forward_hooks
 
 
 def test_a_thread_first_seen_stepping_its_optimizer_turns_the_next_steps_described(tmp_path):
@@ -337,16 +322,10 @@ def _light_loop(session, model, opt, steps, forward):
 def test_ctrl_c_in_a_light_steps_forward_leaves_the_model_copyable(tmp_path):
     """torch runs no hook after a KeyboardInterrupt: whatever a light step changed must not be
     on the user's module, whose script saves it on Ctrl-C."""
-    torch.manual_seed(0)
-    model = _Scaled()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
     def interrupted(module, args):
         raise KeyboardInterrupt
 
-    session = _quiet_session(tmp_path / "r.sqlite")
-    session.add_model(model)
-    session.add_optimizer(opt)
+    model, opt, session = _watched_scaled(tmp_path / "r.sqlite")
     with session:
         for _ in range(3):
             opt.zero_grad()
@@ -405,13 +384,7 @@ def test_two_sessions_on_one_model_keep_the_users_error(tmp_path):
         session.add_model(model)
         session.add_optimizer(opt)
     with first, second:
-        for step in range(5):
-            opt.zero_grad()
-            if step == 3:
-                with pytest.raises(ValueError, match="bad width 5"):
-                    model(torch.randn(3, 5), scale=torch.ones(1))
-            model(torch.randn(3, 4), scale=torch.ones(1)).sum().backward()
-            opt.step()
+        _train_with_a_failing_forward(model, opt, 5)
     assert first._modules.depth == second._modules.depth == 0 and not model._forward_hooks
     for name in ("a", "b"):
         record = gradscope.open_record(tmp_path / f"{name}.sqlite")
@@ -424,12 +397,7 @@ def test_modules_called_from_another_thread_keep_the_hooks_in(tmp_path):
     second thread, light steps keep the hooks in."""
     import threading
 
-    torch.manual_seed(0)
-    model = _Scaled()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    session = _quiet_session(tmp_path / "r.sqlite")
-    session.add_model(model)
-    session.add_optimizer(opt)
+    model, opt, session = _watched_scaled(tmp_path / "r.sqlite")
     with session:
         helper = threading.Thread(target=lambda: nn.Tanh()(torch.randn(2)))  # unwatched, elsewhere
         helper.start()
