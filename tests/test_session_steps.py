@@ -223,6 +223,9 @@ def test_light_steps_take_the_global_module_hooks_out_once_their_root_call_began
         assert [i.get("shape") for i in root["inputs"]] == [[3 + step, 4]] and root["outputs"] == []
         assert root["training"]
     assert [c["module"] for c in record.step(6).calls] == ["fc", "probe", ""]  # described whole
+    # the report's latest calls of the model: those of the last step that described every call
+    (latest,) = record.latest_calls()[""]
+    assert latest.step == 1 and latest.outputs[0]["shape"] == [4, 2] and len(latest.inputs) == 2
 
 
 def _train_with_a_failing_forward(model, opt, steps):

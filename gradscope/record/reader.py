@@ -398,10 +398,16 @@ class Record:
         return self._stepped(schema.UPDATES, "SELECT * FROM updates WHERE param = ? ORDER BY step", (param,))
 
     def latest_calls(self) -> dict[str, list[schema.CallRow]]:
-        """module -> its calls in the most recent step that called it."""
+        """module -> its calls in the most recent step that described every call and called
+        it (`StepData.described`: a light step records its first root call only, as it began),
+        else in the most recent step that called it."""
+        latest = "max(step)"
+        if "described" in self._columns["steps"]:
+            latest = ("coalesce(max(CASE WHEN step IN (SELECT step FROM steps WHERE described)"
+                      " THEN step END), max(step))")
         rows = self._select(
             schema.CALLS,
-            "c JOIN (SELECT module, max(step) AS step FROM calls GROUP BY module) m"
+            f"c JOIN (SELECT module, {latest} AS step FROM calls GROUP BY module) m"
             " ON c.module = m.module AND c.step = m.step ORDER BY c.rowid",
         )
         out: dict[str, list[schema.CallRow]] = {}
