@@ -94,3 +94,37 @@ def test_charts_as_png_and_pdf_and_bad_ranges(run_cli, record, tmp_path):
     proc = run_cli("export", record, "--chart", "loss", "--steps", "5-2", "-o", "x.svg")
     assert proc.returncode == 2 and "A:B" in proc.stderr
     assert not (tmp_path / "x.svg").exists()
+
+
+def test_grad_flow_of_a_light_step_follows_the_last_described_forward(run_cli, tmp_path):
+    """A light step records its root call only: the chart orders its layers by the module calls
+    of the last step that described them all, not by the order the layers were registered."""
+    import torch
+    from torch import nn
+
+    import gradscope
+    from gradscope.settings import DEFAULTS
+
+    class Reversed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.late = nn.Linear(8, 1)  # registered first, runs last
+            self.early = nn.Linear(4, 8)
+
+        def forward(self, x):
+            return self.late(self.early(x).relu())
+
+    torch.manual_seed(0)
+    model = Reversed()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", checks=False):
+        for _ in range(DEFAULTS.dense_steps + 3):
+            opt.zero_grad()
+            model(torch.randn(16, 4)).pow(2).mean().backward()
+            opt.step()
+    light = DEFAULTS.dense_steps + 2
+    assert not gradscope.open_record(tmp_path / "r.sqlite").step(light).described
+    run_cli("export", "r.sqlite", "--chart", "grad-flow", "--step", str(light), "-o", "flow.svg", check=0)
+    _, texts, _ = _svg(tmp_path / "flow.svg")
+    assert [t for t in texts if t and t.endswith((".weight", ".bias"))] == [
+        "early.weight", "early.bias", "late.weight", "late.bias"]

@@ -214,9 +214,11 @@ def _legend(scene: Scene, x: float, y: float, entries: list[tuple[str, str]]):
 
 # -- grad-flow -------------------------------------------------------------------------------
 def _forward_order(record: Record, step: int) -> list[str]:
+    """Parameters in the order their modules' calls finished in `step` (for a light step, which
+    records its root call only, in the last step that described every call)."""
     params = record.parameters()
     finished = {}
-    for i, c in enumerate(record.calls(step=step)):
+    for i, c in enumerate(record.calls_as_of(step)):
         finished.setdefault(c["module"], i)
     registered = {p["name"]: i for i, p in enumerate(params)}
     module = {p["name"]: p.get("module") for p in params}
