@@ -111,11 +111,6 @@ def decode(snapshot: StepSnapshot) -> StepData:
     return data
 
 
-def _nonfinite(data: StepData) -> bool:
-    """Whether any of the step's statistics holds a NaN or an infinity."""
-    return bool(data.stats.nonfinite())
-
-
 def _storable(value):
     """`value` with every string SQLite cannot encode (lone surrogates) escaped."""
     if isinstance(value, str):
@@ -508,7 +503,7 @@ class RecordWriter:
             if kind == "step":
                 self._unrecorded += 1
                 data = decode(payload)
-                if not self.alarm and _nonfinite(data):
+                if not self.alarm and data.stats.nonfinite():
                     self.alarm = True
                 self._run["steps"] = data.step + 1
                 for finding in self._analyzer.step(data) if self._analyzer is not None else ():
@@ -623,7 +618,7 @@ class RecordWriter:
 
     def _on_step(self, conn, snapshot: StepSnapshot) -> None:
         data = decode(snapshot)
-        if not self.alarm and _nonfinite(data):
+        if not self.alarm and data.stats.nonfinite():
             self.alarm = True
         step = data.step
         schema.STEPS.insert(conn, [schema.StepRow.of(data)], replace=True)

@@ -105,8 +105,6 @@ class ModuleHooks:
         #: keyword arguments); this object's own, then `gradscope run`'s attaching (`add_global`)
         self._globals: list[tuple] = [(self._pre_hook, self._post_hook, True)]
         self._handles: list = []  # torch's handles of the global hooks, while they are installed
-        #: the global hooks are out for the rest of a light step (`_quiet_call`)
-        self.quiet = False
         #: the thread that called modules so far, or None once several did (hooks then stay in)
         self._caller: int | None = threading.get_ident()
         self._install()
@@ -116,6 +114,11 @@ class ModuleHooks:
     @property
     def depth(self) -> int:
         return getattr(self._local, "depth", 0)
+
+    @property
+    def quiet(self) -> bool:
+        """Whether the global hooks are out for the rest of a light step (`_quiet_call`)."""
+        return not self._handles and bool(self._globals)
 
     def add_global(self, pre, post) -> None:
         """Another pair of global module hooks (``pre(module, args)``, an always-called
@@ -136,7 +139,7 @@ class ModuleHooks:
             getattr(nn_module, "_global_forward_hooks_with_kwargs", {}).pop(handle.id, None)
         self._handles.clear()
 
-    def _quiet_call(self, name: str, module, args) -> None:
+    def _quiet_call(self, name: str, module) -> None:
         """A light step's first root call began: it is recorded as it begins (its positional
         inputs: torch's global pre-hook gets no keyword arguments; no outputs), and the rest of
         the step runs without global module hooks. While any exists, every module call in the
@@ -147,15 +150,13 @@ class ModuleHooks:
         step.call_counts[name] = call + 1
         step.calls.append({
             "module": name, "call": call, "training": module.training, "grad": torch.is_grad_enabled(),
-            "inputs": describe(args)[0], "outputs": [], "root": True,
+            "inputs": step.first_root[1], "outputs": [], "root": True,  # described as it began (`enter`)
         })
         self._local.depth = 0  # no post-hook comes for this call
         self._uninstall()
-        self.quiet = True
 
     def resume(self) -> None:
         """At a step boundary: the global hooks are back."""
-        self.quiet = False
         if not self._handles:
             self._install()
 
@@ -201,10 +202,11 @@ class ModuleHooks:
         if name is not None and not in_backward():  # not a recomputation by checkpointing
             self.enter(name, module, args)
             session = self._session
-            # A light step's first root call: nothing else of the step is described.
+            # A light step's first root call (what keeps the hooks in never goes away: one thread
+            # calling modules, one training, nothing compiled): nothing else of the step is described.
             if (session.open.light and self.depth == 1 and self._caller is not None and len(session.threads) <= 1
-                    and self._handles and not _compiled_anything()):
-                self._quiet_call(name, module, args)
+                    and not _compiled_anything()):
+                self._quiet_call(name, module)
 
     def enter(self, name: str, module, args) -> None:
         """A watched call begins (also used for a root attached while its forward began)."""
@@ -215,7 +217,7 @@ class ModuleHooks:
             session.boundary("forward")
             step = session.open
             if step.first_root is None:
-                step.first_root = (name, tuple(tuple(i.get("shape", ())) for i in describe(args)[0]))
+                step.first_root = (name, describe(args)[0])
             step.full = step.full or session.alarm
             if step.light and (step.full or not torch.is_grad_enabled()):
                 step.light = False  # describe this forward whole (statistics, validation)

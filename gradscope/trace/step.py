@@ -42,6 +42,10 @@ def ends_step(event: str, step: "OpenStep", *, optimizers: bool, primary: bool =
     raise ValueError(f"unknown step event {event!r}")
 
 
+def _shapes(inputs: list[dict]) -> tuple:
+    return tuple(tuple(i.get("shape", ())) for i in inputs)
+
+
 @dataclass
 class OpenStep:
     """Everything recorded so far in step `number`. `full`: this step takes full statistics;
@@ -70,7 +74,7 @@ class OpenStep:
     skipped: list[int] = field(default_factory=list)  # optimizers whose step a GradScaler skipped
     backwards: int = 0
     graph: object = None
-    #: (name, shapes of its positional inputs) of the step's first root call, as it began
+    #: (name, descriptions of its positional inputs) of the step's first root call, as it began
     first_root: tuple | None = None
 
     def __post_init__(self):
@@ -86,8 +90,9 @@ class OpenStep:
         records: steps of several root calls (a model and its loss module, micro-batches) would
         otherwise differ between light and described steps, and walk the graph every other
         step."""
-        shapes = lambda c: (c["module"], c["call"], tuple(tuple(i.get("shape", ())) for i in c["inputs"]))  # noqa: E731
-        return self.first_root, tuple(shapes(c) for c in self.calls) if self.described else None
+        first = None if self.first_root is None else (self.first_root[0], _shapes(self.first_root[1]))
+        calls = tuple((c["module"], c["call"], _shapes(c["inputs"])) for c in self.calls) if self.described else None
+        return first, calls
 
     def book_zero_grads(self, name_of) -> None:
         """Book the pending zero_grad calls whose owner `name_of(owner)` now names."""

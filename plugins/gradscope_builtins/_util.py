@@ -20,6 +20,22 @@ def per_step(fn):
     return wrapper
 
 
+class Recomputed:
+    """`make(*args)`, worked out again only when `key(*args)` changes (compared by identity,
+    then equality): what a check derives from the run's parameters, modules or learning rates
+    changes far less often than once a step, and a step has a row per parameter."""
+
+    def __init__(self, key, make):
+        self._key, self._make = key, make
+        self._last: tuple = (object(), None)  # (key, value); no key equals a bare object
+
+    def __call__(self, *args):
+        key = self._key(*args)
+        if self._last[0] != key:
+            self._last = (key, self._make(*args))
+        return self._last[1]
+
+
 class Streak:
     """Consecutive steps a condition held, per key."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gradscope
 from gradscope import Finding
 
-from ._util import label
+from ._util import Recomputed, label
 
 DROPOUT_TYPES = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"}
 NORM_TYPES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"}
@@ -86,12 +86,8 @@ class EvalModeTraining:
 class DropoutAtEval:
     def __init__(self):
         self._trained: set[str] = set()  # roots whose parameters an optimizer has moved
-        self._roots: tuple = (0, set())  # (modules known, their roots)
-
-    def _all_roots(self, run) -> set[str]:
-        if self._roots[0] != len(run.modules):  # modules are only ever added
-            self._roots = (len(run.modules), {row["root"] for row in run.modules.values()})
-        return self._roots[1]
+        self._all_roots = Recomputed(  # modules are only ever added
+            lambda run: len(run.modules), lambda run: {row["root"] for row in run.modules.values()})
 
     @gradscope.hookimpl
     def gradscope_step(self, step, run):

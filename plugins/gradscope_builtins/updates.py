@@ -26,7 +26,7 @@ import statistics
 import gradscope
 from gradscope import Finding
 
-from ._util import Streak, finite, per_step
+from ._util import Recomputed, Streak, finite, per_step
 
 #: Optimizers whose step size comes from a line search, not from the learning rate.
 LINE_SEARCH = {"LBFGS"}
@@ -165,10 +165,13 @@ class UpdateRatio:
     def __init__(self):
         self._streak = Streak()
         self._judged = 0
-        # A step has a row per parameter: what changes only with the run's learning rates and
-        # parameters is worked out again only when they change.
-        self._lrs: tuple = (None, {})  # (learning rates and optimizers, parameter -> its rate)
-        self._matrices: tuple = (0, set())  # (parameters known, those of two dimensions or more)
+        # the optimizers' entries themselves: an entry is replaced when its optimizer changes
+        self._learning_rates = Recomputed(
+            lambda step, run: (tuple((k, tuple(v)) for k, v in step.lrs.items()), tuple(run.optimizers.values())),
+            learning_rates)
+        self._matrix_names = Recomputed(  # parameters are only ever added
+            lambda run: len(run.parameters),
+            lambda run: {name for name, row in run.parameters.items() if len(row.get("shape", ())) >= 2})
 
     @gradscope.hookimpl
     def gradscope_configure(self, config):
@@ -176,20 +179,6 @@ class UpdateRatio:
         self.high = config.get("update-ratio", "high", 1e-1)
         self.patience = config.get("update-ratio", "patience", 10)
         self.warmup = config.get("update-ratio", "warmup", 10)
-
-    def _learning_rates(self, step, run) -> dict[str, float | None]:
-        # the optimizers' entries themselves (an entry is replaced when its optimizer changes;
-        # comparing is by identity first)
-        key = (tuple((name, tuple(rates)) for name, rates in step.lrs.items()), tuple(run.optimizers.values()))
-        if self._lrs[0] != key:
-            self._lrs = (key, learning_rates(step, run))
-        return self._lrs[1]
-
-    def _matrix_names(self, run) -> set[str]:
-        if self._matrices[0] != len(run.parameters):  # parameters are only ever added
-            self._matrices = (len(run.parameters), {
-                name for name, row in run.parameters.items() if len(row.get("shape", ())) >= 2})
-        return self._matrices[1]
 
     def _ratios(self, step, run) -> dict[str, float]:
         grads = _grad_names(step)
