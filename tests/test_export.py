@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import gradscope
+from gradscope.settings import DEFAULTS
 from gradscope.export import autograd_digraph, export_record
 from gradscope.export.render import render
 
@@ -153,6 +154,25 @@ def test_identical_blocks_fold_into_one_node(tmp_path):
     source = (tmp_path / "r.dot").read_text()
     assert "1 ... 48 (Block) x48" in source
     assert "0 (Linear)" in source and "49 (Linear)" in source
+
+
+def test_module_tree_at_a_light_step_shows_the_shapes_of_the_last_described_step(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", checks=False):
+        for _ in range(DEFAULTS.dense_steps + 3):  # past the dense start: the last step is light
+            opt.zero_grad()
+            model(torch.randn(5, 4)).sum().backward()
+            opt.step()
+    record = gradscope.open_record(tmp_path / "r.sqlite")
+    last = record.step_numbers()[-1]
+    assert [c["module"] for c in record.calls(step=last)] == [""]  # the root call only
+    export_record(record, tmp_path / "m.dot", graph="tree")
+    source = (tmp_path / "m.dot").read_text()
+    assert "[5, 8] -&gt; [5, 3]" in source  # the inner Linear's call, from the last described step
+    described = max(n for n in record.step_numbers() if record.calls(step=n, module="2"))
+    assert f"modules, step {last} (calls of step {described})" in source
 
 
 HOSTILE = ['q"uote', "<b>&amp;</b>", "{brace}|pipe", "new\nline", "back\\slash", "]];\ndigraph x {"]

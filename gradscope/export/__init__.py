@@ -83,9 +83,12 @@ def export_record(record: Record, out: str | Path, *, step: int | None = None,
                          title=f"{name}: data flow, step {drawn}")
     elif graph == "tree":
         calls: dict[str, list[dict]] = {}
-        for c in record.calls(step=at):
+        rows = record.calls_as_of(at)  # a light step recorded its root call only
+        for c in rows:
             calls.setdefault(c["module"], []).append(c)
-        view = module_view(modules, calls, depth=depth, title=f"{name}: modules, step {at}")
+        described = rows[0]["step"] if rows else at
+        of = f" (calls of step {described})" if described != at else ""
+        view = module_view(modules, calls, depth=depth, title=f"{name}: modules, step {at}{of}")
     else:
         raise GradscopeError(f"unknown graph {graph!r}: choose one of {', '.join(GRAPHS)}")
     data = render(to_digraph(view, grads=grads, findings=findings), fmt)
