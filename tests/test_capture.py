@@ -2,6 +2,7 @@
 handle DTensor shards and sparse gradients."""
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -244,6 +245,42 @@ def test_many_small_tensors_of_a_few_shapes_are_reduced_run_by_run():
         assert norm == pytest.approx(torch.linalg.vector_norm(t).item(), rel=1e-6, nan_ok=True), i
         want = math.nan if t.isnan().any() else t.abs().max().item()
         assert largest == pytest.approx(want, nan_ok=True), i
+
+
+class OpCounts(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_pack_lays_tensors_end_to_end_one_stack_a_run(reduction):
+    """`capture.pack` puts the elements of tensors end to end as one `torch.cat` of them does,
+    into a new tensor (of the widest dtype) or into `out`; on the CPU each run of `RUN` or more
+    tensors of one size is one `torch.stack` (flattened by one `torch.cat` when their shapes
+    differ), the tensors between runs one `torch.cat`. A tensor's elements may come in another order (a permuted one in its memory
+    order): statistics do not depend on it."""
+    torch.manual_seed(3)
+    run = capture.RUN
+    xs = ([torch.randn(3) for _ in range(run + 1)] + [torch.randn(2, 2), torch.randn(5)]
+          + [torch.randn(()) for _ in range(run)] + [torch.randn(4, 3).t() for _ in range(run)]
+          + [torch.randn(2, 3) if i % 2 else torch.randn(6) for i in range(run)] + [torch.randn(7).half()])
+    lengths = [x.numel() for x in xs]
+    want = torch.cat([x.reshape(-1).float() for x in xs])
+    with OpCounts() as mode:
+        got = capture.pack(xs)
+    out = torch.full((sum(lengths) + 3,), math.nan)
+    into = capture.pack(xs, out[:sum(lengths)], capture.pack_plan(lengths))
+    assert into.data_ptr() == out.data_ptr() and out[-3:].isnan().all()
+    for packed in (got, into):
+        assert packed.dtype == torch.float32 and packed.shape == want.shape
+        for a, b in zip(packed.split(lengths), want.split(lengths)):
+            assert torch.equal(a.sort().values, b.sort().values)
+    if reduction != "direct":  # three runs of one shape; one of one size in two shapes, flattened
+        assert mode.counts["stack"] == 3 + 1 and mode.counts["cat"] == 3  # and two pieces between runs
 
 
 class LargestOutput(TorchDispatchMode):

@@ -12,7 +12,7 @@ was replaced (``p.data = ...``, a reload) gets a fresh view. A DTensor parameter
 its local shard (no collective).
 
 The samples of all parameters of one (device, dtype) live in flat buffers, one segment per
-parameter (`_Samples`): taking the current samples is one ``torch.cat`` of the views, and the
+parameter (`_Samples`): taking the current samples is one copy of the views (`capture.pack`), and the
 norms of all parameters are one segment reduction. A constant number of kernel launches per
 step and group, whatever the number of parameters, on any device. All results are device
 tensors; nothing is read back here.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import to_device
-from .capture import by_length, column_norms, local_values
+from .capture import by_length, column_norms, local_values, pack, pack_plan
 
 
 def _sample(local: torch.Tensor, size: int) -> tuple[torch.Tensor, bool]:
@@ -63,6 +63,7 @@ class _Samples:
         self._views = [e.view for e in entries]
         self._copies = [i for i, e in enumerate(entries) if not e.follows]  # resampled each time
         self._lengths = tuple(v.numel() for v in self._views)
+        self._plan = pack_plan(self._lengths)
         self.last = torch.cat([e.last.reshape(-1) for e in entries])
         self.before = torch.empty_like(self.last)
         self.now = torch.empty_like(self.last)
@@ -84,8 +85,7 @@ class _Samples:
             local = local_values(self.entries[i].ref())
             if local is not None:
                 self._views[i] = _sample(local, self._size)[0]
-        torch.cat(self._views, out=out)
-        return out
+        return pack(self._views, out, self._plan)
 
     def norms(self, *columns: torch.Tensor) -> torch.Tensor:
         """[parameters, len(columns)]: the L2 norm of each parameter's segment of each column
