@@ -357,7 +357,7 @@ class Session:
             self._end_step(device)
 
     def _eval_modules(self) -> list[str]:
-        return [name for module, name in self._registry.modules() if not module.training]
+        return self._registry.in_eval()
 
     def _end_step(self, device: bool = True) -> None:
         step = self.open

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import threading
 import weakref
 from dataclasses import dataclass
@@ -145,22 +146,26 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
     are not taken as infinity norms (a scalar loop there). Half-precision tensors are reduced
     in float32, so a norm above 65504 is not reported as infinite; like torch's own norm, a
     float32 norm past float32's range is infinite (its largest magnitude is not)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.device, t.dtype), []).append(i)
     out = []
-    for (device, dtype), positions in groups.items():
-        xs = [tensors[i] if dtype.is_floating_point or dtype.is_complex else _real(tensors[i])
-              for i in positions]
+    for (device, dtype), positions in _groups(tensors):
+        xs = tensors if positions is None else [tensors[i] for i in positions]
+        positions = range(len(tensors)) if positions is None else positions
+        if not (dtype.is_floating_point or dtype.is_complex):
+            xs = [_real(x) for x in xs]
         extra = {"dtype": torch.float32} if dtype in LOW_PRECISION else {}
         if device.type not in BLOCKED:
-            out.append((positions, rows_of(torch._foreach_norm(xs, 2, **extra),
-                                           torch._foreach_norm(xs, math.inf, **extra))))
+            out.append((list(positions), rows_of(torch._foreach_norm(xs, 2, **extra),
+                                                 torch._foreach_norm(xs, math.inf, **extra))))
             continue
-        small = [j for j, x in enumerate(xs) if x.numel() <= PACK]
-        large = [j for j, x in enumerate(xs) if x.numel() > PACK]
+        sizes = tuple(map(torch.Tensor.numel, xs))
+        if len(xs) > FEW and max(sizes) <= PACK:  # the usual case with many tensors: all packed
+            out += _packed_norms(positions, xs, sizes)
+            continue
+        small = [j for j, n in enumerate(sizes) if n <= PACK]
+        large = [j for j, n in enumerate(sizes) if n > PACK]
         if len(small) > FEW:
-            out += _packed_norms(device, [positions[j] for j in small], [xs[j] for j in small])
+            out += _packed_norms([positions[j] for j in small], [xs[j] for j in small],
+                                 tuple(sizes[j] for j in small))
         elif small:
             few = [xs[j] for j in small]
             out.append(([positions[j] for j in small],
@@ -170,6 +175,21 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
             out.append(([positions[j] for j in large],
                         rows_of(torch._foreach_norm(big, 2, **extra), [_largest(x) for x in big])))
     return out
+
+
+_device_of, _dtype_of = operator.attrgetter("device"), operator.attrgetter("dtype")
+
+
+def _groups(tensors: list[torch.Tensor]) -> list[tuple[tuple[torch.device, torch.dtype], list[int] | None]]:
+    """((device, dtype), positions) of the groups of `tensors`; positions None: all of them
+    (the usual case, told without a Python step per tensor)."""
+    devices, dtypes = set(map(_device_of, tensors)), set(map(_dtype_of, tensors))
+    if len(devices) == 1 and len(dtypes) == 1:
+        return [((devices.pop(), dtypes.pop()), None)]
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return list(groups.items())
 
 
 def _largest_of_few(xs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -186,30 +206,41 @@ def _largest(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.aminmax(x)).abs().amax()
 
 
-def _packed_norms(device, positions: list[int], xs: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
-    sizes = [x.numel() for x in xs]
-    order = by_length(sizes)  # equal lengths side by side: runs (`segment_rows`)
-    positions, xs, sizes = [positions[i] for i in order], [xs[i] for i in order], [sizes[i] for i in order]
+def _packed_norms(positions, xs: list[torch.Tensor], sizes: tuple[int, ...]) -> list[tuple[list[int], torch.Tensor]]:
     out = []
-    start = 0
-    while start < len(xs):
-        end, size = start, 0
-        while end < len(xs) and (end == start or size + sizes[end] <= CHUNK):
-            size += sizes[end]
-            end += 1
-        layout = tuple(sizes[start:end])
-        rows = norm_rows(_packed(xs[start:end], layout), layout)
+    for take, layout, plan in _chunks(sizes):
+        chunk, where = take(xs), take(positions)
+        rows = norm_rows(_packed(chunk, plan), layout)
         squares, largest = rows.unbind(1)
-        if xs[start].dtype != torch.float64:
+        if chunk[0].dtype != torch.float64:
             squares = _float32_range(squares)
-        out.append((positions[start:end], torch.stack((squares.sqrt(), largest), 1)))
-        start = end
+        out.append((list(where), torch.stack((squares.sqrt(), largest), 1)))
     return out
 
 
-def _packed(xs: list[torch.Tensor], sizes: tuple[int, ...]) -> torch.Tensor:
-    """The elements of `xs` (of `sizes` elements), flattened end to end in one tensor (one copy)."""
-    return pack([x.abs() for x in xs] if xs[0].is_complex() else xs, plan=pack_plan(sizes))
+@functools.lru_cache(maxsize=64)
+def _chunks(sizes: tuple[int, ...]) -> tuple[tuple[operator.itemgetter, tuple[int, ...], tuple], ...]:
+    """How tensors of `sizes` are packed: chunks of at most `CHUNK` elements (a larger tensor
+    alone), in the order of their sizes (equal sizes side by side: runs, `segment_rows`), each
+    (a getter of its tensors from the list, their sizes, their `pack_plan`)."""
+    order = by_length(sizes)
+    out, start = [], 0
+    while start < len(order):
+        end, size = start, 0
+        while end < len(order) and (end == start or size + sizes[order[end]] <= CHUNK):
+            size += sizes[order[end]]
+            end += 1
+        members = order[start:end]
+        layout = tuple(sizes[i] for i in members)
+        take = operator.itemgetter(*members) if len(members) > 1 else lambda xs, i=members[0]: (xs[i],)
+        out.append((take, layout, pack_plan(layout)))
+        start = end
+    return tuple(out)
+
+
+def _packed(xs, plan: tuple) -> torch.Tensor:
+    """The elements of `xs` (laid out by `plan`), flattened end to end in one tensor (one copy)."""
+    return pack([x.abs() for x in xs] if xs[0].is_complex() else xs, plan=plan)
 
 
 #: On the CPU a `torch.cat` of tensors of different sizes costs about a microsecond a tensor, one

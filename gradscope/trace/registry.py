@@ -10,7 +10,6 @@ record's module table.
 from __future__ import annotations
 
 import weakref
-from typing import Iterator
 
 import torch
 
@@ -117,12 +116,10 @@ class Registry:
         if name == root:
             self._root_ids.add(key)
 
-    def modules(self) -> Iterator[tuple[torch.nn.Module, str]]:
-        """(module, name) of every watched module still alive."""
-        for ref, name, _ in list(self._modules.values()):
-            module = ref()
-            if module is not None:
-                yield module, name
+    def in_eval(self) -> list[str]:
+        """Names of the watched modules in eval mode (every step: one pass, no object per module)."""
+        return [name for ref, name, _ in list(self._modules.values())
+                if (module := ref()) is not None and not module.training]
 
     def __len__(self) -> int:
         """How many watched modules are alive."""
