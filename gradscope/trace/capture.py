@@ -45,6 +45,7 @@ import torch
 
 from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, one_row, raw_columns, runs_of, segment_rows,
                      temporary, to_device)
+from .batch import row_key
 from .shards import local
 from .tails import DeadUnits, TailCount, count_dead, count_outside, unit_maxima
 
@@ -581,12 +582,12 @@ def gradient_rows(names: list[str], tensors: list[torch.Tensor], full: bool) -> 
     out = []
     if not full:
         for positions, rows in norms(tensors):
-            keys = [(names[i], 0, "") for i in positions]
+            keys = [row_key(names[i], 0, "") for i in positions]
             out.append(("grad-norm", keys, [tensors[i].numel() for i in positions], rows))
         return out
     for result in summaries(tensors, bins=HIST_BINS):
         counts = [tensors[i].numel() for i in result.positions]
-        out.append(("grad", [(names[i], 0, "") for i in result.positions], counts, result.rows))
+        out.append(("grad", [row_key(names[i], 0, "") for i in result.positions], counts, result.rows))
         out.append(("hist", [names[i] for i in result.positions], counts, result.hists))
     return out
 
@@ -595,23 +596,31 @@ def weight_rows(names: list[str], tensors: list[torch.Tensor]) -> list[tuple[str
     """``weight`` row blocks of `stats.FIELDS` for parameters `names` whose `local_values` are
     `tensors`."""
     return [
-        ("weight", [(names[i], 0, "") for i in result.positions],
+        ("weight", [row_key(names[i], 0, "") for i in result.positions],
          [tensors[i].numel() for i in result.positions], result.rows)
         for result in summaries(tensors)
     ]
 
 
 # -- statistics steps: module tensors as they come --------------------------------------------
-@dataclass
-class _Taken:
-    """A module tensor taken by `Staging`, and where its statistics row is once summarized."""
+class _Taken(weakref.ref):
+    """A module tensor taken by `Staging` (a weak reference to it, with the kind and key of its
+    row, `pair`), and where its statistics row is once summarized. One slotted object per
+    tensor: a statistics step takes thousands of them, and what outlives a young collection
+    brings the next full collection nearer."""
 
-    ref: weakref.ref
-    version: int
-    n: int
-    rows: torch.Tensor | None = None
-    index: int = 0
-    staged: tuple | None = None  # (slot, segment, offset) in a staging buffer not yet summarized
+    __slots__ = ("pair", "version", "n", "rows", "index", "slot", "segment", "offset")
+
+    def __new__(cls, t: torch.Tensor, pair: tuple, n: int):
+        return super().__new__(cls, t)
+
+    def __init__(self, t: torch.Tensor, pair: tuple, n: int):
+        super().__init__(t)
+        self.pair, self.version, self.n = pair, t._version, n
+        self.rows: torch.Tensor | None = None  # its statistics, row `index`, once summarized
+        self.index = 0
+        self.slot: tuple | None = None  # the staging buffer holding its values, not yet summarized
+        self.segment = self.offset = 0  # its place there
 
 
 class Staging:
@@ -642,10 +651,11 @@ class Staging:
         self.chunk = chunk
         self._lock = threading.Lock()
         self._buffers: dict[tuple, torch.Tensor] = {}  # (device, dtype) -> staging buffer, reused
-        self._staged: dict[tuple, list[tuple[str, object, _Taken]]] = {}  # (kind, key, tensor) per buffer
+        self._slots: dict[tuple, tuple] = {}  # (device, dtype) -> itself: one key object per buffer
+        self._staged: dict[tuple, list[_Taken]] = {}  # the tensors in each buffer
         self._seen: dict[int, _Taken] = {}  # id of a tensor taken -> what was taken
-        self._spot: list[tuple[str, object, _Taken, torch.Tensor]] = []  # (kind, key, tensor, raw row)
-        self._repeats: list[tuple[str, object, _Taken]] = []  # (kind, key, the tensor it repeats)
+        self._spot: list[tuple[_Taken, torch.Tensor]] = []  # (tensor, raw row)
+        self._repeats: list[tuple[tuple, _Taken]] = []  # ((kind, key), the tensor it repeats)
         self._used: dict[tuple, int] = {}
         self._counts: list[tuple[object, int, torch.Tensor]] = []  # tail counts: key, total, 0-d
         self._tails: dict[tuple, list[tuple]] = {}  # (key, segment, offset, n, request) per buffer, for its flush
@@ -658,19 +668,19 @@ class Staging:
 
     def _add(self, batch, kind: str, key, t: torch.Tensor) -> None:
         seen = self._seen.get(id(t))
-        if seen is not None and seen.ref() is t and seen.version == t._version:
-            self._repeats.append((kind, key, seen))
+        if seen is not None and seen() is t and seen.version == t._version:
+            self._repeats.append((row_key(kind, key), seen))
             return
         values = local_values(t)
         if values is None:
             return
         n = values.numel()
-        taken = self._seen[id(t)] = _Taken(weakref.ref(t), t._version, n)
+        taken = self._seen[id(t)] = _Taken(t, row_key(kind, key), n)
         if n >= self.chunk // 4:
-            self._spot.append((kind, key, taken, _raw_row(values, self.chunk)))
+            self._spot.append((taken, _raw_row(values, self.chunk)))
             return
         dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
-        slot = (values.device, dtype)
+        slot = self._slots.setdefault((values.device, dtype), (values.device, dtype))
         used = self._used.get(slot, 0)
         if used + n > self.chunk:
             self._flush(batch, slot)
@@ -681,8 +691,8 @@ class Staging:
         buffer[used:used + n].view(values.shape).copy_(_real(values))
         self._used[slot] = used + n
         staged = self._staged.setdefault(slot, [])
-        taken.staged = (slot, len(staged), used)
-        staged.append((kind, key, taken))
+        taken.slot, taken.segment, taken.offset = slot, len(staged), used
+        staged.append(taken)
 
     def add_tail(self, key, t: torch.Tensor, request) -> None:
         """Take a plugin's tail count or dead units (`tails`) of `t` now (a count of values
@@ -701,11 +711,10 @@ class Staging:
                 self._maxima.append((key, maxima.numel(), maxima))
             return
         taken = self._seen.get(id(t))
-        if (taken is not None and taken.staged is not None and taken.ref() is t and taken.version == t._version
+        if (taken is not None and taken.slot is not None and taken() is t and taken.version == t._version
                 and values.dtype in _STAGED_AS_THEY_ARE):
             # its values sit in a staging buffer as they are: counted there with the others at the flush
-            slot, segment, offset = taken.staged
-            self._tails.setdefault(slot, []).append((key, segment, offset, taken.n, request))
+            self._tails.setdefault(taken.slot, []).append((key, taken.segment, taken.offset, taken.n, request))
             return
         counted = count_outside(values, request)
         if counted is not None:
@@ -720,19 +729,19 @@ class Staging:
         for slot in list(self._staged):
             self._flush(batch, slot)
         by_device: dict[torch.device, list] = {}
-        for entry in self._spot:
-            by_device.setdefault(entry[3].device, []).append(entry)
+        for taken, raw in self._spot:
+            by_device.setdefault(raw.device, []).append((taken, raw))
         for device, entries in by_device.items():
-            layout = tuple(taken.n for _, _, taken, _ in entries)
-            raw = torch.cat([raw for *_, raw in entries])
-            _emit(batch, [entry[:3] for entry in entries], _finish(raw, _layouts.get(device, layout, 0)[1]))
+            layout = tuple(taken.n for taken, _ in entries)
+            raw = torch.cat([raw for _, raw in entries])
+            _emit(batch, [taken for taken, _ in entries], _finish(raw, _layouts.get(device, layout, 0)[1]))
         self._spot = []
         by_device = {}
         for entry in self._repeats:  # one block per device, its rows views of the rows repeated
-            by_device.setdefault(entry[2].rows.device, []).append(entry)
+            by_device.setdefault(entry[1].rows.device, []).append(entry)
         for entries in by_device.values():
-            batch.add("stats", [(kind, key) for kind, key, _ in entries], [taken.n for _, _, taken in entries],
-                      [taken.rows[taken.index] for _, _, taken in entries])
+            batch.add("stats", [pair for pair, _ in entries], [taken.n for _, taken in entries],
+                      [taken.rows[taken.index] for _, taken in entries])
         self._repeats, self._seen = [], {}
         if self._counts:
             keys, totals, counted = zip(*self._counts)
@@ -759,10 +768,10 @@ class Staging:
         if not staged:
             return
         tails = self._tails.pop(slot, [])
-        for _, _, taken in staged:  # the buffer is free again, whatever happens below
-            taken.staged = None
+        for taken in staged:  # the buffer is free again, whatever happens below
+            taken.slot = None
         device = slot[0]
-        layout = tuple(taken.n for _, _, taken in staged)
+        layout = tuple(taken.n for taken in staged)
         counts = _layouts.get(device, layout, 0)[1]
         x = self._buffers[slot][:used]
         _emit(batch, staged, _finish(raw_rows(x, layout), counts))
@@ -777,14 +786,14 @@ class Staging:
                     self._counts.append((key, n, count_outside(x[offset:offset + n], request)))
 
 
-def _emit(batch, entries: list[tuple[str, object, _Taken]], rows: torch.Tensor) -> None:
-    """Give `batch` the statistics `rows` of taken tensors `entries` (kind, key, tensor) as one
-    ``stats`` block whose keys carry each row's kind (a module's input, its activation and the
-    next module's input alternate: a block per run of one kind was a block, a view and their
-    Python objects per tensor), and remember each tensor's row."""
-    for i, (_, _, taken) in enumerate(entries):
+def _emit(batch, entries: list[_Taken], rows: torch.Tensor) -> None:
+    """Give `batch` the statistics `rows` of the taken tensors `entries` as one ``stats`` block
+    whose keys carry each row's kind (a module's input, its activation and the next module's
+    input alternate: a block per run of one kind was a block, a view and their Python objects
+    per tensor), and remember each tensor's row."""
+    for i, taken in enumerate(entries):
         taken.rows, taken.index = rows, i
-    batch.add("stats", [(kind, key) for kind, key, _ in entries], [taken.n for _, _, taken in entries], rows)
+    batch.add("stats", [taken.pair for taken in entries], [taken.n for taken in entries], rows)
 
 
 def _raw_row(t: torch.Tensor, chunk: int) -> torch.Tensor:

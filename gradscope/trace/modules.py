@@ -46,6 +46,7 @@ import torch
 from torch.nn.modules import module as nn_module
 
 from .autograd import IN_MARK, OUT_MARK
+from .batch import row_key
 from .guard import guarded
 from .patches import in_backward
 from .structure import CallDescriber, describe, leaves
@@ -237,7 +238,7 @@ class ModuleHooks:
             return
         for path, leaf in leaves(args):
             if isinstance(leaf, torch.Tensor):
-                step.staging.add(step.batch, "input", (name, call, path), leaf)
+                step.staging.add(step.batch, "input", row_key(name, call, path), leaf)
 
     def _post_hook(self, module, args, *rest):
         if not _compiling() and (
@@ -285,9 +286,9 @@ class ModuleHooks:
         grad_enabled = torch.is_grad_enabled()
         tails = self._tails.get(type(module).__name__, ())
         for path, t in tensors:
-            step.staging.add(step.batch, "activation", (name, call, path), t)
+            step.staging.add(step.batch, "activation", row_key(name, call, path), t)
             for request in tails:
-                step.staging.add_tail((name, call, request.name), t, request)
+                step.staging.add_tail(row_key(name, call, request.name), t, request)
             if grad_enabled and t.grad_fn is not None:
                 hook = self._grad_hooks.get((name, call, path))
                 if hook is None:
@@ -300,4 +301,4 @@ class ModuleHooks:
     @guarded
     def _on_output_grad(self, name, call, path, grad):
         step = self._session.open
-        step.staging.add(step.batch, "grad-output", (name, call, path), grad)
+        step.staging.add(step.batch, "grad-output", row_key(name, call, path), grad)
