@@ -688,7 +688,7 @@ class Staging:
         buffer = self._buffers.get(slot)
         if buffer is None:
             buffer = self._buffers[slot] = torch.empty(self.chunk, dtype=dtype, device=values.device)
-        buffer[used:used + n].view(values.shape).copy_(_real(values))
+        buffer[used:used + n].view_as(values).copy_(_real(values))  # view_as: no shape object (≈2 µs)
         self._used[slot] = used + n
         staged = self._staged.setdefault(slot, [])
         taken.slot, taken.segment, taken.offset = slot, len(staged), used
