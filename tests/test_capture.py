@@ -488,6 +488,50 @@ def test_replaced_parameter_data_is_sampled_afresh():
     assert rows[0].tolist() == [2.0, 4.0]
 
 
+def test_update_samples_keep_their_dtype(reduction):
+    """Samples are copied as they are: complex values stay complex (an unchanged parameter moved
+    by nothing), integers stay integers (a float copy into an integer buffer failed, and took
+    every group's update rows with it)."""
+    tracker = ParamTracker()
+    complex_a = torch.nn.Parameter(torch.tensor([3 + 4j, -2j, 1 + 0j]))
+    complex_b = torch.nn.Parameter(torch.tensor([1j, -1 + 0j]))
+    counters = [torch.nn.Parameter(torch.tensor([123456789, 3]), requires_grad=False),
+                torch.nn.Parameter(torch.tensor([7]), requires_grad=False)]
+    weight = torch.nn.Parameter(torch.ones(3))
+    for name, param in [("a", complex_a), ("b", complex_b), ("c0", counters[0]), ("c1", counters[1]), ("w", weight)]:
+        tracker.add(name, param)
+    for step in range(3):
+        with torch.no_grad():
+            weight.add_(1.0)
+            complex_b.mul_(1j if step == 2 else 1)  # [1j, -1] -> [-1, -1j]: |dw| = |-1 - 1j| + |-1j + 1|
+        rows = {name: row.tolist() for names, block in tracker.end_step(step) for name, row in zip(names, block)}
+        assert set(rows) == {"a", "b", "c0", "c1", "w"}
+        for name in ("a", "c0", "c1") + (("b",) if step < 2 else ()):
+            assert rows[name][0] == 0.0, (step, name)  # unchanged
+        assert rows["w"][0] == pytest.approx(math.sqrt(3))
+    assert rows["b"][0] == pytest.approx(2.0)  # the norm of complex differences: sqrt(2 + 2)
+    assert rows["a"][1] == pytest.approx(math.sqrt(25 + 4 + 1))  # |w| of complex values
+
+
+def test_a_resampled_parameter_that_changes_size_is_laid_out_anew(reduction):
+    """A parameter that is not contiguous is sampled anew every time; when its data is replaced
+    by a smaller tensor at the same address, its samples start over and every other
+    parameter's rows stay its own (they were shifted by the difference)."""
+    tracker = ParamTracker()
+    params = [torch.nn.Parameter(torch.zeros(4, 8).t()) for _ in range(10)]
+    for i, p in enumerate(params):
+        tracker.add(f"p{i}", p)
+    tracker.end_step(0)
+    params[3].data = params[3].data[:4]  # (8, 4) -> (4, 4): the same address, still not contiguous
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.add_(i)
+    rows = {name: row.tolist() for names, block in tracker.end_step(1) for name, row in zip(names, block)}
+    for i, p in enumerate(params):
+        if i != 3:
+            assert rows[f"p{i}"][0] == pytest.approx(i * math.sqrt(p.numel())), i
+
+
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_a_new_layout_keeps_every_last_sample(steps, reduction):
     """Laying the samples out anew (a parameter got new storage) after any number of steps keeps

@@ -252,16 +252,16 @@ RUN = 8
 
 
 def pack(xs: list[torch.Tensor], out: torch.Tensor | None = None, plan: tuple | None = None) -> torch.Tensor:
-    """The elements of the real tensors `xs` (one device) end to end in one flat tensor: into
-    `out` when given, else a new one of the widest of their dtypes (one tensor alone: itself,
+    """The elements of `xs` (one device), as they are, end to end in one flat tensor: into `out`
+    when given, else a new one of the widest of their dtypes (one tensor alone: itself,
     flattened). On the CPU (`BLOCKED`) each run of `RUN` or more tensors of one size is one
     `torch.stack`, as `plan` (`pack_plan` of their sizes) lays them out; elsewhere all are one
     `torch.cat` (one copy kernel for many tensors). A tensor's elements may come in another
     order than its own (a permuted one in its memory order): statistics do not depend on it."""
     if out is None and len(xs) == 1:
-        return _flat(xs[0])
+        return _in_memory_order(xs[0])
     if xs[0].device.type not in BLOCKED:
-        flat = [_flat(x) for x in xs]
+        flat = [_in_memory_order(x) for x in xs]
         return torch.cat(flat) if out is None else torch.cat(flat, out=out)
     plan = plan or pack_plan([x.numel() for x in xs])
     if out is None:
@@ -276,7 +276,7 @@ def pack(xs: list[torch.Tensor], out: torch.Tensor | None = None, plan: tuple | 
                 continue
             except RuntimeError:  # one size, not one shape (16×16 and 256): flattened instead
                 pass
-        torch.cat([_flat(x) for x in xs[first:end]], out=part)
+        torch.cat([_in_memory_order(x) for x in xs[first:end]], out=part)
     return out
 
 
@@ -414,7 +414,8 @@ def _row_sums(v: torch.Tensor) -> torch.Tensor:
 
 def column_norms(columns: list[torch.Tensor], lengths: tuple[int, ...]) -> torch.Tensor:
     """[segments, len(columns)] float64: the L2 norm of each segment (of `lengths`, end to end)
-    of each of the equally long flat `columns`."""
+    of each of the equally long flat `columns` (of magnitudes, for complex values)."""
+    columns = [_real(c) for c in columns]
     if by_blocks(columns[0]):
         squares = segment_rows(torch.cat(columns), lengths * len(columns), norm_columns, NORM_HOW)[:, 0]
         return squares.reshape(len(columns), -1).T.sqrt()
@@ -524,9 +525,13 @@ def _device_summaries(tensors, positions, device, bins, chunk) -> Summary:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    """`t` as one flat floating tensor. Statistics do not depend on the order of elements, so a
-    permuted tensor (a transposed activation) is flattened in memory order, without a copy."""
-    t = _real(t)
+    """`t` as one flat floating tensor (`_real`, `_in_memory_order`)."""
+    return _in_memory_order(_real(t))
+
+
+def _in_memory_order(t: torch.Tensor) -> torch.Tensor:
+    """`t` flattened. Statistics do not depend on the order of elements, so a permuted tensor (a
+    transposed activation) is flattened in memory order, without a copy."""
     if not t.is_contiguous() and t.dim() > 1:
         order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
         permuted = t.permute(order)

@@ -84,7 +84,10 @@ class _Samples:
         for i in self._copies:
             local = local_values(self.entries[i].ref())
             if local is not None:
-                self._views[i] = _sample(local, self._size)[0]
+                view = _sample(local, self._size)[0]
+                if view.numel() != self._lengths[i]:  # laid out anew at the step's end (`_placed`)
+                    raise RuntimeError(f"{self.names[i]} changed size during the step: its update is not audited")
+                self._views[i] = view
         return pack(self._views, out, self._plan)
 
     def norms(self, *columns: torch.Tensor) -> torch.Tensor:
@@ -244,10 +247,10 @@ class ParamTracker:
                 del self._entries[name]
                 changed = True
                 continue
-            had = (entry.view is not None, entry.ptr, entry.key)
+            had = _placed(entry)
             if self._refresh(entry) and entry.last is None:
                 entry.last, entry.laid = entry.view.clone(), False
-            changed |= (entry.view is not None, entry.ptr, entry.key) != had
+            changed |= _placed(entry) != had
         if changed:
             self._relayout()
         entries = list(self._entries.values())
@@ -256,3 +259,10 @@ class ParamTracker:
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _placed(entry: _Entry) -> tuple:
+    """What lays `entry` out in its group's buffers: whether it has a sample, where its storage
+    is, its (device, dtype) and its sample's length (a parameter sampled anew each time, not
+    contiguous, can shrink at the same address)."""
+    return entry.view is not None, entry.ptr, entry.key, 0 if entry.view is None else entry.view.numel()
