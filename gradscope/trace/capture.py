@@ -209,7 +209,7 @@ def _largest(x: torch.Tensor) -> torch.Tensor:
 
 def _packed_norms(positions, xs: list[torch.Tensor], sizes: tuple[int, ...]) -> list[tuple[list[int], torch.Tensor]]:
     out = []
-    for take, layout, plan in _chunks(sizes):
+    for take, layout, plan in _chunks(sizes, CHUNK):
         chunk, where = take(xs), take(positions)
         rows = norm_rows(_packed(chunk, plan), layout)
         squares, largest = rows.unbind(1)
@@ -220,15 +220,15 @@ def _packed_norms(positions, xs: list[torch.Tensor], sizes: tuple[int, ...]) -> 
 
 
 @functools.lru_cache(maxsize=64)
-def _chunks(sizes: tuple[int, ...]) -> tuple[tuple[operator.itemgetter, tuple[int, ...], tuple], ...]:
-    """How tensors of `sizes` are packed: chunks of at most `CHUNK` elements (a larger tensor
+def _chunks(sizes: tuple[int, ...], chunk: int) -> tuple[tuple[operator.itemgetter, tuple[int, ...], tuple], ...]:
+    """How tensors of `sizes` are packed: chunks of at most `chunk` elements (a larger tensor
     alone), in the order of their sizes (equal sizes side by side: runs, `segment_rows`), each
     (a getter of its tensors from the list, their sizes, their `pack_plan`)."""
     order = by_length(sizes)
     out, start = [], 0
     while start < len(order):
         end, size = start, 0
-        while end < len(order) and (end == start or size + sizes[order[end]] <= CHUNK):
+        while end < len(order) and (end == start or size + sizes[order[end]] <= chunk):
             size += sizes[order[end]]
             end += 1
         members = order[start:end]
@@ -284,11 +284,11 @@ def pack_plan(sizes: list[int]) -> tuple[tuple[int, int, int, int], ...]:
     """How `pack` lays out tensors of `sizes` (elements): pieces (first, end, offset, elements),
     each a run of `RUN` or more tensors of one size or the tensors between such runs. Cached per
     list of sizes."""
-    return _pack_plan(tuple(sizes))
+    return _pack_plan(tuple(sizes), RUN)
 
 
 @functools.lru_cache(maxsize=256)
-def _pack_plan(sizes: tuple[int, ...]) -> tuple[tuple[int, int, int, int], ...]:
+def _pack_plan(sizes: tuple[int, ...], run: int) -> tuple[tuple[int, int, int, int], ...]:
     pieces: list[tuple[int, int, int, int]] = []
     loose = None  # (first, offset) of the tensors gathered since the last run
     i = offset = 0
@@ -296,7 +296,7 @@ def _pack_plan(sizes: tuple[int, ...]) -> tuple[tuple[int, int, int, int], ...]:
         end = i + 1
         while end < len(sizes) and sizes[end] == sizes[i]:
             end += 1
-        if end - i >= RUN:
+        if end - i >= run:
             if loose is not None:
                 pieces.append((loose[0], i, loose[1], offset - loose[1]))
                 loose = None
