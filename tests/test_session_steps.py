@@ -145,6 +145,8 @@ def test_light_steps_record_root_calls_and_the_record_shows_the_last_described_o
     validated = record.step(DEFAULTS.dense_steps + 2)
     # the validation forward opened the step: described whole, and so is the rest of the step
     assert [c["module"] for c in validated.calls] == ["0", "1", "2", ""] * 2
+    assert validated.described  # and marked so: the record gives its own calls, not an older step's
+    assert {c.step for c in record.calls_as_of(DEFAULTS.dense_steps + 2)} == {DEFAULTS.dense_steps + 2}
     assert "dropout-at-eval" in {f["check"] for f in record.findings()}
 
 
@@ -223,9 +225,11 @@ def test_light_steps_take_the_global_module_hooks_out_once_their_root_call_began
         assert [i.get("shape") for i in root["inputs"]] == [[3 + step, 4]] and root["outputs"] == []
         assert root["training"]
     assert [c["module"] for c in record.step(6).calls] == ["fc", "probe", ""]  # described whole
+    assert record.step(6).described
     # the report's latest calls of the model: those of the last step that described every call
+    # (the validation's, not the light steps' root calls recorded as they began)
     (latest,) = record.latest_calls()[""]
-    assert latest.step == 1 and latest.outputs[0]["shape"] == [4, 2] and len(latest.inputs) == 2
+    assert latest.step == 6 and latest.outputs[0]["shape"] == [2, 2] and len(latest.inputs) == 2
 
 
 def _train_with_a_failing_forward(model, opt, steps):

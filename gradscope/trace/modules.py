@@ -217,11 +217,13 @@ class ModuleHooks:
             session.entered_root(module)
             session.boundary("forward")
             step = session.open
-            if step.first_root is None:
+            first = step.first_root is None
+            if first:
                 step.first_root = (name, describe(args)[0])
             step.full = step.full or session.alarm
             if step.light and (step.full or not torch.is_grad_enabled()):
                 step.light = False  # describe this forward whole (statistics, validation)
+                step.described = first  # and, from its first root call on, the whole step
             if step.full:
                 self._summarize_inputs(step, name, args, new_call=True)
         self._local.depth = depth + 1
