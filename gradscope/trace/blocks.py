@@ -214,18 +214,19 @@ RUNS = 16
 
 def runs_of(lengths: tuple[int, ...]) -> tuple | None:
     """((start, count, length) of each run of equal adjacent lengths), or None past `RUNS` runs."""
-    runs = _runs(lengths)
-    return runs if len(runs) <= RUNS else None
+    found = runs(lengths)
+    return found if len(found) <= RUNS else None
 
 
 @functools.lru_cache(maxsize=512)
-def _runs(lengths: tuple[int, ...]) -> tuple:
-    runs, start = [], 0
+def runs(lengths: tuple[int, ...]) -> tuple:
+    """(start, count, length) of each run of equal adjacent lengths, however many."""
+    found, start = [], 0
     for n, run in itertools.groupby(lengths):
         count = sum(1 for _ in run)
-        runs.append((start, count, n))
+        found.append((start, count, n))
         start += count * n
-    return tuple(runs)
+    return tuple(found)
 
 
 def segment_rows(x: torch.Tensor, lengths: tuple[int, ...], columns, how: tuple[str, ...]) -> torch.Tensor:

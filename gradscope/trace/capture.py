@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, one_row, raw_columns, runs_of, segment_rows,
-                     temporary, to_device)
+from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, one_row, raw_columns, runs, runs_of,
+                     segment_rows, temporary, to_device)
 from .batch import row_key
 from .shards import local
 from .tails import DeadUnits, TailCount, count_dead, count_outside, unit_maxima
@@ -211,7 +211,7 @@ def _packed_norms(positions, xs: list[torch.Tensor], sizes: tuple[int, ...]) -> 
     out = []
     for take, layout, plan in _chunks(sizes, CHUNK):
         chunk, where = take(xs), take(positions)
-        rows = norm_rows(_packed(chunk, plan), layout)
+        rows = norm_rows(pack([x.abs() for x in chunk] if chunk[0].is_complex() else chunk, plan=plan), layout)
         squares, largest = rows.unbind(1)
         if chunk[0].dtype != torch.float64:
             squares = _float32_range(squares)
@@ -237,11 +237,6 @@ def _chunks(sizes: tuple[int, ...], chunk: int) -> tuple[tuple[operator.itemgett
         out.append((take, layout, pack_plan(layout)))
         start = end
     return tuple(out)
-
-
-def _packed(xs, plan: tuple) -> torch.Tensor:
-    """The elements of `xs` (laid out by `plan`), flattened end to end in one tensor (one copy)."""
-    return pack([x.abs() for x in xs] if xs[0].is_complex() else xs, plan=plan)
 
 
 #: On the CPU a `torch.cat` of tensors of different sizes costs about a microsecond a tensor, one
@@ -291,22 +286,18 @@ def pack_plan(sizes: list[int]) -> tuple[tuple[int, int, int, int], ...]:
 def _pack_plan(sizes: tuple[int, ...], run: int) -> tuple[tuple[int, int, int, int], ...]:
     pieces: list[tuple[int, int, int, int]] = []
     loose = None  # (first, offset) of the tensors gathered since the last run
-    i = offset = 0
-    while i < len(sizes):
-        end = i + 1
-        while end < len(sizes) and sizes[end] == sizes[i]:
-            end += 1
-        if end - i >= run:
+    first = 0
+    for offset, count, n in runs(sizes):
+        if count >= run:
             if loose is not None:
-                pieces.append((loose[0], i, loose[1], offset - loose[1]))
+                pieces.append((loose[0], first, loose[1], offset - loose[1]))
                 loose = None
-            pieces.append((i, end, offset, (end - i) * sizes[i]))
+            pieces.append((first, first + count, offset, count * n))
         elif loose is None:
-            loose = (i, offset)
-        offset += (end - i) * sizes[i]
-        i = end
+            loose = (first, offset)
+        first += count
     if loose is not None:
-        pieces.append((loose[0], len(sizes), loose[1], offset - loose[1]))
+        pieces.append((loose[0], len(sizes), loose[1], sum(sizes) - loose[1]))
     return tuple(pieces)
 
 
@@ -656,7 +647,6 @@ class Staging:
         self.chunk = chunk
         self._lock = threading.Lock()
         self._buffers: dict[tuple, torch.Tensor] = {}  # (device, dtype) -> staging buffer, reused
-        self._slots: dict[tuple, tuple] = {}  # (device, dtype) -> itself: one key object per buffer
         self._staged: dict[tuple, list[_Taken]] = {}  # the tensors in each buffer
         self._seen: dict[int, _Taken] = {}  # id of a tensor taken -> what was taken
         self._spot: list[tuple[_Taken, torch.Tensor]] = []  # (tensor, raw row)
@@ -685,7 +675,7 @@ class Staging:
             self._spot.append((taken, _raw_row(values, self.chunk)))
             return
         dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
-        slot = self._slots.setdefault((values.device, dtype), (values.device, dtype))
+        slot = row_key(values.device, dtype)  # one key object per buffer
         used = self._used.get(slot, 0)
         if used + n > self.chunk:
             self._flush(batch, slot)

@@ -288,19 +288,19 @@ class ModuleHooks:
         grad_enabled = torch.is_grad_enabled()
         tails = self._tails.get(type(module).__name__, ())
         for path, t in tensors:
-            step.staging.add(step.batch, "activation", row_key(name, call, path), t)
+            key = row_key(name, call, path)
+            step.staging.add(step.batch, "activation", key, t)
             for request in tails:
                 step.staging.add_tail(row_key(name, call, request.name), t, request)
             if grad_enabled and t.grad_fn is not None:
-                hook = self._grad_hooks.get((name, call, path))
+                hook = self._grad_hooks.get(key)
                 if hook is None:
-                    hook = self._grad_hooks[(name, call, path)] = functools.partial(
-                        self._on_output_grad, name, call, path)
+                    hook = self._grad_hooks[key] = functools.partial(self._on_output_grad, key)
                 t.register_hook(hook)
                 if step.want_graph:
                     _mark(t, OUT_MARK, (name, call))
 
     @guarded
-    def _on_output_grad(self, name, call, path, grad):
+    def _on_output_grad(self, key, grad):
         step = self._session.open
-        step.staging.add(step.batch, "grad-output", row_key(name, call, path), grad)
+        step.staging.add(step.batch, "grad-output", key, grad)
