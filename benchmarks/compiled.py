@@ -1,7 +1,7 @@
 """A `torch.compile`d model, watched against bare: step time after compilation, recompiles and
 graph breaks.
 
-    python benchmarks/compiled.py [--rounds 3] [--steps 30]
+    python benchmarks/compiled.py [--rounds 3] [--steps 50]
 
 Both contenders train the same compiled MLP (default inductor backend); rounds of bare and
 watched steps are interleaved after both have compiled (the first watched round is a warm-up),
@@ -26,7 +26,7 @@ from gradscope.settings import DEFAULTS
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=DEFAULTS.stats_every)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))

@@ -144,7 +144,7 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rounds = args.rounds or (1 if args.quick else 3)
-    steps = args.steps or (3 if args.quick else 25)
+    steps = args.steps or (3 if args.quick else DEFAULTS.stats_every)
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (no CUDA: no sync check)"
     print(f"gradscope GPU figures: {where}, torch {torch.__version__}, {rounds} rounds x {steps} "
           f"timed steps per contender, after a dense start of {DEFAULTS.dense_steps} steps\n")

@@ -3,8 +3,8 @@
     python benchmarks/kernels.py [--steps 20]
 
 Counts the non-view aten operations run on the training thread (each one a kernel launch on a
-GPU) over `--steps` steady-state steps after the dense start of a run (so the window holds
-statistics steps at gradscope's default `stats_every`, 10), for the 16-block ResNet-style CNN
+GPU) over `--steps` steady-state steps after the dense start of a run, with statistics every 10
+steps (five times as often as the default, 50: a window of 20 steps holds two), for the 16-block ResNet-style CNN
 (134 parameter tensors) and the 4-layer transformer (50 tensors); then the extra operations of
 one step without statistics as the number of parameter tensors grows, and the host reads
 (``aten._local_scalar_dense``) gradscope makes on the training thread. Timing-free: the

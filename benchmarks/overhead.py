@@ -1,6 +1,6 @@
 """Per-step cost of gradscope and of what people use instead, interleaved in one run.
 
-    python benchmarks/overhead.py [--model resnet|demo|transformer] [--steps 30] [--rounds 5]
+    python benchmarks/overhead.py [--model resnet|demo|transformer] [--steps 50] [--rounds 5]
 
 Trains a model (CPU, or CUDA when present) in rounds; each round runs every contender for
 --steps steps: bare, gradscope with default settings, gradscope with everything on every step,
@@ -8,7 +8,8 @@ hand-written forward/gradient hooks with .item(), torch.autograd.detect_anomaly,
 TensorBoard's add_histogram of every gradient (needs the tensorboard package). Prints each
 median step time and its ratio to bare. gradscope rounds are timed after the dense start of a
 run (its first steps always get full statistics). Prints the ratio of median step times and
-of total (mean) step times: the total includes the every-10th statistics steps. Models: `resnet`, a small
+of total (mean) step times: the total includes the statistics steps, at their rate (a window
+of --steps steps, a multiple of --stats-every, holds steps/stats_every of them). Models: `resnet`, a small
 ResNet-style CNN (in-place ReLUs, batch-norm) on 32x32 images; `transformer`, a 4-layer
 encoder (d=128, batch 16x64); `demo`, the demo's LeNet on 32x32 images; for GPUs,
 `resnet50` (torchvision's, batch 64 of 224x224) and `transformer-large` (12 layers, d=768,
@@ -143,10 +144,10 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated contenders (bare is always needed)")
     parser.add_argument("--model", choices=("resnet", "demo", "transformer", "resnet50", "transformer-large"),
                         default="resnet", help="resnet50 and transformer-large are the GPU targets' models")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=DEFAULTS.stats_every)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--stats-every", type=int, default=10, help="gradscope's default setting")
+    parser.add_argument("--stats-every", type=int, default=DEFAULTS.stats_every, help="gradscope's default setting")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """How gradscope's cost scales with the model: many parameter tensors, many modules, one huge
 parameter.
 
-    python benchmarks/scaling.py [--rounds 3] [--steps 10]
+    python benchmarks/scaling.py [--rounds 3] [--steps 50]
 
 * Step time with 2,000 parameter tensors (an MLP of 1,000 small linear layers) and with 5,000
   modules, watched (default settings, after the dense start) over bare, interleaved in rounds:
@@ -73,7 +73,7 @@ def peak(mode: str, size: int, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=DEFAULTS.stats_every)
     parser.add_argument("--size", type=int, default=50_000_000)
     parser.add_argument("--peak-child", choices=("bare", "watched"))
     args = parser.parse_args()
