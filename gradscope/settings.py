@@ -18,13 +18,14 @@ class Settings:
     `stats_every` — module and weight statistics every N steps after the first `dense_steps`
     steps (which all get them), and on every step once a non-finite value was seen.
 
-    Why 50 statistics steps apart: a statistics step passes over every activation and output
-    gradient several times and describes every module call, which costs about as much as the
-    step itself (×2.3 on the ResNet-style CNN of `benchmarks/`, ×4–5 at thousands of modules).
-    One in 50 adds 2–3 % to a run; one in 10 added 12 %. What needs them loses little: the
-    dense start judges the first steps in full, gradient norms, non-finite values and updates
-    are taken on every step, and the first non-finite value turns statistics on for every step
-    after it. Lightning logs every 50 steps by default for the same reason."""
+    Why 50 steps apart: a statistics step passes over every activation and output gradient
+    several times and describes every module call. On the CPU that can cost more than the step
+    itself (`benchmarks/hooks.py`: ×2.2–2.4 for the small ResNet-style CNN and transformer at
+    batch 8, ×4–5 at thousands of modules), so one in 10 added 12–14 % to such a run, and one
+    in 50 adds under 3 %. What needs them loses little: the dense start judges the first steps
+    in full, gradient norms, non-finite values and updates are taken on every step, and the
+    first non-finite value turns statistics on for every step after it. Lightning's default
+    logging interval is 50 steps as well."""
 
     sample: int = 1024
     max_calls: int = 8
