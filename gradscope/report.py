@@ -15,8 +15,9 @@ A sharded parameter (FSDP2, a DTensor) keeps its original name and global ``shap
 ``weight`` statistics are this rank's shard's, marked ``"scope": "local shard"``, and so are the
 findings about it (checks judge what the rank holds). Ordinary parameters have ``placement`` null.
 
-A gradient's latest figures may come from a step between full-statistics steps (`--set
-stats_every`): then only its ``count``, ``norm`` and ``nonfinite`` were measured, and ``mean``,
+A gradient's latest figures may come from a step between full-statistics steps (every
+``run.settings.stats_every`` steps after the first ``dense_steps``; ``--stats-every``): then only
+its ``count``, ``norm`` and ``nonfinite`` were measured, and ``mean``,
 ``std``, ``min``, ``max`` and ``zeros`` are null. JSON has no NaN or infinity: such measured
 values are written as the strings "nan", "inf" and "-inf".
 Several records (the ranks of one torchrun job) merge into ``{"format", "ranks": [...],

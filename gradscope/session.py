@@ -13,6 +13,7 @@ guarded: an exception inside gradscope becomes an ``internal-error`` finding, ne
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import threading
 import weakref
@@ -76,6 +77,7 @@ class Session:
         self.path = Path(record) if record is not None else new_record_path("watch")
         run = dict(run or {})
         run.setdefault("torch", torch.__version__)
+        run["settings"] = dataclasses.asdict(settings)  # how often what was taken, for whoever reads the record
         self._writer = RecordWriter(self.path, run, analyzer)
         self.path = self._writer.path  # a generated name taken meanwhile moves on to a free one
         self._control = control  # gradscope.control.Control when a terminal UI drives the run

@@ -13,11 +13,13 @@ import time
 
 import pytest
 import torch
+from rich.console import Group
 from torch import nn
 
 import gradscope
 from gradscope.record import schema
 from gradscope.record.writer import DROP_BEHIND, DROP_FAILED
+from gradscope.settings import DEFAULTS
 from gradscope.tui.app import make_app
 from gradscope.tui.messages import DetailsLoaded, FindingChosen, RecordUpdated
 from gradscope.tui.process import ScriptProcess
@@ -773,3 +775,21 @@ async def test_repeated_blocks_fold_in_the_autograd_view(tmp_path):
         fold.expand()
         await until(pilot, lambda: fold.children)
         assert fold.children[0].allow_expand  # the fold opens at the last repeat
+
+
+async def test_details_say_how_often_module_statistics_are_taken(tmp_path):
+    """Past the dense start a module's statistics come from the last statistics step; the
+    details say which step, and the interval the run was recorded with (from the record)."""
+    steps = DEFAULTS.dense_steps + 3
+    path = recorded_run(tmp_path / "run.sqlite", steps=steps)
+    app = make_app(path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await pilot.press("down", "down")
+        await until(pilot, lambda: "fc1  (module)" in str(app.query_one("#details-head").render()))
+        shown = app.query_one("#details-stats")
+        await until(pilot, lambda: isinstance(shown.content, Group))  # a caption over the table
+        text = str(shown.content.renderables[0])
+        last = max(s for s in range(steps) if s < DEFAULTS.dense_steps or s % DEFAULTS.stats_every == 0)
+        assert last < steps - 1  # the last step took no module statistics
+        assert f"statistics of step {last} (module statistics every {DEFAULTS.stats_every} steps)" in text

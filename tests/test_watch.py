@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 import gradscope
+from gradscope import report
+from gradscope.settings import Settings
 from gradscope.trace import patches
 
 
@@ -256,6 +258,23 @@ def test_record_is_readable_while_written(tmp_path):
             assert live.run()["status"] == "running"
             assert [s.step for s in live.steps()] == [0, 1, 2]
     assert gradscope.open_record(tmp_path / "r.sqlite").run()["status"] == "finished"
+
+
+def test_the_record_and_its_report_say_how_the_run_was_recorded(tmp_path):
+    """A record read later (a replay, a JSON report in CI) tells how often statistics were
+    taken, so that a gradient row without a mean reads as "not measured", not as missing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, opt, record=tmp_path / "r.sqlite", stats_every=7, graph_every=0, checks=False):
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(2, 3)).sum().backward()
+            opt.step()
+    expected = dataclasses.asdict(Settings(stats_every=7, graph_every=0))
+    with gradscope.open_record(tmp_path / "r.sqlite") as record:
+        assert record.run()["settings"] == expected
+        assert report.build(record)["run"]["settings"] == expected
 
 
 def test_module_statistics_schedule_and_alarm(tmp_path):

@@ -160,6 +160,7 @@ class Details:
     calls: list[dict] = field(default_factory=list)
     stats: list = field(default_factory=list)  # Stat rows of this subject at the step
     stats_step: int | None = None  # set when `stats` come from an earlier step (periodic statistics)
+    stats_every: int | None = None  # the run's interval between statistics steps (None: not in the record)
     update: object = None
     grad_norms: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
@@ -194,6 +195,8 @@ def read_details(record: Record, kind: str, name: str, step: int | None) -> Deta
             earlier = record.last_stats_step(name, step)
             if earlier is not None and earlier != step:
                 details.stats_step = earlier
+                every = (record.run().get("settings") or {}).get("stats_every")
+                details.stats_every = every if isinstance(every, int) else None
                 details.stats = record.stats(step=earlier, subject=name)
         if kind == "param":
             details.update = next(iter(record.updates(step=step, param=name)), None)

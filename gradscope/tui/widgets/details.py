@@ -102,7 +102,9 @@ class DetailsPanel(VerticalScroll):
         self.query_one("#details-head", Static).update(head)
         stats = _stats_table(details) if details.stats else ""
         if details.stats and details.stats_step is not None:
-            stats = Group(Text(f"statistics of step {details.stats_step} (module statistics are periodic)", style="dim"), stats)
+            every = (f"module statistics every {details.stats_every} steps" if details.stats_every
+                     else "module statistics are periodic")
+            stats = Group(Text(f"statistics of step {details.stats_step} ({every})", style="dim"), stats)
         self.query_one("#details-stats", Static).update(stats)
         self.query_one("#grad-spark", Sparkline).data = details.grad_norms
         self.query_one("#ratio-spark", Sparkline).data = details.ratios
