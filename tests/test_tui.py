@@ -24,7 +24,7 @@ from gradscope.tui.app import make_app
 from gradscope.tui.messages import DetailsLoaded, FindingChosen, RecordUpdated
 from gradscope.tui.process import ScriptProcess
 from gradscope.tui.screens.help import HelpScreen
-from gradscope.tui.state import Reader, open_when_ready
+from gradscope.tui.state import Reader, open_when_ready, read_details
 from gradscope.tui.widgets.autograd import AutogradTree
 from gradscope.tui.widgets.findings import FindingsTable
 from gradscope.tui.widgets.modules import ModuleTree
@@ -793,3 +793,16 @@ async def test_details_say_how_often_module_statistics_are_taken(tmp_path):
         last = max(s for s in range(steps) if s < DEFAULTS.dense_steps or s % DEFAULTS.stats_every == 0)
         assert last < steps - 1  # the last step took no module statistics
         assert f"statistics of step {last} (module statistics every {DEFAULTS.stats_every} steps)" in text
+
+
+@pytest.mark.parametrize("settings", ['"every fifty"', '{"stats_every": "50"}', '{"stats_every": true}', "null"])
+def test_details_of_a_record_with_odd_settings_say_only_periodic(tmp_path, settings):
+    """What a record says of its settings is data: a value of the wrong type is not shown as
+    an interval and breaks nothing."""
+    steps = DEFAULTS.dense_steps + 3
+    path = recorded_run(tmp_path / "run.sqlite", steps=steps)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE run SET value = ? WHERE key = 'settings'", (settings,))
+    with gradscope.open_record(path) as record:
+        details = read_details(record, "module", "fc1", steps - 1)
+    assert details.stats_step is not None and details.stats_every is None

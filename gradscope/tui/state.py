@@ -195,8 +195,9 @@ def read_details(record: Record, kind: str, name: str, step: int | None) -> Deta
             earlier = record.last_stats_step(name, step)
             if earlier is not None and earlier != step:
                 details.stats_step = earlier
-                every = (record.run().get("settings") or {}).get("stats_every")
-                details.stats_every = every if isinstance(every, int) else None
+                settings = record.run().get("settings")  # a record's own word: checked, never trusted
+                every = settings.get("stats_every") if isinstance(settings, dict) else None
+                details.stats_every = every if type(every) is int and every > 0 else None
                 details.stats = record.stats(step=earlier, subject=name)
         if kind == "param":
             details.update = next(iter(record.updates(step=step, param=name)), None)
