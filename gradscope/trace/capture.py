@@ -211,7 +211,7 @@ def _packed_norms(positions, xs: list[torch.Tensor], sizes: tuple[int, ...]) -> 
     out = []
     for take, layout, plan in _chunks(sizes, CHUNK):
         chunk, where = take(xs), take(positions)
-        rows = norm_rows(pack([x.abs() for x in chunk] if chunk[0].is_complex() else chunk, plan=plan), layout)
+        rows = norm_rows(pack([_real(x) for x in chunk] if chunk[0].is_complex() else chunk, plan=plan), layout)
         squares, largest = rows.unbind(1)
         if chunk[0].dtype != torch.float64:
             squares = _float32_range(squares)
