@@ -28,7 +28,7 @@ from .record.writer import RecordWriter
 from .settings import DEFAULTS, Settings
 from .trace import keepalive, patches
 from .trace.autograd import walk
-from .trace.batch import row_key
+from .trace.batch import row_keys
 from .trace.capture import gradient_rows, named_values
 from .trace.guard import guarded
 from .trace.modules import ModuleHooks
@@ -317,7 +317,7 @@ class Session:
         ends = ends_step("optimizer", self.open, optimizers=True, primary=self._optimizers.is_primary(entry))
         try:  # a failed audit costs the audit, not the step
             for names, rows in self._tracker.after_step(entry.params, closing=self.open.number if ends else None):
-                self.open.batch.add("update", [row_key(n, entry.index) for n in names], [1] * len(names), rows)
+                self.open.batch.add("update", row_keys(tuple(names), entry.index), [1] * len(names), rows)
         except Exception as exc:
             self._failed("on_optimizer_post", exc)
         self.open.optimizer_steps.append(entry.index)

@@ -360,6 +360,64 @@ def test_tensors_without_values():
     assert local_values(torch.empty(3, device="meta")) is None
 
 
+def _named_values_one_by_one(params, of=None):
+    """`named_values` as its definition reads: `local_values` of each live one, in order."""
+    names, values = [], []
+    for name, ref in params.items():
+        t = ref()
+        t = None if t is None else (t if of is None else of(t))
+        v = None if t is None else local_values(t)
+        if v is not None:
+            names.append(name)
+            values.append(v)
+    return names, values
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
+@pytest.mark.parametrize("odd", ["none", "no-grad", "sparse", "create-graph", "empty", "meta", "freed", "subclass"])
+def test_named_values_takes_every_gradient_as_local_values_does(odd):
+    import weakref
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    kept = list(net.parameters())
+    params = {f"p{i}": weakref.ref(p) for i, p in enumerate(kept)}
+    emb = torch.nn.Embedding(5, 2, sparse=True)
+    net(torch.randn(2, 3)).sum().backward(create_graph=odd == "create-graph")
+    if odd == "no-grad":
+        kept[1].grad = None
+    elif odd == "sparse":
+        emb(torch.tensor([1, 1])).sum().backward()
+        params["emb"] = weakref.ref(emb.weight)
+    elif odd == "empty":
+        kept.append(torch.nn.Parameter(torch.empty(0)))
+        kept[-1].grad = torch.empty(0)
+        params["empty"] = weakref.ref(kept[-1])
+    elif odd == "meta":
+        kept.append(torch.nn.Parameter(torch.empty(2, device="meta")))
+        kept[-1].grad = torch.empty(2, device="meta")
+        params["meta"] = weakref.ref(kept[-1])
+    elif odd == "freed":
+        gone = torch.nn.Parameter(torch.ones(2))
+        params["gone"] = weakref.ref(gone)
+        del gone
+    elif odd == "subclass":
+        kept[0].grad = torch.nn.Parameter(kept[0].grad.clone(), requires_grad=False)
+    grad = lambda p: p.grad  # noqa: E731
+    for of in (grad, None):
+        names, values = capture.named_values(params, of)
+        want_names, want_values = _named_values_one_by_one(params, of)
+        assert names == want_names
+        assert len(values) == len(want_values)
+        for got, want in zip(values, want_values):
+            assert type(got) is torch.Tensor and not got.requires_grad and got.layout == torch.strided
+            assert got.shape == want.shape and got.device == want.device
+            if got.device.type != "meta":
+                assert torch.equal(got, want)
+    if odd == "none":
+        names, values = capture.named_values(params, grad)
+        assert all(v is p.grad for v, p in zip(values, kept))  # the usual case: the gradients themselves
+
+
 def test_dtensor_is_summarized_on_its_local_shard(tmp_path):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh

@@ -2,6 +2,7 @@
 optimizer; compiled models step quietly."""
 
 import copy
+import gc
 import pickle
 import warnings
 
@@ -416,3 +417,33 @@ def test_modules_called_from_another_thread_keep_the_hooks_in(tmp_path):
     assert model.probe.seen == [True] * 5
     record = gradscope.open_record(tmp_path / "r.sqlite")
     assert not record.step(4).described and [c["module"] for c in record.step(4).calls] == [""]
+
+
+def test_each_step_records_the_modules_in_eval_mode_as_they_are_then(tmp_path):
+    """The modules listed once are followed: one switched to eval and back, one freed (replaced
+    by a new module the session learns of), and the rest."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+
+    def step():
+        opt.zero_grad()
+        F.mse_loss(net(x), y).backward()
+        opt.step()
+
+    with gradscope.watch(net, opt, record=tmp_path / "r.sqlite") as session:
+        step()
+        net[1].eval()
+        step()
+        net[1].train()
+        step()
+        extra = nn.Sequential(nn.Tanh(), nn.Identity())
+        session.add_model(extra, "extra")
+        extra[0].eval()
+        step()
+        del extra
+        gc.collect()
+        step()
+    with gradscope.open_record(tmp_path / "r.sqlite") as record:
+        assert [s.eval_modules for s in record.steps()] == [[], ["1"], [], ["extra.0"], []]

@@ -26,6 +26,14 @@ def row_key(*parts) -> tuple:
     return parts
 
 
+@functools.lru_cache(maxsize=16)
+def row_keys(names: tuple[str, ...], *rest) -> tuple[tuple, ...]:
+    """`row_key(name, *rest)` of each of `names`, made once per names and rest: every step's
+    rows of the parameters have the same keys (made anew, a Python step per parameter and
+    step)."""
+    return tuple(row_key(name, *rest) for name in names)
+
+
 @dataclass
 class _Block:
     kind: str

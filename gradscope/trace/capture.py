@@ -45,7 +45,7 @@ import torch
 
 from .blocks import (LOW_PRECISION, NORM_HOW, RAW_HOW, norm_columns, one_row, raw_columns, runs, runs_of,
                      segment_rows, temporary, to_device)
-from .batch import row_key
+from .batch import row_key, row_keys
 from .shards import local
 from .tails import DeadUnits, TailCount, count_dead, count_outside, unit_maxima
 
@@ -87,17 +87,35 @@ def named_values(params: dict, of=None) -> tuple[list[str], list[torch.Tensor]]:
     """(names, `local_values`) of the live parameters among `params` (name -> weak reference),
     or of `of(parameter)` (its gradient); those without values are left out. Two lists, not a
     pair per parameter (the collector would track each pair). Only gathers tensors, no tensor
-    op: the values go to the multi-tensor reductions together."""
+    op: the values go to the multi-tensor reductions together. The usual case, every one a
+    plain dense tensor with elements that needs no detaching, is told by C-level passes over
+    the list, without a Python step per parameter (thousands of them, every step)."""
+    tensors = list(map(operator.call, params.values()))
+    if of is not None:
+        tensors = (list(map(of, tensors)) if not any(map(_is_none, tensors))
+                   else [None if t is None else of(t) for t in tensors])
+    if _all_plain(tensors):
+        return list(params), tensors
     names, values = [], []
-    for name, ref in params.items():
-        t = ref()
-        if t is not None and of is not None:
-            t = of(t)
+    for name, t in zip(params, tensors):
         v = None if t is None else local_values(t)
         if v is not None:
             names.append(name)
             values.append(v)
     return names, values
+
+
+_is_none = functools.partial(operator.is_, None)
+_layout, _requires_grad, _is_meta = (operator.attrgetter(a) for a in ("layout", "requires_grad", "is_meta"))
+
+
+def _all_plain(tensors: list) -> bool:
+    """Whether `local_values` of each of `tensors` is the tensor itself: a plain dense tensor
+    (not None, not a subclass or a DTensor, not sparse) that needs no detaching and has
+    elements, off the meta device."""
+    return (set(map(type, tensors)) == {torch.Tensor} and set(map(_layout, tensors)) == {torch.strided}
+            and not any(map(_requires_grad, tensors)) and all(map(torch.Tensor.numel, tensors))
+            and not any(map(_is_meta, tensors)))
 
 
 def _real(t: torch.Tensor) -> torch.Tensor:
@@ -577,15 +595,22 @@ def gradient_rows(names: list[str], tensors: list[torch.Tensor], full: bool) -> 
 
     out = []
     if not full:
+        keys, sizes = row_keys(tuple(names), 0, ""), list(map(torch.Tensor.numel, tensors))
         for positions, rows in norms(tensors):
-            keys = [row_key(names[i], 0, "") for i in positions]
-            out.append(("grad-norm", keys, [tensors[i].numel() for i in positions], rows))
+            out.append(("grad-norm", _picked(keys, positions), _picked(sizes, positions), rows))
         return out
     for result in summaries(tensors, bins=HIST_BINS):
         counts = [tensors[i].numel() for i in result.positions]
         out.append(("grad", [row_key(names[i], 0, "") for i in result.positions], counts, result.rows))
         out.append(("hist", [names[i] for i in result.positions], counts, result.hists))
     return out
+
+
+def _picked(values: list, positions) -> list:
+    """`values` at `positions`, taken in one C-level call."""
+    if len(positions) < 2:
+        return [values[i] for i in positions]
+    return list(operator.itemgetter(*positions)(values))
 
 
 def weight_rows(names: list[str], tensors: list[torch.Tensor]) -> list[tuple[str, list, list[int], torch.Tensor]]:

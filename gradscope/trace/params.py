@@ -20,6 +20,7 @@ tensors; nothing is read back here.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from dataclasses import dataclass
 
@@ -233,7 +234,7 @@ class ParamTracker:
             return False
         refs, pointers = self._plain
         try:
-            return [ref().data_ptr() for ref in refs] == pointers
+            return list(map(torch.Tensor.data_ptr, map(operator.call, refs))) == pointers
         except Exception:  # a parameter is gone, or has no storage of its own now
             return False
 

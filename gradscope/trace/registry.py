@@ -9,9 +9,14 @@ record's module table.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import weakref
 
 import torch
+
+
+_training = operator.attrgetter("training")
 
 
 class Registry:
@@ -24,6 +29,7 @@ class Registry:
         self._param_ids: dict[int, str] = {}
         self._root_ids: set[int] = set()  # ids of watched root modules (checked against `_modules`)
         self.params: dict[str, weakref.ref] = {}  # qualified name -> parameter
+        self._listed: tuple[list, list] | None = None  # (refs, names) of `_modules`; None: to list anew
 
     def _entry(self, module) -> tuple | None:
         entry = self._modules.get(id(module))
@@ -107,19 +113,30 @@ class Registry:
     def add_module(self, module, name: str, root: str) -> None:
         key = id(module)
 
-        def forget(ref, key=key, modules=self._modules):
+        def forget(ref, key=key, modules=self._modules, registry=weakref.ref(self)):
             entry = modules.get(key)
             if entry is not None and entry[0] is ref:
                 del modules[key]
+                if (alive := registry()) is not None:
+                    alive._listed = None
 
         self._modules[key] = (weakref.ref(module, forget), name, root)
+        self._listed = None
         if name == root:
             self._root_ids.add(key)
 
     def in_eval(self) -> list[str]:
-        """Names of the watched modules in eval mode (every step: one pass, no object per module)."""
-        return [name for ref, name, _ in list(self._modules.values())
-                if (module := ref()) is not None and not module.training]
+        """Names of the watched modules in eval mode (every step: C-level passes over the
+        modules listed once, no object per module)."""
+        listed = self._listed
+        if listed is None:
+            entries = list(self._modules.values())
+            listed = self._listed = ([entry[0] for entry in entries], [entry[1] for entry in entries])
+        refs, names = listed
+        try:
+            return list(itertools.compress(names, map(operator.not_, map(_training, map(operator.call, refs)))))
+        except AttributeError:  # a module freed since it was listed
+            return [name for ref, name in zip(refs, names) if (module := ref()) is not None and not module.training]
 
     def __len__(self) -> int:
         """How many watched modules are alive."""
