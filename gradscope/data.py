@@ -7,6 +7,7 @@ read back from a record.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 from collections.abc import ItemsView, Iterable, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class Update(NamedTuple):
 
 _STAT_FIELDS = {name: i for i, name in enumerate(Stat._fields)}
 _NONFINITE = _STAT_FIELDS["nonfinite"]
+_kind_of, _nonfinite_of = operator.itemgetter(0), operator.itemgetter(_NONFINITE)
 _stat = functools.partial(tuple.__new__, Stat)  # a Stat of a plain tuple (no check of its length)
 _update = functools.partial(tuple.__new__, Update)
 _UPDATE_FIELDS = {name: i for i, name in enumerate(Update._fields)}
@@ -144,11 +146,16 @@ class Stats(Sequence):
 
     def _sort(self) -> tuple:
         if self._sorted is None or self._sorted[0] != len(self.rows):  # rows added since
-            kinds: dict[str, list] = {}
-            for row in self.rows:
-                kinds.setdefault(row[0], []).append(row)
-            bad = [row for row in self.rows if row[_NONFINITE]]
-            self._sorted = (len(self.rows), {k: Stats._of(v) for k, v in kinds.items()}, Stats._of(bad))
+            rows = self.rows
+            bad = Stats._of(list(filter(_nonfinite_of, rows)))
+            kinds = set(map(_kind_of, rows))
+            if len(kinds) == 1:  # one kind (a step without full statistics): all rows, already sorted
+                only = Stats._of(list(rows))
+                only._sorted = (len(rows), {next(iter(kinds)): only}, bad)
+                self._sorted = (len(rows), only._sorted[1], bad)
+            else:  # a stable sort keeps each kind's rows in order; C-level passes, no Python step per row
+                self._sorted = (len(rows), {kind: Stats._of(list(group)) for kind, group in
+                                            itertools.groupby(sorted(rows, key=_kind_of), _kind_of)}, bad)
         return self._sorted
 
     def __len__(self) -> int:

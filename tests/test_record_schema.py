@@ -412,7 +412,7 @@ def test_checks_read_a_steps_rows_by_kind_and_by_column_as_iterating_them_would(
     """Checks of a model with thousands of parameters read one kind of row or one field, not
     every row as a `Stat`: what `of_kind`, `nonfinite` and `column` give equals the filtered
     iteration, also after rows were added to a step already read (decoding appends)."""
-    from gradscope.data import Stats, Update, Updates
+    from gradscope.data import Stat, Stats, Update, Updates
 
     nan = math.nan
     stats = Stats([
@@ -428,6 +428,12 @@ def test_checks_read_a_steps_rows_by_kind_and_by_column_as_iterating_them_would(
     stats.rows.append(("activation", "fc", 0, "", 2, nan, nan, nan, nan, nan, 0, 2))  # as decode adds rows
     assert stats.of_kind("activation").column("subject") == ["fc"]
     assert [s.subject for s in stats.nonfinite()] == ["b", "fc"]
+    grads = Stats([row for row in stats.rows if row[0] == "grad"])  # one kind (a step without full statistics)
+    only = grads.of_kind("grad")
+    assert list(only) == list(grads) and not grads.of_kind("loss")
+    assert [s.subject for s in only.nonfinite()] == [s.subject for s in grads.nonfinite()] == ["b"]
+    grads.append(Stat("grad", "c", 0, "", 1, nan, nan, nan, nan, 1.0, None, 1))  # as decode adds rows
+    assert [s.subject for s in grads.of_kind("grad").nonfinite()] == ["b", "c"]
     updates = Updates([Update("a", 0, 0.1, 1.0, None, 0.1, 1.0), Update("b", None, None, None, 0.5, 0.0, 2.0)])
     assert updates.column("delta") == [u.delta for u in updates.values()] == [0.1, None]
     assert list(zip(updates, updates.column("outside"))) == [("a", None), ("b", 0.5)]

@@ -7,6 +7,7 @@ its step ends the training step.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ class TrackedOptimizer:
 
 
 def _flat_params(optimizer: torch.optim.Optimizer) -> list:
-    return [p for group in optimizer.param_groups for p in group["params"]]
+    return list(itertools.chain.from_iterable(group["params"] for group in optimizer.param_groups))
 
 
 class Optimizers:
@@ -52,7 +53,7 @@ class Optimizers:
     def changed_params(self, optimizer, entry: TrackedOptimizer) -> list | None:
         """The optimizer's parameters when they changed since the last call (else None)."""
         params = _flat_params(optimizer)
-        ids = tuple(id(p) for p in params)
+        ids = tuple(map(id, params))
         if ids == entry.ids:
             return None
         entry.ids = ids
