@@ -1,7 +1,7 @@
 """How gradscope's cost scales with the model: many parameter tensors, many modules, one huge
 parameter.
 
-    python benchmarks/scaling.py [--rounds 3] [--steps 50]
+    python benchmarks/scaling.py [--rounds 3] [--steps 50] [--no-recorder]
 
 * Step time with 2,000 parameter tensors (an MLP of 1,000 small linear layers) and with 5,000
   modules, watched (default settings, after the dense start) over bare, interleaved in rounds:
@@ -10,6 +10,9 @@ parameter.
 * Peak extra memory of one 50M-element float32 parameter (200 MB), each contender in its own
   process (the peak resident size of bare training subtracted from that of watched training
   with full statistics on every step: weights, gradients and their histograms).
+
+With ``--no-recorder`` the steps are not handed to the recorder thread: the step times are the
+training thread's share alone (on a machine with few cores the recorder competes for them).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 import gradscope
 from common import cpu_training, timed_steps
+from gradscope.record.writer import RecordWriter
 from gradscope.settings import DEFAULTS
 from models import make
 
@@ -76,12 +80,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=DEFAULTS.stats_every)
     parser.add_argument("--size", type=int, default=50_000_000)
     parser.add_argument("--peak-child", choices=("bare", "watched"))
+    parser.add_argument("--no-recorder", action="store_true",
+                        help="steps are not handed to the recorder: the training thread's share alone")
     args = parser.parse_args()
     if args.peak_child:
         peak_child(args.peak_child, args.size, args.steps)
         return
+    if args.no_recorder:
+        RecordWriter.send_step = lambda self, snapshot: None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds x "
-          f"{args.steps} steps\n")
+          f"{args.steps} steps{', recorder stubbed out' if args.no_recorder else ''}\n")
     print("| model | bare ms/step | watched/bare mean | median | dense start (first 20 steps) |")
     print("|---|---|---|---|---|")
     for label, model, size in (("2,000 parameter tensors", "tensors", 2000), ("5,000 modules", "modules", 5000)):
