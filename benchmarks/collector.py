@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 import gradscope
-from common import cpu_training, model_options, timed_steps
+from common import cpu_training, model_label, model_options, timed_steps
 from gradscope.settings import DEFAULTS
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     timed_steps(net, opt, x, y, 3)
     collections = Collections()
     bare = timed_steps(net, opt, x, y, args.steps)
-    print(f"{args.model} ({args.size}), {args.steps} steps, {len(gc.get_objects()):,} objects tracked")
+    print(f"{model_label(args)}, {args.steps} steps, {len(gc.get_objects()):,} objects tracked")
     collections.report("bare", args.steps)
     with tempfile.TemporaryDirectory() as folder:
         with gradscope.watch(net, opt, record=Path(folder) / "r.sqlite"):

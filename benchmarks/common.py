@@ -43,14 +43,22 @@ def steps_and_repeats(repeat: int, steps: int = 2000) -> argparse.Namespace:
     return args
 
 
-def model_options(steps: int) -> argparse.Namespace:
+def model_options(steps: int, *, model: str = "tensors", size: int = 2000,
+                  stats_every: int | None = None) -> argparse.Namespace:
     """The options --model (one of `models.make`'s CPU models), --size (parameter tensors or
-    modules of the scaling models) and --steps, parsed."""
+    modules of the scaling models) and --steps, parsed; --stats-every too when given a default."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="tensors", choices=("tensors", "modules", "resnet", "transformer"))
-    parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--model", default=model, choices=("tensors", "modules", "resnet", "transformer"))
+    parser.add_argument("--size", type=int, default=size)
     parser.add_argument("--steps", type=int, default=steps)
+    if stats_every is not None:
+        parser.add_argument("--stats-every", type=int, default=stats_every, help="1: statistics steps only")
     return parser.parse_args()
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """The model as the benchmarks print it: its name, and its size for the scaling models."""
+    return f"{args.model} ({args.size})" if args.model in ("tensors", "modules") else args.model
 
 
 def cpu_training(model: str, size: int = 0):

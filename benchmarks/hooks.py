@@ -13,7 +13,6 @@ module hook exists) and garbage collection.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import statistics
 import tempfile
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import gradscope
-from common import cpu_training, timed_steps
+from common import cpu_training, model_label, model_options, timed_steps
 from gradscope import session
 from gradscope.record.writer import RecordWriter
 from gradscope.settings import DEFAULTS
@@ -48,12 +47,7 @@ def timed(spent: collections.Counter, owner, name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="tensors", choices=("tensors", "modules", "resnet", "transformer"))
-    parser.add_argument("--size", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--stats-every", type=int, default=1000, help="1: statistics steps only")
-    args = parser.parse_args()
+    args = model_options(steps=30, stats_every=1000)
     net, opt, x, y = cpu_training(args.model, args.size)
     timed_steps(net, opt, x, y, 3)
     RecordWriter.send_step = lambda self, snapshot: None  # the recorder stubbed out
@@ -68,8 +62,7 @@ def main() -> None:
             spent.clear()
             watched = timed_steps(net, opt, x, y, args.steps)
     b, w = statistics.median(bare), statistics.median(watched)
-    sized = f" ({args.size})" if args.model in ("tensors", "modules") else ""
-    print(f"{args.model}{sized}, statistics every {args.stats_every} steps, recorder stubbed out")
+    print(f"{model_label(args)}, statistics every {args.stats_every} steps, recorder stubbed out")
     print(f"  step: bare {b * 1e3:.1f} ms, watched {w * 1e3:.1f} ms (+{(w - b) * 1e3:.1f} ms)")
     for name, seconds in spent.most_common():
         print(f"  {name:20} {seconds / args.steps * 1e3:7.2f} ms/step")

@@ -13,7 +13,6 @@ for comparison.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gc
 import tempfile
@@ -21,7 +20,7 @@ import threading
 from pathlib import Path
 
 import gradscope
-from common import cpu_training, timed_steps
+from common import cpu_training, model_label, model_options, timed_steps
 from gradscope.settings import DEFAULTS
 
 
@@ -63,16 +62,10 @@ class Promotions:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="modules", choices=("tensors", "modules", "resnet", "transformer"))
-    parser.add_argument("--size", type=int, default=5000)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--stats-every", type=int, default=1, help="1: statistics steps only")
-    args = parser.parse_args()
+    args = model_options(steps=6, model="modules", size=5000, stats_every=1)
     net, opt, x, y = cpu_training(args.model, args.size)
     timed_steps(net, opt, x, y, 3)
-    sized = f" ({args.size})" if args.model in ("tensors", "modules") else ""
-    print(f"{args.model}{sized}, {args.steps} steps, statistics every {args.stats_every} steps, "
+    print(f"{model_label(args)}, {args.steps} steps, statistics every {args.stats_every} steps, "
           f"{len(gc.get_objects()):,} objects tracked before watching")
     bare = Promotions()
     bare.count(net, opt, x, y, args.steps)

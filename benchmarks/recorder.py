@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 import gradscope
-from common import cpu_training, model_options, timed_steps
+from common import cpu_training, model_label, model_options, timed_steps
 from gradscope import analysis
 from gradscope.record import schema, writer
 
@@ -92,8 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         with gradscope.watch(net, opt, record=Path(folder) / "r.sqlite"):
             timed_steps(net, opt, x, y, args.steps)
-    sized = f" ({args.size})" if args.model in ("tensors", "modules") else ""
-    print(f"{args.model}{sized}, {args.steps} steps")
+    print(f"{model_label(args)}, {args.steps} steps")
     timings.report()
 
 
