@@ -146,16 +146,10 @@ class Stats(Sequence):
 
     def _sort(self) -> tuple:
         if self._sorted is None or self._sorted[0] != len(self.rows):  # rows added since
-            rows = self.rows
-            bad = Stats._of(list(filter(_nonfinite_of, rows)))
-            kinds = set(map(_kind_of, rows))
-            if len(kinds) == 1:  # one kind (a step without full statistics): all rows, already sorted
-                only = Stats._of(list(rows))
-                only._sorted = (len(rows), {next(iter(kinds)): only}, bad)
-                self._sorted = (len(rows), only._sorted[1], bad)
-            else:  # a stable sort keeps each kind's rows in order; C-level passes, no Python step per row
-                self._sorted = (len(rows), {kind: Stats._of(list(group)) for kind, group in
-                                            itertools.groupby(sorted(rows, key=_kind_of), _kind_of)}, bad)
+            rows = self.rows  # a stable sort keeps each kind's rows in order: C-level passes, no Python step per row
+            by_kind = itertools.groupby(sorted(rows, key=_kind_of), _kind_of)
+            self._sorted = (len(rows), {kind: Stats._of(list(group)) for kind, group in by_kind},
+                            Stats._of(list(filter(_nonfinite_of, rows))))
         return self._sorted
 
     def __len__(self) -> int:

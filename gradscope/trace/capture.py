@@ -35,6 +35,7 @@ magnitude of a complex tensor, integer and bool tensors as float32.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 import threading
@@ -90,19 +91,20 @@ def named_values(params: dict, of=None) -> tuple[list[str], list[torch.Tensor]]:
     op: the values go to the multi-tensor reductions together. The usual case, every one a
     plain dense tensor with elements that needs no detaching, is told by C-level passes over
     the list, without a Python step per parameter (thousands of them, every step)."""
-    tensors = list(map(operator.call, params.values()))
+    names, tensors = _present(list(params), list(map(operator.call, params.values())))
     if of is not None:
-        tensors = (list(map(of, tensors)) if not any(map(_is_none, tensors))
-                   else [None if t is None else of(t) for t in tensors])
-    if _all_plain(tensors):
-        return list(params), tensors
-    names, values = [], []
-    for name, t in zip(params, tensors):
-        v = None if t is None else local_values(t)
-        if v is not None:
-            names.append(name)
-            values.append(v)
-    return names, values
+        names, tensors = _present(names, list(map(of, tensors)))
+    if not _all_plain(tensors):  # sparse, sharded, needing a detach, empty...: as `local_values` takes each
+        names, tensors = _present(names, list(map(local_values, tensors)))
+    return names, tensors
+
+
+def _present(names: list, values: list) -> tuple[list, list]:
+    """The `names` and `values` whose value is not None (the lists themselves when none is)."""
+    if not any(map(_is_none, values)):
+        return names, values
+    kept = list(map(operator.is_not, values, itertools.repeat(None)))
+    return list(itertools.compress(names, kept)), list(itertools.compress(values, kept))
 
 
 _is_none = functools.partial(operator.is_, None)
@@ -110,8 +112,8 @@ _layout, _requires_grad, _is_meta = (operator.attrgetter(a) for a in ("layout", 
 
 
 def _all_plain(tensors: list) -> bool:
-    """Whether `local_values` of each of `tensors` is the tensor itself: a plain dense tensor
-    (not None, not a subclass or a DTensor, not sparse) that needs no detaching and has
+    """Whether `local_values` of each of `tensors` (none None) is the tensor itself: a plain
+    dense tensor (not a subclass or a DTensor, not sparse) that needs no detaching and has
     elements, off the meta device."""
     return (set(map(type, tensors)) == {torch.Tensor} and set(map(_layout, tensors)) == {torch.strided}
             and not any(map(_requires_grad, tensors)) and all(map(torch.Tensor.numel, tensors))
@@ -156,9 +158,10 @@ PACK = 1 << 16
 FEW = 32
 
 
-def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+def norms(tensors: list[torch.Tensor], sizes: tuple[int, ...] | None = None) -> list[tuple[list[int], torch.Tensor]]:
     """Row blocks of (L2 norm, largest magnitude) of `tensors`: (positions in `tensors`, device
-    tensor [k, 2]), grouped by (device, dtype). `tensors` must hold values (`local_values`).
+    tensor [k, 2]), grouped by (device, dtype). `tensors` must hold values (`local_values`);
+    `sizes`: their numbers of elements, when the caller has them.
 
     Two multi-tensor launches and one stack per group (on a GPU: fused kernels); on the CPU
     many small tensors are packed into chunks and reduced per segment, and largest magnitudes
@@ -166,8 +169,10 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
     in float32, so a norm above 65504 is not reported as infinite; like torch's own norm, a
     float32 norm past float32's range is infinite (its largest magnitude is not)."""
     out = []
+    every_size = sizes or tuple(map(torch.Tensor.numel, tensors))
     for (device, dtype), positions in _groups(tensors):
         xs = tensors if positions is None else [tensors[i] for i in positions]
+        sizes = every_size if positions is None else tuple(every_size[i] for i in positions)
         positions = range(len(tensors)) if positions is None else positions
         if not (dtype.is_floating_point or dtype.is_complex):
             xs = [_real(x) for x in xs]
@@ -176,7 +181,6 @@ def norms(tensors: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
             out.append((list(positions), rows_of(torch._foreach_norm(xs, 2, **extra),
                                                  torch._foreach_norm(xs, math.inf, **extra))))
             continue
-        sizes = tuple(map(torch.Tensor.numel, xs))
         if len(xs) > FEW and max(sizes) <= PACK:  # the usual case with many tensors: all packed
             out += _packed_norms(positions, xs, sizes)
             continue
@@ -595,8 +599,8 @@ def gradient_rows(names: list[str], tensors: list[torch.Tensor], full: bool) -> 
 
     out = []
     if not full:
-        keys, sizes = row_keys(tuple(names), 0, ""), list(map(torch.Tensor.numel, tensors))
-        for positions, rows in norms(tensors):
+        keys, sizes = row_keys(tuple(names), 0, ""), tuple(map(torch.Tensor.numel, tensors))
+        for positions, rows in norms(tensors, sizes):
             out.append(("grad-norm", _picked(keys, positions), _picked(sizes, positions), rows))
         return out
     for result in summaries(tensors, bins=HIST_BINS):
