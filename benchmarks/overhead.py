@@ -9,7 +9,8 @@ TensorBoard's add_histogram of every gradient (needs the tensorboard package). P
 median step time and its ratio to bare. gradscope rounds are timed after the dense start of a
 run (its first steps always get full statistics). Prints the ratio of median step times and
 of total (mean) step times: the total includes the statistics steps, at their rate (a window
-of --steps steps, a multiple of --stats-every, holds steps/stats_every of them). Models: `resnet`, a small
+of --steps steps, a multiple of --stats-every, holds steps/stats_every of them), and the median
+ratio of the default contender's statistics steps alone (one a round at the default). Models: `resnet`, a small
 ResNet-style CNN (in-place ReLUs, batch-norm) on 32x32 images; `transformer`, a 4-layer
 encoder (d=128, batch 16x64); `demo`, the demo's LeNet on 32x32 images; for GPUs,
 `resnet50` (torchvision's, batch 64 of 224x224) and `transformer-large` (12 layers, d=768,
@@ -156,18 +157,23 @@ def main() -> None:
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     y = torch.randint(0, 10, (x.shape[0],), device=device)
     timed_steps(net, opt, x, y, 5, device)  # warm-up
-    chosen = [c for c in CONTENDERS if args.only is None or c in args.only.split(",")]
+    chosen = [c for c in CONTENDERS if args.only is None or c == "bare" or c in args.only.split(",")]
     if "tensorboard histograms" in chosen and importlib.util.find_spec("tensorboard") is None:
         chosen.remove("tensorboard histograms")
         print("tensorboard histograms: left out, the tensorboard package is not installed")
     times: dict[str, list[float]] = {name: [] for name in chosen}
+    statistics_steps: list[float] = []  # the default contender's steps that took module statistics
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.rounds):
             for name in chosen:
                 with CONTENDERS[name](net, opt, Path(folder) / f"{name}{r}.sqlite", args.stats_every):
                     if name.startswith("gradscope"):
                         timed_steps(net, opt, x, y, DEFAULTS.dense_steps, device)  # past the dense start of a run
-                    times[name] += timed_steps(net, opt, x, y, args.steps, device)
+                    timed = timed_steps(net, opt, x, y, args.steps, device)
+                    times[name] += timed
+                    if name == "gradscope":
+                        statistics_steps += [t for i, t in enumerate(timed, DEFAULTS.dense_steps)
+                                             if i % args.stats_every == 0]
     bare = statistics.median(times["bare"])
     bare_mean = statistics.fmean(times["bare"])
     print(f"device {device}, {args.model}, {args.rounds}x{args.steps} steps each, "
@@ -176,6 +182,10 @@ def main() -> None:
         median, mean = statistics.median(values), statistics.fmean(values)
         print(f"{name:22} median {median * 1e3:9.3f} ms/step  ratio {median / bare:6.2f}   "
               f"mean {mean * 1e3:9.3f} ms/step  total-time ratio {mean / bare_mean:6.2f}")
+    if statistics_steps:
+        median = statistics.median(statistics_steps)
+        print(f"{'gradscope, statistics steps':22} median {median * 1e3:9.3f} ms/step  ratio {median / bare:6.2f}   "
+              f"({len(statistics_steps)} steps: one statistics step among plain ones)")
 
 if __name__ == "__main__":
     main()

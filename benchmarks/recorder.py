@@ -19,7 +19,7 @@ from pathlib import Path
 import gradscope
 from common import cpu_training, model_label, model_options, timed_steps
 from gradscope import analysis
-from gradscope.record import schema, writer
+from gradscope.record import schema, series, writer
 
 
 class Timings:
@@ -83,7 +83,7 @@ def main() -> None:
     args = model_options(steps=221)
     timings = Timings()
     timings.wrap(schema.Table, "insert", lambda args: f"insert {args[0].name}")
-    timings.wrap(schema, "add_series", "series listing")
+    timings.wrap(series.Listing, "add", "series listing")
     timings.wrap(writer._Connection, "commit", "commit")
     timings.wrap(writer, "decode", "decode")
     timings.wrap(analysis.Analyzer, "step", "checks")

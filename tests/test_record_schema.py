@@ -13,7 +13,7 @@ from torch import nn
 
 import gradscope
 from gradscope.errors import RecordError
-from gradscope.record import schema
+from gradscope.record import schema, series
 from waiting import wait_for
 
 # The schema of records written before the tables were declared as dataclasses (user_version 1),
@@ -325,15 +325,101 @@ def test_a_listing_that_was_undone_is_taken_up_by_the_next(tmp_path):
     for step in range(30):
         schema.STATS.insert(conn, rows, step=step)
     conn.execute("BEGIN")
-    schema.add_series(conn, 9)
+    series.add_series(conn, 9)
     conn.execute("ROLLBACK")  # the writer's transaction was lost
-    schema.add_series(conn, 19)
-    schema.add_series(conn, 12)  # behind the listing: nothing to add
-    schema.add_series(conn, 29)
+    series.add_series(conn, 19)
+    series.add_series(conn, 12)  # behind the listing: nothing to add
+    series.add_series(conn, 29)
     listed = sorted(int(n) for (text,) in conn.execute("SELECT rowids FROM series") for n in text.split(","))
     assert listed == [r for (r,) in conn.execute("SELECT rowid FROM stats ORDER BY rowid")]
     assert [r for r in conn.execute("SELECT first, last FROM series WHERE subject = 'a' ORDER BY last")] == \
         [(0, 19), (20, 29)]
+
+
+def _series_as_sql_lists_them(conn) -> None:
+    """Every `series` row lists exactly its subject's stats rows of its range, in rowid order,
+    and every stats row up to the last listed step is in one list."""
+    listed = []
+    for last, kind, subject, first, text in conn.execute("SELECT last, kind, subject, first, rowids FROM series"):
+        rowids = [int(n) for n in text.split(",")]
+        expected = [r for (r,) in conn.execute("SELECT rowid FROM stats WHERE kind = ? AND subject = ?"
+                                               " AND step BETWEEN ? AND ? ORDER BY rowid", (kind, subject, first, last))]
+        assert rowids == expected, (kind, subject, first, last)
+        listed += rowids
+    through = series.series_through(conn)
+    assert sorted(listed) == [r for (r,) in conn.execute("SELECT rowid FROM stats WHERE step <= ? ORDER BY rowid",
+                                                         (through,))]
+
+
+def test_the_writer_lists_series_from_where_it_put_the_rows(tmp_path, monkeypatch):
+    """Plain and statistics steps (rows of other kinds and subjects) alternate; the writer lists
+    their rows from memory, with no SQL sort, and the lists are SQL's."""
+    by_sql = []
+    monkeypatch.setattr(series, "add_series", lambda conn, through: by_sql.append(through))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "r.sqlite"
+    with gradscope.watch(model, opt, record=path, stats_every=5):
+        _train_steps(model, opt, schema.SERIES_STEPS * 2 + 9)
+    conn = sqlite3.connect(path)
+    try:
+        assert [r for (r,) in conn.execute("SELECT DISTINCT last FROM series ORDER BY last")] == \
+            [schema.SERIES_STEPS - 1, schema.SERIES_STEPS * 2 - 1, schema.SERIES_STEPS * 2 + 8]
+        _series_as_sql_lists_them(conn)
+        assert len({kind for (kind,) in conn.execute("SELECT kind FROM series")}) > 3  # layouts alternated
+    finally:
+        conn.close()
+    assert by_sql == []
+
+
+def _written(conn, listing, step, rows, *, keep=True):
+    """One step's message as the writer writes it: in a savepoint, kept or undone; every 10th
+    step lists the series."""
+    if not conn.in_transaction:
+        conn.execute("BEGIN")
+    conn.execute("SAVEPOINT message")
+    cursor = schema.STATS.insert(conn, rows, step=step)
+    listing.wrote(step, rows, cursor.lastrowid)
+    if step % 10 == 9:
+        listing.add(conn, step)
+    if keep:
+        conn.execute("RELEASE message")
+        listing.kept()
+    else:
+        conn.execute("ROLLBACK TO message")
+        conn.execute("RELEASE message")
+        listing.undone()
+
+
+def test_a_listing_from_memory_follows_undone_messages_and_lost_transactions(tmp_path, monkeypatch):
+    """A message undone alone (its rows gone, or its rows and its listing), a transaction rolled
+    back: the lists stay SQL's, from memory where the record agrees and by SQL where it does not."""
+    by_sql = []
+
+    def sql(conn, through, _sql=series.add_series):
+        by_sql.append(through)
+        _sql(conn, through)
+
+    monkeypatch.setattr(series, "add_series", sql)
+    conn = sqlite3.connect(tmp_path / "r.sqlite", isolation_level=None)
+    schema.create(conn)
+    plain = [gradscope.Stat("grad", s, 0, "", 1, 0.0, 0.0, 0.0, 0.0, 1.0, 0, 0) for s in ("a", "b", "c")]
+    full = plain + [gradscope.Stat("activation", "m", c, "", 4, 0.0, 0.0, 0.0, 0.0, 1.0, 0, 0) for c in (0, 1)]
+    listing = series.Listing()
+    for step in range(70):
+        rows = full if step < 4 or step % 7 == 0 else [tuple(r) for r in plain]  # plain tuples, as the recorder's
+        _written(conn, listing, step, rows, keep=step not in (13, 29))  # 29: undone with its listing
+        if step in (45, 50):
+            conn.execute("COMMIT")
+        elif step == 54:
+            conn.execute("ROLLBACK")  # steps 51-54 lost with their transaction
+            listing.lost()
+    listing.add(conn, 69)
+    _series_as_sql_lists_them(conn)
+    assert [r for (r,) in conn.execute("SELECT DISTINCT last FROM series ORDER BY last")] == [9, 19, 39, 49, 59, 69]
+    assert conn.execute("SELECT count(*) FROM stats WHERE step IN (13, 29, 51, 54)").fetchone()[0] == 0
+    assert by_sql == [39, 59]  # after the undone listing and the lost transaction; from memory otherwise
 
 
 def test_a_doctored_series_is_a_corrupt_record(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..data import KINDS, GraphData, Stat, Stats, StepData, Update, Updates
 from ..errors import RecordError
-from . import schema
+from . import schema, series
 
 try:
     import fcntl
@@ -369,7 +369,7 @@ class Record:
     def _series_through(self) -> int:
         """The last step the `series` lists cover (-1: none yet); later steps are read by step."""
         try:
-            return schema.series_through(self._conn)
+            return series.series_through(self._conn)
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"{self.path}: corrupt record ({exc})") from None
 

@@ -435,7 +435,7 @@ TABLES = (RUN, MODULES, PARAMETERS, OPTIMIZERS, STEPS, CALLS, STATS, UPDATES, TA
 #: per row, each at its own place in the index, cost six times the row itself to write (the
 #: index's pages split all over, and each commit wrote them all again). Instead every
 #: `SERIES_STEPS` steps one row per (kind, subject) lists the rowids of its stats rows; the steps
-#: after the last listed are read through the step index.
+#: after the last listed are read through the step index (`series`).
 SERIES_STEPS = 64
 #: The `series` table; a record written before it has ``stats_by_subject`` on stats instead.
 SERIES_DDL = (
@@ -443,26 +443,6 @@ SERIES_DDL = (
     " first INTEGER NOT NULL, rowids TEXT NOT NULL, PRIMARY KEY (last, kind, subject)) WITHOUT ROWID;\n"
     "CREATE INDEX series_by_subject ON series (kind, subject, last);"
 )
-
-
-def series_through(conn) -> int:
-    """The last step whose stats rows `series` lists (-1: none yet)."""
-    return conn.execute("SELECT coalesce(max(last), -1) FROM series").fetchone()[0]
-
-
-def add_series(conn, through: int) -> None:
-    """List in `series` the stats rows of the steps after the last listed, up to `through`: the
-    range starts where the record's series end (not where the writer believes), so a range
-    whose writing was undone is listed by the next one."""
-    first = series_through(conn) + 1
-    if through < first:
-        return
-    conn.execute(
-        "INSERT INTO series (last, kind, subject, first, rowids)"
-        " SELECT ?, kind, subject, ?, group_concat(rowid) FROM stats WHERE step >= ? AND step <= ?"
-        " GROUP BY kind, subject",
-        (through, first, first, through),
-    )
 
 
 def create(conn: sqlite3.Connection) -> None:

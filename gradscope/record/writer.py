@@ -42,7 +42,7 @@ from ..data import KINDS, StepData
 from ..findings import SEVERITIES, internal_error
 from ..terminal import inert
 from ..trace.batch import FrozenBatch
-from . import paths, schema
+from . import paths, schema, series
 
 try:
     import fcntl
@@ -280,6 +280,7 @@ class RecordWriter:
         self._committed = 0  # the run's step count as of the last commit
         self._commit_now = False  # a finding was written: commit it without waiting
         self._series_due = schema.SERIES_STEPS - 1  # the step whose write lists the stats rows by subject
+        self._listing = series.Listing()  # where the stats rows went since the last listing
         #: set once a non-finite statistic was recorded (read by the training thread, no lock)
         self.alarm = False
         #: why the recording stopped (a persistent write error), or None while it goes on
@@ -430,6 +431,7 @@ class RecordWriter:
                 self._analyzer.observe(kind, payload)
             self._note_drops(conn)
             conn.keep()
+            self._listing.kept()
         except Exception as exc:  # the record must survive whatever one message does
             self._failed(conn, kind, exc, undo=True)
             if kind == "step" and self.stopped is None:
@@ -465,6 +467,7 @@ class RecordWriter:
         """The open transaction is over: committed, or rolled back (`lost`: the steps written in
         it are not in the record, counted as failed)."""
         if lost:
+            self._listing.lost()
             self._run["steps"] = self._committed
             self._failed_steps += self._uncommitted
         self._committed = self._run.get("steps", 0)
@@ -480,7 +483,9 @@ class RecordWriter:
     def _failed(self, conn: _Connection, kind: str, exc: Exception, undo: bool = False) -> None:
         """After a failed write: undo it (the message's own writes with `undo`, else the whole
         transaction), then stop recording on a write error or record an internal error."""
-        if not (undo and conn.undo()):  # the whole transaction is gone
+        if undo and conn.undo():
+            self._listing.undone()
+        else:  # the whole transaction is gone
             conn.rollback()
             self._settled(lost=True)
         if _is_write_error(exc):
@@ -552,7 +557,7 @@ class RecordWriter:
             try:
                 for finding in findings:
                     self._on_finding(conn, finding)
-                schema.add_series(conn, self._run.get("steps", 0) - 1)
+                self._listing.add(conn, self._run.get("steps", 0) - 1)
                 self._set_run(conn, fields)
                 conn.commit()
             except Exception as exc:
@@ -623,7 +628,8 @@ class RecordWriter:
         step = data.step
         schema.STEPS.insert(conn, [schema.StepRow.of(data)], replace=True)
         schema.CALLS.insert(conn, [dict(c, step=step) for c in data.calls], replace=True)
-        schema.STATS.insert(conn, data.stats.rows, step=step)
+        inserted = schema.STATS.insert(conn, data.stats.rows, step=step)
+        self._listing.wrote(step, data.stats.rows, inserted and inserted.lastrowid)
         schema.UPDATES.insert(conn, data.updates.rows.values(), replace=True, step=step)
         if data.graph is not None:
             schema.GRAPHS.insert(conn, [schema.GraphRow(step, data.graph.to_json())], replace=True)
@@ -632,7 +638,7 @@ class RecordWriter:
         schema.HISTS.insert(conn, [schema.HistRow(step, n, low, high, counts)
                                    for n, (low, high, counts) in data.hists.items()])
         if step >= self._series_due:
-            schema.add_series(conn, step)
+            self._listing.add(conn, step)
             self._series_due = step + schema.SERIES_STEPS
         if self._analyzer is not None:
             for finding in self._analyzer.step(data):
