@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 
 import gradscope
-from common import cpu_training, timed_steps
-from gradscope.record.writer import RecordWriter
+from common import cpu_training, stub_recorder, timed_steps
 from gradscope.settings import DEFAULTS
 from models import make
 
@@ -87,7 +86,7 @@ def main() -> None:
         peak_child(args.peak_child, args.size, args.steps)
         return
     if args.no_recorder:
-        RecordWriter.send_step = lambda self, snapshot: None
+        stub_recorder()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds x "
           f"{args.steps} steps{', recorder stubbed out' if args.no_recorder else ''}\n")
     print("| model | bare ms/step | watched/bare mean | median | dense start (first 20 steps) |")

@@ -50,11 +50,10 @@ class Listing:
     memory when the record agrees, with `add_series` otherwise."""
 
     def __init__(self):
-        self._first = 0  # the step the kept layouts start from
+        self._first: int | None = 0  # the step the kept layouts start from; None: not to be trusted
         self._steps: list[tuple[int, tuple, int]] = []  # (step, layout, first rowid), kept
         self._pending: tuple[int, tuple, int] | None = None  # the message in progress
         self._layout: tuple = ((), ())  # (kinds, subjects) of the last step: the same object while alike
-        self._whole = True  # False once something written since `_first` was rolled back
 
     def wrote(self, step: int, rows: list, last_rowid: int | None) -> None:
         """`rows` (plain stats tuples) of `step` went in with consecutive rowids up to
@@ -77,9 +76,9 @@ class Listing:
         self._pending = None
 
     def lost(self) -> None:
-        """The open transaction was rolled back: rows kept in memory may be gone."""
-        self._pending = None
-        self._whole = False
+        """The open transaction was rolled back: rows kept in memory may be gone, so the next
+        listing is SQL's."""
+        self._pending, self._first = None, None
 
     def add(self, conn, through: int) -> None:
         """List the stats rows of the steps after the last listed, up to `through`, the message
@@ -88,13 +87,13 @@ class Listing:
         if through < first:
             return
         steps = self._steps + ([self._pending] if self._pending is not None else [])
-        if self._whole and self._first == first and all(first <= s <= through for s, _, _ in steps):
+        if self._first == first and all(first <= s <= through for s, _, _ in steps):
             _insert(conn, through, first, _lists(steps))
         else:
             add_series(conn, through)
         # the message in progress is listed with it: undone, they go together (and the record's
         # series then end before `_first`: the next listing is SQL's)
-        self._steps, self._pending, self._first, self._whole = [], None, through + 1, True
+        self._steps, self._pending, self._first = [], None, through + 1
 
 
 def _lists(steps: list[tuple[int, tuple, int]]) -> dict[tuple[str, str], list[int]]:

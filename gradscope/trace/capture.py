@@ -169,10 +169,10 @@ def norms(tensors: list[torch.Tensor], sizes: tuple[int, ...] | None = None) -> 
     in float32, so a norm above 65504 is not reported as infinite; like torch's own norm, a
     float32 norm past float32's range is infinite (its largest magnitude is not)."""
     out = []
-    every_size = sizes or tuple(map(torch.Tensor.numel, tensors))
+    all_sizes = sizes if sizes is not None else tuple(map(torch.Tensor.numel, tensors))
     for (device, dtype), positions in _groups(tensors):
         xs = tensors if positions is None else [tensors[i] for i in positions]
-        sizes = every_size if positions is None else tuple(every_size[i] for i in positions)
+        sizes = all_sizes if positions is None else tuple(all_sizes[i] for i in positions)
         positions = range(len(tensors)) if positions is None else positions
         if not (dtype.is_floating_point or dtype.is_complex):
             xs = [_real(x) for x in xs]
@@ -597,20 +597,25 @@ def gradient_rows(names: list[str], tensors: list[torch.Tensor], full: bool) -> 
     ``hist`` rows of histograms (`stats.HIST_BINS` bins)."""
     from .stats import HIST_BINS
 
-    out = []
+    keys, sizes = _keys_and_sizes(names, tensors)
     if not full:
-        keys, sizes = row_keys(tuple(names), 0, ""), tuple(map(torch.Tensor.numel, tensors))
-        for positions, rows in norms(tensors, sizes):
-            out.append(("grad-norm", _picked(keys, positions), _picked(sizes, positions), rows))
-        return out
+        return [("grad-norm", _picked(keys, positions), _picked(sizes, positions), rows)
+                for positions, rows in norms(tensors, sizes)]
+    out = []
     for result in summaries(tensors, bins=HIST_BINS):
-        counts = [tensors[i].numel() for i in result.positions]
-        out.append(("grad", [row_key(names[i], 0, "") for i in result.positions], counts, result.rows))
-        out.append(("hist", [names[i] for i in result.positions], counts, result.hists))
+        counts = _picked(sizes, result.positions)
+        out.append(("grad", _picked(keys, result.positions), counts, result.rows))
+        out.append(("hist", _picked(names, result.positions), counts, result.hists))
     return out
 
 
-def _picked(values: list, positions) -> list:
+def _keys_and_sizes(names: list[str], tensors: list[torch.Tensor]) -> tuple[tuple, tuple[int, ...]]:
+    """The row keys of parameters `names` (the same tuples from step to step) and the numbers of
+    elements of their `tensors`, without a Python step per parameter."""
+    return row_keys(tuple(names), 0, ""), tuple(map(torch.Tensor.numel, tensors))
+
+
+def _picked(values, positions) -> list:
     """`values` at `positions`, taken in one C-level call."""
     if len(positions) < 2:
         return [values[i] for i in positions]
@@ -620,11 +625,9 @@ def _picked(values: list, positions) -> list:
 def weight_rows(names: list[str], tensors: list[torch.Tensor]) -> list[tuple[str, list, list[int], torch.Tensor]]:
     """``weight`` row blocks of `stats.FIELDS` for parameters `names` whose `local_values` are
     `tensors`."""
-    return [
-        ("weight", [row_key(names[i], 0, "") for i in result.positions],
-         [tensors[i].numel() for i in result.positions], result.rows)
-        for result in summaries(tensors)
-    ]
+    keys, sizes = _keys_and_sizes(names, tensors)
+    return [("weight", _picked(keys, result.positions), _picked(sizes, result.positions), result.rows)
+            for result in summaries(tensors)]
 
 
 # -- statistics steps: module tensors as they come --------------------------------------------
