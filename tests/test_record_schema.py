@@ -525,6 +525,60 @@ def test_checks_read_a_steps_rows_by_kind_and_by_column_as_iterating_them_would(
     assert list(zip(updates, updates.column("outside"))) == [("a", None), ("b", 0.5)]
 
 
+def test_decoding_a_step_makes_each_kind_of_row_from_its_columns():
+    """The recorder turns a step's device rows into the rows plugins read and SQLite stores:
+    every kind of block, field by field (types too: counts and flags are ints, a gradient's
+    unmeasured fields NaN, its flag set by a largest magnitude that is not finite, not by an
+    overflowing norm), and an update without its optimizer's step."""
+    from gradscope.data import StepData
+    from gradscope.record import writer
+    from gradscope.trace.batch import RowBatch
+
+    nan, inf = math.nan, math.inf
+    batch = RowBatch()
+    batch.add("loss", [("loss", 0, "")], [1], torch.tensor([0.0]))
+    batch.add("stats", [("activation", ("fc", 0, "")), ("input", ("fc", 1, "0"))], [6, 4],
+              torch.tensor([[0.5, 1.0, -1.0, 2.0, 3.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 4.0, 1.0]]))
+    batch.add("weight", [("fc.weight", 0, "")], [6], torch.tensor([[0.1, 0.2, -0.3, 0.4, 0.5, 1.0, 0.0]]))
+    batch.add("grad-norm", [("fc.weight", 0, ""), ("fc.bias", 0, ""), ("emb", 0, "")], [6, 2, 9],
+              torch.tensor([[1.5, 1.0], [inf, 2.0], [nan, nan]]))
+    batch.add("update", [("fc.weight", 0), ("fc.bias", 1)], [1, 1],
+              torch.tensor([[0.1, 1.0, 0.0], [0.2, 2.0, 0.5]], dtype=torch.float64))
+    batch.add("step-update", ["fc.weight", "moved", "fc.bias"], [1, 1, 1],
+              torch.tensor([[0.1, 1.0], [0.3, 3.0], [0.2, 2.0]], dtype=torch.float64))
+    batch.add("tail", [("act", 0, "high")], [10], torch.tensor([3.0]))
+    batch.add("hist", ["fc.weight"], [6], torch.tensor([[-1.0, 1.0, 2.0, 0.0, 4.0]]))
+    data = writer.decode(writer.StepSnapshot(StepData(step=3, time=0.0), batch.freeze()))
+
+    def same(got, want):  # NaN as NaN, floats to float32's precision, counts and flags as ints
+        def field(g, w):
+            if isinstance(w, float):
+                return isinstance(g, float) and (math.isnan(g) if math.isnan(w) else g == pytest.approx(w))
+            return type(g) is type(w) and g == w
+        return len(got) == len(want) and all(map(field, got, want))
+
+    expected = [
+        ("loss", "loss", 0, "", 1, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 0),
+        ("activation", "fc", 0, "", 6, 0.5, 1.0, -1.0, 2.0, 3.0, 2, 0),
+        ("input", "fc", 1, "0", 4, 0.0, 0.0, 0.0, 0.0, 0.0, 4, 1),
+        ("weight", "fc.weight", 0, "", 6, 0.1, 0.2, -0.3, 0.4, 0.5, 1, 0),
+        ("grad", "fc.weight", 0, "", 6, nan, nan, nan, nan, 1.5, None, 0),
+        ("grad", "fc.bias", 0, "", 2, nan, nan, nan, nan, inf, None, 0),  # a finite largest: an overflowing norm
+        ("grad", "emb", 0, "", 9, nan, nan, nan, nan, nan, None, 1),
+    ]
+    assert len(data.stats.rows) == len(expected)
+    for got, want in zip(data.stats.rows, expected):
+        assert type(got) is tuple and same(got, want), (got, want)
+    assert data.updates.rows == {
+        "fc.weight": ("fc.weight", 0, pytest.approx(0.1), 1.0, 0.0, pytest.approx(0.1), 1.0),
+        "moved": ("moved", None, None, None, None, pytest.approx(0.3), 3.0),  # moved with no optimizer's step
+        "fc.bias": ("fc.bias", 1, pytest.approx(0.2), 2.0, 0.5, pytest.approx(0.2), 2.0),
+    }
+    assert list(data.updates.rows) == ["fc.weight", "moved", "fc.bias"]
+    assert data.tails == {("act", 0, "high"): (3, 10)}
+    assert data.hists == {"fc.weight": (-1.0, 1.0, [2, 0, 4])} and type(data.hists["fc.weight"][2][0]) is int
+
+
 def test_a_plain_row_of_the_wrong_length_is_refused_not_written_shifted():
     conn = sqlite3.connect(":memory:")
     conn.executescript(schema.STATS.ddl())
