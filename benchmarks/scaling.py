@@ -1,7 +1,7 @@
 """How gradscope's cost scales with the model: many parameter tensors, many modules, one huge
 parameter.
 
-    python benchmarks/scaling.py [--rounds 3] [--steps 50] [--no-recorder]
+    python benchmarks/scaling.py [--rounds 3] [--steps 50] [--no-recorder] [--threads N]
 
 * Step time with 2,000 parameter tensors (an MLP of 1,000 small linear layers) and with 5,000
   modules, watched (default settings, after the dense start) over bare, interleaved in rounds:
@@ -13,6 +13,8 @@ parameter.
 
 With ``--no-recorder`` the steps are not handed to the recorder thread: the step times are the
 training thread's share alone (on a machine with few cores the recorder competes for them).
+``--threads 1`` leaves torch one thread: on two cores one stays free for the recorder, so what
+the recorder still costs the training thread is the GIL they share (`gil.py`).
 """
 
 from __future__ import annotations
@@ -81,7 +83,11 @@ def main() -> None:
     parser.add_argument("--peak-child", choices=("bare", "watched"))
     parser.add_argument("--no-recorder", action="store_true",
                         help="steps are not handed to the recorder: the training thread's share alone")
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's own choice); "
+                        "with one, a core of two stays free for the recorder thread")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.peak_child:
         peak_child(args.peak_child, args.size, args.steps)
         return

@@ -216,6 +216,33 @@ def test_norms_tell_overflow_from_nonfinite_values(reduction):
     assert got[3][0] == torch.linalg.vector_norm(huge).item() and math.isfinite(got[3][1])
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.complex64])
+def test_gradients_too_large_to_pack_get_the_norms_and_largest_magnitudes_of_torch(reduction, dtype):
+    """On the CPU a gradient above `capture.PACK` elements is reduced where it lies (a norm from
+    the multi-tensor op, its largest magnitude from its minimum and maximum): the same figures as
+    torch's, a NaN or an infinity found, a largest magnitude that is a minimum's."""
+    torch.manual_seed(4)
+    n = capture.PACK + 7
+    tensors = [torch.randn(n).to(dtype) for _ in range(5)] + [torch.randn(3).to(dtype)]
+    tensors[1][5] = math.nan
+    tensors[2][n - 1] = -math.inf
+    tensors[3] = -tensors[3].abs() - 2  # all negative: the largest magnitude is the minimum's
+    tensors[4] = tensors[4].reshape(-1, 1).expand(n, 2).t()  # not contiguous
+    got = {i: row for positions, rows in norms(tensors) for i, row in zip(positions, rows.tolist())}
+    assert set(got) == set(range(len(tensors)))
+    for i, t in enumerate(tensors):
+        x = t.abs() if t.is_complex() else t.float() if t.dtype == torch.float16 else t
+        want_norm, want_largest = torch.linalg.vector_norm(x).item(), x.abs().max().item()
+        norm, largest = got[i]
+        if i == 1:
+            assert math.isnan(norm) and math.isnan(largest)
+        elif i == 2:
+            assert norm == math.inf and largest == math.inf
+        else:
+            assert norm == pytest.approx(want_norm, rel=1e-3) and largest == pytest.approx(want_largest, rel=1e-6)
+            assert largest > 2 or i != 3
+
 class OpNames(TorchDispatchMode):
     def __init__(self):
         super().__init__()
