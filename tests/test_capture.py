@@ -217,7 +217,7 @@ def test_norms_tell_overflow_from_nonfinite_values(reduction):
 
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.complex64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64])
 def test_gradients_too_large_to_pack_get_the_norms_and_largest_magnitudes_of_torch(reduction, dtype):
     """On the CPU a gradient above `capture.PACK` elements is reduced where it lies (a norm from
     the multi-tensor op, its largest magnitude from its minimum and maximum): the same figures as
@@ -232,7 +232,7 @@ def test_gradients_too_large_to_pack_get_the_norms_and_largest_magnitudes_of_tor
     got = {i: row for positions, rows in norms(tensors) for i, row in zip(positions, rows.tolist())}
     assert set(got) == set(range(len(tensors)))
     for i, t in enumerate(tensors):
-        x = t.abs() if t.is_complex() else t.float() if t.dtype == torch.float16 else t
+        x = t.abs() if t.is_complex() else t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
         want_norm, want_largest = torch.linalg.vector_norm(x).item(), x.abs().max().item()
         norm, largest = got[i]
         if i == 1:
