@@ -494,6 +494,39 @@ def test_a_steps_rows_leave_the_garbage_collectors_watch(tmp_path, monkeypatch):
         assert stored.updates == data.updates
 
 
+
+def test_a_parameters_update_history_reads_its_own_rows_not_every_parameters(tmp_path):
+    """The details panel reads one parameter's updates over the whole run, again at every
+    refresh of a live run. The table has no index by parameter (writing one would cost every
+    step), so the read looks up the parameter's (step, param) key step by step: the work grows
+    with the steps, not with steps times parameters. The history is the same as a pass over
+    every row finds."""
+    from gradscope.record import schema
+
+    def train(path, layers: int) -> None:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(layers)])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, opt, record=path, stats_every=1000):
+            for _ in range(12):
+                opt.zero_grad()
+                model(torch.randn(4, 3)).pow(2).mean().backward()
+                opt.step()
+
+    work = {}
+    for layers in (2, 64):
+        train(tmp_path / f"{layers}.sqlite", layers)
+        with gradscope.open_record(tmp_path / f"{layers}.sqlite") as record:
+            scanned = record._stepped(schema.UPDATES, "SELECT * FROM updates WHERE param = ? ORDER BY step", ("1.bias",))
+            instructions = []
+            record._conn.set_progress_handler(lambda: instructions.append(1), 100)
+            history = record.update_series("1.bias")
+            record._conn.set_progress_handler(None, 0)
+            work[layers] = len(instructions)
+            assert repr(history) == repr(scanned) and [step for step, _ in history] == record.step_numbers()
+            assert all(u.param == "1.bias" for _, u in history)
+    assert work[64] < 2 * work[2] + 10  # 32 times the parameters: a pass over every row would be ~32 times the work
+
 def test_checks_read_a_steps_rows_by_kind_and_by_column_as_iterating_them_would():
     """Checks of a model with thousands of parameters read one kind of row or one field, not
     every row as a `Stat`: what `of_kind`, `nonfinite` and `column` give equals the filtered
