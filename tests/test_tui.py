@@ -806,3 +806,46 @@ def test_details_of_a_record_with_odd_settings_say_only_periodic(tmp_path, setti
     with gradscope.open_record(path) as record:
         details = read_details(record, "module", "fc1", steps - 1)
     assert details.stats_step is not None and details.stats_every is None
+
+
+async def test_charts_of_a_long_run_draw_what_their_width_shows_and_keep_its_spikes():
+    """plotext draws every point it is given, slowly (two lines of 100,000 points: seconds a
+    frame, on the UI thread). A chart gets at most two points per column of its width, each
+    column's lowest and highest, so a one-step spike or dip still shows, and the line ends at
+    the last step; NaN/inf markers at most one per column, an isolated one kept."""
+    from textual.app import App
+
+    from gradscope.tui.state import Series
+    from gradscope.tui.widgets.charts import SpeedChart, TrainingChart
+
+    n = 100_000
+    series = Series(steps=list(range(n)), loss=[1.0 + (i % 7) / 100 for i in range(n)],
+                    lr=[0.1 * 0.5 ** (i // 25_000) for i in range(n)], speed=[20.0 + i % 3 for i in range(n)],
+                    memory=[500.0] * n, nonfinite=[5, *range(90_000, n)])
+    series.loss[31_337], series.loss[77_777], series.loss[-1] = 50.0, 0.001, 1.005  # the last: neither low nor high
+    series.speed[12_345] = 0.5
+
+    class Host(App):
+        def compose(self):
+            yield TrainingChart()
+            yield SpeedChart()
+
+    app = Host()
+    async with app.run_test(size=(100, 40)):
+        for chart, data in ((app.query_one(TrainingChart), (series, [], None)), (app.query_one(SpeedChart), (series,))):
+            lines, marks = [], []
+            chart.plt.plot = lambda xs, ys, **style: lines.append((list(xs), list(ys)))
+            chart.plt.scatter = lambda xs, ys, **style: marks.append(list(xs))
+            chart.show(*data)
+            chart.render()
+            width = chart.size.width
+            assert lines and all(len(xs) <= 2 * max(width, 40) + 1 and xs == sorted(xs) for xs, _ in lines)
+            if isinstance(chart, TrainingChart):
+                (loss_x, loss), (_, lr) = lines
+                assert 50.0 in loss and 0.001 in loss and (loss_x[-1], loss[-1]) == (n - 1, 1.005)
+                assert set(lr) == {0.1, 0.05, 0.025, 0.0125}
+                (marked,) = marks
+                assert marked[0] == 5 and 90_000 in marked and len(marked) <= max(width, 40) + 1
+            else:
+                (_, speed), (_, memory) = lines
+                assert 0.5 in speed and max(speed) == 22.0 and set(memory) == {500.0}
