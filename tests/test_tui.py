@@ -3,6 +3,7 @@
 No fixed sleeps: every wait is for a condition, with a deadline (`until`).
 """
 
+import math
 import os
 import sqlite3
 import subprocess
@@ -849,3 +850,46 @@ async def test_charts_of_a_long_run_draw_what_their_width_shows_and_keep_its_spi
             else:
                 (_, speed), (_, memory) = lines
                 assert 0.5 in speed and max(speed) == 22.0 and set(memory) == {500.0}
+
+
+def test_the_poller_reads_only_the_steps_recorded_since_its_last_reading(tmp_path):
+    """A live run's charts are read again at every commit: a reading adds the steps recorded
+    since the last one (reading every step took seconds a time at 100,000 steps) and gives what
+    reading the whole record gives; a state handed to the UI stays as it was. Should the record
+    hold other steps than those read and those added, everything is read again."""
+    import shutil
+
+    from gradscope.record.reader import Record
+    from gradscope.tui.state import read_series
+
+    full = recorded_run(tmp_path / "full.sqlite", steps=8)
+    live = tmp_path / "live.sqlite"
+    shutil.copy(full, live)
+    conn = sqlite3.connect(live)
+    conn.execute("DELETE FROM series")  # rows are taken out below: no listing may point at them
+    conn.execute("DELETE FROM steps WHERE step >= 4")
+    conn.execute("DELETE FROM stats WHERE step >= 4")
+    conn.commit()
+    reader = Reader(open_when_ready(live))
+    first = reader.read(None)
+    assert first.steps == [0, 1, 2, 3]
+    conn.execute("ATTACH DATABASE ? AS full", (str(full),))
+    conn.execute("INSERT INTO steps SELECT * FROM full.steps WHERE step >= 4")
+    conn.execute("INSERT INTO stats SELECT * FROM full.stats WHERE step >= 4")
+    conn.commit()
+    asked = []
+    real_steps = reader.record.steps
+    reader.record.steps = lambda **kwargs: asked.append(kwargs) or real_steps(**kwargs)
+    second = reader.read(None)
+    assert asked == [{"after": 3}]
+    assert second.steps == list(range(8)) and first.steps == [0, 1, 2, 3] and len(first.series.loss) == 4
+    with Record(full) as whole:
+        assert second.series == read_series(whole) and not math.isnan(second.series.loss[7])
+    conn.execute("DELETE FROM steps WHERE step = 2")  # not only added: read again whole
+    conn.commit()
+    asked.clear()
+    third = reader.read(None)
+    assert asked == [{"after": 7}, {}] and third.steps == [0, 1, 3, 4, 5, 6, 7]
+    assert third.series.loss == [second.series.loss[i] for i in (0, 1, 3, 4, 5, 6, 7)]
+    reader.record.close()
+    conn.close()

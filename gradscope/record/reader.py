@@ -217,9 +217,14 @@ class Record:
     def step_numbers(self) -> list[int]:
         return [r["step"] for r in self._rows("SELECT step FROM steps ORDER BY step")]
 
-    def steps(self) -> list[schema.StepRow]:
-        """One summary per step (no statistics)."""
-        return self._select(schema.STEPS, "ORDER BY step")
+    def steps(self, *, after: int | None = None) -> list[schema.StepRow]:
+        """One summary per step (no statistics), of the steps after `after` when given."""
+        if after is None:
+            return self._select(schema.STEPS, "ORDER BY step")
+        return self._select(schema.STEPS, "WHERE step > ? ORDER BY step", (after,))
+
+    def step_count(self) -> int:
+        return self._rows("SELECT count(*) FROM steps")[0][0]
 
     def data_version(self) -> int:
         """A number that changes whenever the writer commits: a cheap "anything new?"."""
@@ -278,8 +283,12 @@ class Record:
     def _stepped(self, table: schema.Table, sql: str, args=()) -> list[tuple[int, object]]:
         return [(r["step"], self._decode(table, r)) for r in self._rows(sql, args)]
 
-    def stat_series(self, kind: str, subject: str) -> list[tuple[int, Stat]]:
-        """(step, stat) for the first call of `subject` in every step it was recorded."""
+    def stat_series(self, kind: str, subject: str, *, after: int | None = None) -> list[tuple[int, Stat]]:
+        """(step, stat) for the first call of `subject` in every step it was recorded (after
+        the step `after`, when given: read through the step index)."""
+        if after is not None:
+            return self._stepped(schema.STATS, "SELECT * FROM stats WHERE step > ? AND kind = ? AND subject = ?"
+                                 " AND call = 0 ORDER BY step, rowid", (after, kind, subject))
         if not self._series:  # a record from before `schema.SERIES_DDL`: stats have a subject index
             return self._stepped(
                 schema.STATS,
