@@ -852,31 +852,43 @@ async def test_charts_of_a_long_run_draw_what_their_width_shows_and_keep_its_spi
                 assert 0.5 in speed and max(speed) == 22.0 and set(memory) == {500.0}
 
 
+def growing_record(tmp_path, steps=8, cut=4):
+    """A recorded run (`full`) and a copy of it as it was before step `cut` (`live`, its
+    connection open); `grow()` adds the steps taken out, as a writer committing them would."""
+    import shutil
+
+    full = recorded_run(tmp_path / "full.sqlite", steps=steps)
+    live = tmp_path / "live.sqlite"
+    shutil.copy(full, live)
+    conn = sqlite3.connect(live)
+    conn.execute("DELETE FROM series")  # rows are taken out below: no listing may point at them
+    for table in ("steps", "stats", "updates"):
+        conn.execute(f"DELETE FROM {table} WHERE step >= ?", (cut,))
+    conn.commit()
+
+    def grow():
+        conn.execute("ATTACH DATABASE ? AS full", (str(full),))
+        for table in ("steps", "stats", "updates"):
+            conn.execute(f"INSERT INTO {table} SELECT * FROM full.{table} WHERE step >= ?", (cut,))
+        conn.commit()
+        conn.execute("DETACH DATABASE full")
+
+    return full, live, conn, grow
+
+
 def test_the_poller_reads_only_the_steps_recorded_since_its_last_reading(tmp_path):
     """A live run's charts are read again at every commit: a reading adds the steps recorded
     since the last one (reading every step took seconds a time at 100,000 steps) and gives what
     reading the whole record gives; a state handed to the UI stays as it was. Should the record
     hold other steps than those read and those added, everything is read again."""
-    import shutil
-
     from gradscope.record.reader import Record
     from gradscope.tui.state import read_series
 
-    full = recorded_run(tmp_path / "full.sqlite", steps=8)
-    live = tmp_path / "live.sqlite"
-    shutil.copy(full, live)
-    conn = sqlite3.connect(live)
-    conn.execute("DELETE FROM series")  # rows are taken out below: no listing may point at them
-    conn.execute("DELETE FROM steps WHERE step >= 4")
-    conn.execute("DELETE FROM stats WHERE step >= 4")
-    conn.commit()
+    full, live, conn, grow = growing_record(tmp_path)
     reader = Reader(open_when_ready(live))
     first = reader.read(None)
     assert first.steps == [0, 1, 2, 3]
-    conn.execute("ATTACH DATABASE ? AS full", (str(full),))
-    conn.execute("INSERT INTO steps SELECT * FROM full.steps WHERE step >= 4")
-    conn.execute("INSERT INTO stats SELECT * FROM full.stats WHERE step >= 4")
-    conn.commit()
+    grow()
     asked = []
     real_steps = reader.record.steps
     reader.record.steps = lambda **kwargs: asked.append(kwargs) or real_steps(**kwargs)
@@ -892,4 +904,42 @@ def test_the_poller_reads_only_the_steps_recorded_since_its_last_reading(tmp_pat
     assert asked == [{"after": 7}, {}] and third.steps == [0, 1, 3, 4, 5, 6, 7]
     assert third.series.loss == [second.series.loss[i] for i in (0, 1, 3, 4, 5, 6, 7)]
     reader.record.close()
+    conn.close()
+
+
+def test_details_histories_read_only_the_steps_recorded_since(tmp_path):
+    """The details panel is read again at every commit of a live run: a parameter's gradient
+    norms and update ratios over the run are read once, then the steps recorded since are
+    added; the same as reading them whole. Another subject, or a record holding other steps,
+    is read whole."""
+    from gradscope.record.reader import Record
+    from gradscope.tui.state import Histories
+
+    full, live, conn, grow = growing_record(tmp_path)
+    histories = Histories()
+    with Record(live) as record:
+        norms = read_details(record, "param", "fc1.weight", 3, histories).grad_norms
+        assert len(norms) == 4
+    grow()
+    asked = []
+    with Record(live) as record:
+        real = record.stat_series, record.update_series
+        record.stat_series = lambda *args, **kwargs: asked.append(kwargs["after"]) or real[0](*args, **kwargs)
+        record.update_series = lambda *args, **kwargs: asked.append(kwargs["after"]) or real[1](*args, **kwargs)
+        grown = read_details(record, "param", "fc1.weight", 7, histories)
+        assert asked == [3, 3]
+        other = read_details(record, "param", "fc2.weight", 7, histories)
+        assert asked == [3, 3, None, None]
+    with Record(full) as record:
+        whole, whole_other = (read_details(record, "param", name, 7) for name in ("fc1.weight", "fc2.weight"))
+    assert (grown.grad_norms, grown.ratios) == (whole.grad_norms, whole.ratios) and len(whole.ratios) == 8
+    assert (other.grad_norms, other.ratios) == (whole_other.grad_norms, whole_other.ratios)
+    conn.execute("DELETE FROM steps WHERE step = 2")
+    conn.execute("DELETE FROM updates WHERE step = 2")
+    conn.commit()
+    with Record(live) as record:
+        real = record.update_series
+        record.update_series = lambda *args, **kwargs: asked.append(kwargs["after"]) or real(*args, **kwargs)
+        again = read_details(record, "param", "fc2.weight", 7, histories)
+    assert asked[-1] is None and again.ratios == [r for i, r in enumerate(whole_other.ratios) if i != 2]
     conn.close()

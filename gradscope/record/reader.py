@@ -223,8 +223,12 @@ class Record:
             return self._select(schema.STEPS, "ORDER BY step")
         return self._select(schema.STEPS, "WHERE step > ? ORDER BY step", (after,))
 
-    def step_count(self) -> int:
-        return self._rows("SELECT count(*) FROM steps")[0][0]
+    def step_count(self, *, after: int | None = None) -> int:
+        """How many steps the record holds (after the step `after`, when given)."""
+        return self._rows("SELECT count(*) FROM steps WHERE step > ?", (-math.inf if after is None else after,))[0][0]
+
+    def last_step(self) -> int | None:
+        return self._rows("SELECT max(step) FROM steps")[0][0]
 
     def data_version(self) -> int:
         """A number that changes whenever the writer commits: a cheap "anything new?"."""
@@ -402,13 +406,15 @@ class Record:
                             (subject, step))
         return (rows[0].step, (rows[0].low, rows[0].high, rows[0].counts)) if rows else None
 
-    def update_series(self, param: str) -> list[tuple[int, Update]]:
-        """(step, update) of `param` for every recorded step: one lookup of its (step, param)
-        key per step, not a pass over every parameter's rows (the table has no index by
-        parameter: 1.37M rows of 134 parameters took 126-198 ms a read, now 42 ms). ``CROSS
-        JOIN`` keeps the steps as the outer loop (SQLite's way of fixing the join order)."""
+    def update_series(self, param: str, *, after: int | None = None) -> list[tuple[int, Update]]:
+        """(step, update) of `param` for every recorded step (after the step `after`, when
+        given): one lookup of its (step, param) key per step, not a pass over every parameter's
+        rows (the table has no index by parameter: 1.37M rows of 134 parameters took 126-198 ms
+        a read, now 42 ms). ``CROSS JOIN`` keeps the steps as the outer loop (SQLite's way of
+        fixing the join order)."""
         return self._stepped(schema.UPDATES, "SELECT u.* FROM steps s CROSS JOIN updates u"
-                             " ON u.step = s.step AND u.param = ? ORDER BY s.step", (param,))
+                             " ON u.step = s.step AND u.param = ? WHERE s.step > ? ORDER BY s.step",
+                             (param, -math.inf if after is None else after))
 
     def latest_calls(self) -> dict[str, list[schema.CallRow]]:
         """module -> its calls in the most recent step that described every call and called

@@ -33,7 +33,7 @@ from .messages import (DetailsLoaded, FindingChosen, RecordUpdated, ScriptExited
 from .process import ScriptProcess
 from .screens.help import HelpScreen
 from .screens.quit import QuitScreen
-from .state import Reader, gradient_flow, open_when_ready, read_details, update_ratios
+from .state import Histories, Reader, gradient_flow, open_when_ready, read_details, update_ratios
 from .text import clean, literal
 from .widgets.autograd import AutogradTree
 from .widgets.charts import GradFlowChart, SpeedChart, TrainingChart, UpdatesChart
@@ -114,6 +114,7 @@ class GradscopeApp(App):
         self._finding: tuple[tuple[str, str], dict] | None = None  # (its subject, the finding chosen)
         self._details_asked = 0  # the latest details request: a worker's late answer to an older one is dropped
         self._details_shown = 0  # the request whose answer the details pane shows
+        self._histories = Histories()  # the shown subject's per-step histories, read so far
         self._jumped_at = 0.0  # when the last finding was chosen (Textual's clock): older cursor moves are stale
         self._exit_code: int | None = None
         self._poll_wanted = threading.Event()  # set to make the poller look now
@@ -185,7 +186,7 @@ class GradscopeApp(App):
         record = open_when_ready(self.record_path)
         if record is not None:
             with record:
-                details = read_details(record, kind, name, step)
+                details = read_details(record, kind, name, step, self._histories)
             details.finding = finding
             if not worker.is_cancelled:
                 self.post_message(DetailsLoaded(details, request))

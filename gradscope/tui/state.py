@@ -190,19 +190,57 @@ class Details:
     finding: dict | None = None  # the finding the user chose, shown whole
 
 
-def read_details(record: Record, kind: str, name: str, step: int | None) -> Details:
+@dataclass(frozen=True)
+class _History:
+    subject: tuple[str, str]  # (kind, name)
+    steps: int  # steps in the record when read
+    through: int | None  # the last of them
+    grad_norms: tuple[float, ...]
+    ratios: tuple[float, ...]
+
+
+class Histories:
+    """The details panel's per-step histories (gradient norms, update ratios) of the subject
+    last read: a live run's details are read again at every commit, and one parameter's
+    history over 100,000 steps is 200,000 rows. A reading of the same subject adds the steps
+    recorded since; another subject, or a record holding other steps than those read and
+    added, is read whole. The last reading is replaced whole, never changed: two readers in
+    two threads (a cancelled one still finishing) each see one reading or the other."""
+
+    def __init__(self):
+        self._last: _History | None = None
+
+    def read(self, record: Record, kind: str, name: str) -> tuple[list[float], list[float]]:
+        with record.snapshot():
+            steps, through = record.step_count(), record.last_step()
+            last, after = self._last, None
+            if (last is not None and last.subject == (kind, name) and last.through is not None
+                    and last.steps + record.step_count(after=last.through) == steps):
+                after = last.through
+            norms, ratios = ([], []) if after is None else (list(last.grad_norms), list(last.ratios))
+            grads = record.stat_series("grad" if kind == "param" else "grad-output", name, after=after)
+            norms += [s.norm for _, s in grads if math.isfinite(s.norm)]
+            if kind == "param":
+                ratios += [u.ratio for _, u in record.update_series(name, after=after)
+                           if u.ratio is not None and math.isfinite(u.ratio)]
+        self._last = _History((kind, name), steps, through, tuple(norms), tuple(ratios))
+        return norms, ratios
+
+
+def read_details(record: Record, kind: str, name: str, step: int | None,
+                 histories: Histories | None = None) -> Details:
+    """What the details panel shows of a subject at `step`; `histories`: the per-step histories
+    read for it before (a live run's details are read again at every commit)."""
     details = Details(kind, name, step)
+    if kind in ("param", "module"):
+        details.grad_norms, details.ratios = (histories or Histories()).read(record, kind, name)
     if kind == "param":
         details.info = next((p for p in record.parameters() if p["name"] == name), {})
-        details.grad_norms = [s.norm for _, s in record.stat_series("grad", name) if math.isfinite(s.norm)]
-        details.ratios = [u.ratio for _, u in record.update_series(name)
-                          if u.ratio is not None and math.isfinite(u.ratio)]
         if step is not None:
             found = record.latest_hist(name, step)
             details.hist = found[1] if found else None
     elif kind == "module":
         details.info = next((m for m in record.modules() if m["name"] == name), {})
-        details.grad_norms = [s.norm for _, s in record.stat_series("grad-output", name) if math.isfinite(s.norm)]
         if step is not None:
             details.calls = record.calls_as_of(step, module=name)
     elif kind == "optimizer":
