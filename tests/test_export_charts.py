@@ -128,3 +128,44 @@ def test_grad_flow_of_a_light_step_follows_the_last_described_forward(run_cli, t
     _, texts, _ = _svg(tmp_path / "flow.svg")
     assert [t for t in texts if t and t.endswith((".weight", ".bias"))] == [
         "early.weight", "early.bias", "late.weight", "late.bias"]
+
+
+def test_loss_chart_of_a_long_run_keeps_its_extremes_at_two_points_a_column(recorded, tmp_path, monkeypatch):
+    """A run of 30,000 steps charted: every point drawn was megabytes of SVG (2.5 MB at 100,000
+    steps). The loss and learning-rate lines get each pixel column's lowest and highest value,
+    so they reach exactly as high and as low as all the points would; non-finite steps get one
+    mark per column."""
+    import sqlite3
+
+    from gradscope.export import charts
+    from gradscope.record.reader import Record
+
+    path = tmp_path / "long.sqlite"
+    path.write_bytes((recorded / "r.sqlite").read_bytes())
+    conn = sqlite3.connect(path)
+    repeat = "WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < 4999) "
+    for table, where in (("steps", ""), ("stats", " WHERE kind = 'loss'")):
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})") if row[1] != "step"]
+        conn.execute(f"{repeat}INSERT INTO {table} (step, {', '.join(columns)}) SELECT step + 6 * n, "
+                     f"{', '.join(columns)} FROM {table}, k{where}")
+    conn.execute("UPDATE stats SET mean = mean * 1000 WHERE kind = 'loss' AND step = 15001")  # one spike
+    conn.commit()
+    conn.close()
+
+    def lines(scene):  # the loss and the learning rate
+        return {(colour, width): points for kind, points, colour, width, *_ in scene.items
+                if kind == "line" and (colour, width) in ((charts._BLUE, 2), (charts._GREEN, 1.5))}
+
+    with Record(path) as record:
+        thin = charts.loss_chart(record)
+        monkeypatch.setattr(charts, "thinned", lambda xs, ys, runs: (xs, ys))
+        whole = charts.loss_chart(record)
+    thin_lines, whole_lines = lines(thin), lines(whole)
+    assert thin_lines.keys() == whole_lines.keys() and len(thin_lines) == 2
+    for key, points in thin_lines.items():
+        every = whole_lines[key]
+        assert len(every) >= 15_000 and len(points) <= 2 * 1200 + 1
+        assert min(y for _, y in points) == min(y for _, y in every) and max(y for _, y in points) == max(y for _, y in every)
+        assert points[-1] == every[-1]
+    crosses = [item for item in thin.items if item[0] == "mark" and item[3] == "cross"]
+    assert 0 < len(crosses) <= 1200 + 1

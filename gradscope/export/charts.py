@@ -22,6 +22,7 @@ from statistics import median
 
 import graphviz
 
+from ..curves import one_per_place, thinned
 from ..errors import GradscopeError
 from ..findings import severity_rank
 from ..record.reader import Record
@@ -304,6 +305,15 @@ def grad_flow(record: Record, *, step: int | None = None, steps: tuple[int, int]
 
 
 # -- loss ------------------------------------------------------------------------------------
+def _columns(pairs: list[tuple[int, float]], plot_w: float, xmap, ymap) -> tuple[list, list]:
+    """The chart's x and y of the (step, value) `pairs` of a curve, thinned to about two points
+    a pixel column (`curves.thinned`)."""
+    if not pairs:
+        return [], []
+    xs, ys = thinned(*map(list, zip(*pairs)), int(plot_w))
+    return list(map(xmap, xs)), list(map(ymap, ys))
+
+
 def loss_chart(record: Record, *, steps: tuple[int, int] | None = None, title: str = "") -> Scene:
     rows = record.steps()
     if steps is not None:
@@ -345,18 +355,18 @@ def loss_chart(record: Record, *, steps: tuple[int, int] | None = None, title: s
         lr_axis = _Axis(lr_values, _TOP, _TOP + _PLOT_H, log=lr_pos and max(lr_values) / min(lr_values) > 10)
         _draw_axis(scene, lr_axis, width - _RIGHT, "right", _GREEN, "lr", 0)
         for i, series in enumerate(lrs.values()):
-            line = [(xmap(s), lr_axis(v)) for s, v in sorted(series.items())]
+            line = list(zip(*_columns(sorted(series.items()), plot_w, xmap, lr_axis)))
             scene.line(line, _GREEN, 1.5, dash=i > 0)
             if len(line) <= 60:
                 for px, py in line:
                     scene.mark(px, py, "ring", _GREEN)
     bad = {s for s, st in loss.items() if not math.isfinite(st.mean) or st.nonfinite}
-    points = [(xmap(s), y(st.mean)) for s, st in sorted(loss.items()) if s not in bad]
+    points = list(zip(*_columns([(s, st.mean) for s, st in sorted(loss.items()) if s not in bad], plot_w, xmap, y)))
     scene.line(points, _BLUE, 2)
     if len(points) <= 60:
         for px, py in points:
             scene.mark(px, py, "dot", _BLUE)
-    for s in sorted(bad):
+    for s in one_per_place(sorted(bad), int(plot_w)):
         scene.mark(xmap(s), y.bottom - 6, "cross", FINDING_COLOURS["error"], f"step {s}: non-finite loss")
     for t in sorted({first, last, *range(first, last + 1, max(1, (last - first) // 8 or 1))}):
         scene.text(xmap(t), y.bottom + 16, str(t), 10)

@@ -19,6 +19,7 @@ import math
 
 from textual_plotext import PlotextPlot
 
+from ...curves import one_per_place, thinned
 from ..state import Series
 from ..text import clean, literal
 
@@ -30,44 +31,6 @@ VANISHING_RATIO = 1e-3  # the vanishing-grad check's default first/last ratio
 def _finite(xs, ys):
     pairs = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def _thinned(xs: list, ys: list, runs: int) -> tuple[list, list]:
-    """The points of a line (x in order) cut into `runs` equal runs, each given by its lowest
-    and its highest point, in order, and the last point: a line through them keeps every spike
-    and dip of the whole series and ends where it ends, at about one point per braille dot.
-    plotext draws every point it is given, slowly: two lines of 10,000 points took 0.76 s a
-    frame, of 100,000 points 8.2 s."""
-    n = len(ys)
-    if n <= 2 * runs:
-        return xs, ys
-    out_x, out_y = [], []
-    for r in range(runs):
-        start, end = r * n // runs, (r + 1) * n // runs
-        part = ys[start:end]
-        low, high = part.index(min(part)), part.index(max(part))
-        for i in sorted({low, high}):
-            out_x.append(xs[start + i])
-            out_y.append(part[i])
-    if out_x[-1] != xs[-1]:
-        out_x.append(xs[-1])
-        out_y.append(ys[-1])
-    return out_x, out_y
-
-
-def _marked(xs: list, runs: int) -> list:
-    """Steps to mark with a symbol, at most one per `runs`-th of their range (one marker per
-    place on the chart, however many steps fall there)."""
-    if len(xs) <= runs:
-        return xs
-    low, span = xs[0], max(xs[-1] - xs[0], 1)
-    kept, seen = [], set()
-    for x in xs:
-        place = (x - low) * runs // span
-        if place not in seen:
-            seen.add(place)
-            kept.append(x)
-    return kept
 
 
 def _short(name: str, width: int = 10) -> str:
@@ -111,7 +74,7 @@ class Chart(PlotextPlot):
 
     def plot(self, plt, xs: list, ys: list, **style) -> None:
         """Draw a line of finite points, thinned to what this chart's width can show."""
-        plt.plot(*_thinned(xs, ys, max(self.size.width, 40)), marker="braille", **style)
+        plt.plot(*thinned(xs, ys, max(self.size.width, 40)), marker="braille", **style)
 
 
 class TrainingChart(Chart):
@@ -133,7 +96,7 @@ class TrainingChart(Chart):
             title.append(f"lr {_g(lr[-1])}")
         top = max(loss) if loss else 1.0
         if series.nonfinite:
-            marked = _marked(series.nonfinite, max(self.size.width, 40))
+            marked = one_per_place(series.nonfinite, max(self.size.width, 40))
             plt.scatter(marked, [top] * len(marked), marker="x", color="red", label="NaN/inf")
         for f in findings:
             if f["step"] is not None and f["severity"] in ("error", "warning"):
