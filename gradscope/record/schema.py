@@ -67,7 +67,13 @@ class Row(Mapping):
 
     @classmethod
     def _field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        names = _FIELD_NAMES.get(cls)
+        if names is None:  # once per row class: read for every field of every row (100,000 steps' rows in a report)
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return names
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _dumps(value) -> str:
