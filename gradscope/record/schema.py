@@ -15,6 +15,7 @@ version could not be read by the previous one (a removed or retyped column), nev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import operator
@@ -66,14 +67,9 @@ class Row(Mapping):
         return len(self._field_names())
 
     @classmethod
+    @functools.cache  # once per row class: read for every field of every row (100,000 steps' rows in a report)
     def _field_names(cls) -> tuple[str, ...]:
-        names = _FIELD_NAMES.get(cls)
-        if names is None:  # once per row class: read for every field of every row (100,000 steps' rows in a report)
-            names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-        return names
-
-
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+        return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _dumps(value) -> str:

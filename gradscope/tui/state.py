@@ -8,6 +8,7 @@ and reused across readings.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,8 @@ class Series:
 
     def copy(self) -> "Series":
         """A copy whose lists the reader may extend while the UI draws this one."""
-        return Series(list(self.steps), list(self.loss), list(self.lr), list(self.speed), list(self.memory),
-                      self.memory_label, list(self.nonfinite), self.last_time)
+        return dataclasses.replace(self, **{name: list(value) for name, value in vars(self).items()
+                                            if isinstance(value, list)})
 
 
 @dataclass

@@ -72,9 +72,14 @@ class Chart(PlotextPlot):
     def draw(self, plt, *data) -> None:
         raise NotImplementedError
 
+    @property
+    def columns(self) -> int:
+        """How many places along x the chart can show apart."""
+        return max(self.size.width, 40)
+
     def plot(self, plt, xs: list, ys: list, **style) -> None:
         """Draw a line of finite points, thinned to what this chart's width can show."""
-        plt.plot(*thinned(xs, ys, max(self.size.width, 40)), marker="braille", **style)
+        plt.plot(*thinned(xs, ys, self.columns), marker="braille", **style)
 
 
 class TrainingChart(Chart):
@@ -96,7 +101,7 @@ class TrainingChart(Chart):
             title.append(f"lr {_g(lr[-1])}")
         top = max(loss) if loss else 1.0
         if series.nonfinite:
-            marked = one_per_place(series.nonfinite, max(self.size.width, 40))
+            marked = one_per_place(series.nonfinite, self.columns)
             plt.scatter(marked, [top] * len(marked), marker="x", color="red", label="NaN/inf")
         for f in findings:
             if f["step"] is not None and f["severity"] in ("error", "warning"):
